@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: Apache-2.0
+// The one place that defines the fusion_kernels schemas and registers their kernels.
+// Every op is functional: it allocates and returns its outputs and mutates nothing, so the
+// post-grad graph shows plain call_function nodes that the pass can rewrite.
+#include <torch/csrc/stable/library.h>
+
+#include "ops.h"
+
+using namespace fusion_kernels;
+
+STABLE_TORCH_LIBRARY(fusion_kernels, m) {
+  m.def("rms_norm(Tensor input, Tensor weight, float epsilon) -> Tensor");
+  m.def(
+      "fused_add_rms_norm(Tensor input, Tensor residual, Tensor weight, float epsilon) "
+      "-> (Tensor out, Tensor residual_out)");
+  m.def("static_scaled_fp8_quant(Tensor input, Tensor scale, ScalarType fp8_dtype) -> Tensor");
+  m.def(
+      "dynamic_per_token_scaled_fp8_quant(Tensor input, Tensor? scale_ub, ScalarType fp8_dtype) "
+      "-> (Tensor out, Tensor scales)");
+  m.def(
+      "per_token_group_fp8_quant(Tensor input, int group_size, bool column_major_scales, bool scale_ue8m0, "
+      "ScalarType fp8_dtype) -> (Tensor out, Tensor scales)");
+  m.def("static_scaled_int8_quant(Tensor input, Tensor scale) -> Tensor");
+  m.def("dynamic_scaled_int8_quant(Tensor input) -> (Tensor out, Tensor scales)");
+  m.def(
+      "rms_norm_static_fp8_quant(Tensor input, Tensor weight, Tensor scale, float epsilon, "
+      "ScalarType fp8_dtype) -> Tensor");
+  m.def(
+      "fused_add_rms_norm_static_fp8_quant(Tensor input, Tensor residual, Tensor weight, Tensor scale, "
+      "float epsilon, ScalarType fp8_dtype) -> (Tensor out, Tensor residual_out)");
+  m.def(
+      "rms_norm_dynamic_per_token_quant(Tensor input, Tensor weight, float epsilon, ScalarType quant_dtype, "
+      "Tensor? scale_ub) -> (Tensor out, Tensor scales)");
+  m.def(
+      "fused_add_rms_norm_dynamic_per_token_quant(Tensor input, Tensor residual, Tensor weight, float epsilon, "
+      "ScalarType quant_dtype, Tensor? scale_ub) -> (Tensor out, Tensor scales, Tensor residual_out)");
+  m.def(
+      "rms_norm_per_token_group_quant(Tensor input, Tensor weight, float epsilon, int group_size, "
+      "bool column_major_scales, bool scale_ue8m0, ScalarType fp8_dtype) -> (Tensor out, Tensor scales)");
+  m.def(
+      "fused_add_rms_norm_per_token_group_quant(Tensor input, Tensor residual, Tensor weight, float epsilon, "
+      "int group_size, bool column_major_scales, bool scale_ue8m0, ScalarType fp8_dtype) "
+      "-> (Tensor out, Tensor scales, Tensor residual_out)");
+  m.def("rms_norm_static_int8_quant(Tensor input, Tensor weight, Tensor scale, float epsilon) -> Tensor");
+  m.def(
+      "fused_add_rms_norm_static_int8_quant(Tensor input, Tensor residual, Tensor weight, Tensor scale, "
+      "float epsilon) -> (Tensor out, Tensor residual_out)");
+}
+
+// The same host functions serve both dispatch keys: they check arguments, allocate on the
+// input's device and hand off to the CPU or CUDA row op.
+#define FK_REGISTER_ALL(m)                                                                               \
+  m.impl("rms_norm", TORCH_BOX(&rms_norm));                                                              \
+  m.impl("fused_add_rms_norm", TORCH_BOX(&fused_add_rms_norm));                                          \
+  m.impl("static_scaled_fp8_quant", TORCH_BOX(&static_scaled_fp8_quant));                                \
+  m.impl("dynamic_per_token_scaled_fp8_quant", TORCH_BOX(&dynamic_per_token_scaled_fp8_quant));          \
+  m.impl("per_token_group_fp8_quant", TORCH_BOX(&per_token_group_fp8_quant));                            \
+  m.impl("static_scaled_int8_quant", TORCH_BOX(&static_scaled_int8_quant));                              \
+  m.impl("dynamic_scaled_int8_quant", TORCH_BOX(&dynamic_scaled_int8_quant));                            \
+  m.impl("rms_norm_static_fp8_quant", TORCH_BOX(&rms_norm_static_fp8_quant));                            \
+  m.impl("fused_add_rms_norm_static_fp8_quant", TORCH_BOX(&fused_add_rms_norm_static_fp8_quant));        \
+  m.impl("rms_norm_dynamic_per_token_quant", TORCH_BOX(&rms_norm_dynamic_per_token_quant));              \
+  m.impl("fused_add_rms_norm_dynamic_per_token_quant", TORCH_BOX(&fused_add_rms_norm_dynamic_per_token_quant)); \
+  m.impl("rms_norm_per_token_group_quant", TORCH_BOX(&rms_norm_per_token_group_quant));                  \
+  m.impl("fused_add_rms_norm_per_token_group_quant", TORCH_BOX(&fused_add_rms_norm_per_token_group_quant)); \
+  m.impl("rms_norm_static_int8_quant", TORCH_BOX(&rms_norm_static_int8_quant));                          \
+  m.impl("fused_add_rms_norm_static_int8_quant", TORCH_BOX(&fused_add_rms_norm_static_int8_quant))
+
+STABLE_TORCH_LIBRARY_IMPL(fusion_kernels, CPU, m) { FK_REGISTER_ALL(m); }
+
+#ifdef FK_WITH_CUDA
+STABLE_TORCH_LIBRARY_IMPL(fusion_kernels, CUDA, m) { FK_REGISTER_ALL(m); }
+#endif

@@ -1,0 +1,168 @@
+// SPDX-License-Identifier: Apache-2.0
+// CPU implementation of the row op: plain C++, parallel over rows, fp32 accumulation, the
+// rounding points of the spec (fusion_kernels/reference.py).
+#include "cpu/row_op_cpu.h"
+
+#include <torch/csrc/stable/ops.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Float8_e4m3fn.h>
+#include <torch/headeronly/util/Float8_e4m3fnuz.h>
+#include <torch/headeronly/util/Half.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace fusion_kernels {
+namespace {
+
+using torch::headeronly::BFloat16;
+using torch::headeronly::Float8_e4m3fn;
+using torch::headeronly::Float8_e4m3fnuz;
+using torch::headeronly::Half;
+
+template <typename T>
+inline float round_to(float v) {
+  return static_cast<float>(T(v));
+}
+template <>
+inline float round_to<float>(float v) {
+  return v;
+}
+
+inline float load_as_float(const void* base, DType dtype, int64_t i) {
+  switch (dtype) {
+    case DType::kFloat32: return static_cast<const float*>(base)[i];
+    case DType::kFloat16: return static_cast<float>(static_cast<const Half*>(base)[i]);
+    case DType::kBFloat16: return static_cast<float>(static_cast<const BFloat16*>(base)[i]);
+    default: return 0.0f;
+  }
+}
+
+// NaN-propagating helpers: std::min/std::max would silently drop a NaN operand.
+inline float nan_max(float a, float b) { return (a != a || a > b) ? a : b; }
+inline float clamp_keep_nan(float v, float lo, float hi) { return v > hi ? hi : (v < lo ? lo : v); }
+
+inline float ue8m0_ceil(float s) {
+  // Round a positive finite scale up to a power of two, exactly (no log2 rounding).
+  if (!(std::isfinite(s)) || s <= 0.0f) return s;
+  uint32_t bits;
+  std::memcpy(&bits, &s, sizeof(bits));
+  if (bits & 0x007FFFFFu) bits = (bits & 0xFF800000u) + 0x00800000u;
+  std::memcpy(&s, &bits, sizeof(bits));
+  return s;
+}
+
+template <DType OUT>
+inline void store_quant(void* out, int64_t i, float v, float qmax) {
+  if constexpr (OUT == DType::kInt8) {
+    float c = clamp_keep_nan(v, kInt8Min, kInt8Max);
+    static_cast<int8_t*>(out)[i] = (c != c) ? int8_t(0) : static_cast<int8_t>(std::nearbyint(c));
+  } else if constexpr (OUT == DType::kFp8E4m3fn) {
+    static_cast<Float8_e4m3fn*>(out)[i] = Float8_e4m3fn(clamp_keep_nan(v, -qmax, qmax));
+  } else {
+    static_cast<Float8_e4m3fnuz*>(out)[i] = Float8_e4m3fnuz(clamp_keep_nan(v, -qmax, qmax));
+  }
+}
+
+template <typename T>
+inline void store_plain(void* out, int64_t i, float v) {
+  static_cast<T*>(out)[i] = T(v);
+}
+
+template <typename T, DType OUT>
+void run(const RowOpParams& p) {
+  const int64_t H = p.hidden;
+  const float qmax = quant_max(OUT);
+  const float static_scale = (p.quant == QuantMode::kStatic) ? *p.scale : 1.0f;
+  const bool has_ub = p.scale_ub != nullptr;
+  const float ub = has_ub ? *p.scale_ub : 0.0f;
+  const int64_t grain = std::max<int64_t>(1, 16384 / H);
+
+  torch::stable::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> y(H);
+    for (int64_t row = begin; row < end; ++row) {
+      const T* x = static_cast<const T*>(p.input) + row * p.input_row_stride;
+      if (p.residual != nullptr) {
+        const T* res = static_cast<const T*>(p.residual) + row * p.residual_row_stride;
+        T* res_out = static_cast<T*>(p.residual_out) + row * H;
+        for (int64_t i = 0; i < H; ++i) {
+          const T r = T(static_cast<float>(x[i]) + static_cast<float>(res[i]));
+          res_out[i] = r;
+          y[i] = static_cast<float>(r);
+        }
+      } else {
+        for (int64_t i = 0; i < H; ++i) y[i] = static_cast<float>(x[i]);
+      }
+
+      if (p.weight != nullptr) {
+        // Eight partial sums: a fixed order per H, so a row's result never depends on the batch.
+        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t i = 0;
+        for (; i + 8 <= H; i += 8)
+          for (int k = 0; k < 8; ++k) acc[k] += y[i + k] * y[i + k];
+        for (; i < H; ++i) acc[i % 8] += y[i] * y[i];
+        const float sumsq = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        const float inv = 1.0f / std::sqrt(sumsq / static_cast<float>(H) + p.epsilon);
+        for (int64_t j = 0; j < H; ++j) {
+          const float normed = round_to<T>(y[j] * inv);
+          y[j] = round_to<T>(normed * load_as_float(p.weight, p.weight_dtype, j));
+        }
+      }
+
+      if constexpr (OUT == DType::kFloat32 || OUT == DType::kFloat16 || OUT == DType::kBFloat16) {
+        for (int64_t j = 0; j < H; ++j) store_plain<T>(p.out, row * H + j, y[j]);
+      } else {
+        if (p.quant == QuantMode::kStatic) {
+          for (int64_t j = 0; j < H; ++j) store_quant<OUT>(p.out, row * H + j, y[j] / static_scale, qmax);
+        } else if (p.quant == QuantMode::kPerToken) {
+          float amax = 0.0f;
+          for (int64_t j = 0; j < H; ++j) amax = nan_max(std::fabs(y[j]), amax);
+          float a = (has_ub && amax > ub) ? ub : amax;
+          float s = a / qmax;
+          const float min_scale = 1.0f / (qmax * kPerTokenMinScaleFactor);
+          s = (s < min_scale) ? min_scale : s;
+          p.scales[row * p.scale_row_stride] = s;
+          for (int64_t j = 0; j < H; ++j) store_quant<OUT>(p.out, row * H + j, y[j] / s, qmax);
+        } else {  // kPerGroup
+          const int64_t G = p.group_size;
+          for (int64_t g = 0; g < H / G; ++g) {
+            float amax = 0.0f;
+            for (int64_t j = g * G; j < (g + 1) * G; ++j) amax = nan_max(std::fabs(y[j]), amax);
+            const float a = (amax < kGroupAbsmaxFloor) ? kGroupAbsmaxFloor : amax;
+            float s = a / qmax;
+            if (p.scale_ue8m0) s = ue8m0_ceil(s);
+            p.scales[row * p.scale_row_stride + g * p.scale_group_stride] = s;
+            for (int64_t j = g * G; j < (g + 1) * G; ++j) store_quant<OUT>(p.out, row * H + j, y[j] / s, qmax);
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void dispatch_out(const RowOpParams& p) {
+  switch (p.quant == QuantMode::kNone ? p.in_dtype : p.out_dtype) {
+    case DType::kFloat32:
+    case DType::kFloat16:
+    case DType::kBFloat16: return run<T, DType::kFloat32>(p);  // plain store in T
+    case DType::kFp8E4m3fn: return run<T, DType::kFp8E4m3fn>(p);
+    case DType::kFp8E4m3fnuz: return run<T, DType::kFp8E4m3fnuz>(p);
+    case DType::kInt8: return run<T, DType::kInt8>(p);
+  }
+}
+
+}  // namespace
+
+void row_op_cpu(const RowOpParams& p) {
+  if (p.rows == 0) return;
+  switch (p.in_dtype) {
+    case DType::kFloat32: return dispatch_out<float>(p);
+    case DType::kFloat16: return dispatch_out<Half>(p);
+    case DType::kBFloat16: return dispatch_out<BFloat16>(p);
+    default: return;
+  }
+}
+
+}  // namespace fusion_kernels

@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: Apache-2.0
+// The one description of a "row op" that every kernel in this library executes:
+//   [residual add] -> [RMSNorm] -> [quantize]
+// over rows of a [rows, hidden] matrix. Knows nothing about torch: raw pointers, sizes, enums.
+// Every public op (rms_norm, the quant ops, the fused ops) is a RowOpParams with some stages off,
+// so the unfused and fused ops share one implementation per device and agree bit for bit.
+#pragma once
+
+#include <cstdint>
+
+namespace fusion_kernels {
+
+enum class DType : int32_t { kFloat32, kFloat16, kBFloat16, kFp8E4m3fn, kFp8E4m3fnuz, kInt8 };
+
+enum class QuantMode : int32_t {
+  kNone,      // output in the input dtype (rms_norm, fused_add_rms_norm)
+  kStatic,    // one fp32 scale for the whole tensor
+  kPerToken,  // one fp32 scale per row, computed from the row's absmax
+  kPerGroup,  // one fp32 scale per `group_size` elements of a row
+};
+
+// Quantization constants shared by every kernel and by the Python reference
+// (fusion_kernels/reference.py mirrors them; tests compare the two).
+constexpr float kFp8E4m3fnMax = 448.0f;
+constexpr float kFp8E4m3fnuzMax = 240.0f;
+constexpr float kInt8Max = 127.0f;
+constexpr float kInt8Min = -128.0f;
+// Per-token scales never go below 1 / (qmax * 512): an all-zero row keeps a finite, positive
+// scale, and the value is the one vLLM's per-token kernels and references use.
+constexpr float kPerTokenMinScaleFactor = 512.0f;
+// Per-group scales use the absmax floored at 1e-10 (the per_token_group_quant convention of
+// DeepGEMM-style FP8 GEMM integrations).
+constexpr float kGroupAbsmaxFloor = 1e-10f;
+
+inline float quant_max(DType d) {
+  switch (d) {
+    case DType::kFp8E4m3fn: return kFp8E4m3fnMax;
+    case DType::kFp8E4m3fnuz: return kFp8E4m3fnuzMax;
+    case DType::kInt8: return kInt8Max;
+    default: return 0.0f;
+  }
+}
+
+inline int element_size(DType d) {
+  switch (d) {
+    case DType::kFloat32: return 4;
+    case DType::kFloat16:
+    case DType::kBFloat16: return 2;
+    default: return 1;
+  }
+}
+
+struct RowOpParams {
+  int64_t rows = 0;
+  int64_t hidden = 0;
+  DType in_dtype = DType::kFloat32;
+
+  const void* input = nullptr;  // [rows, hidden], last dim contiguous
+  int64_t input_row_stride = 0;  // in elements
+
+  const void* residual = nullptr;  // optional, same dtype as input
+  int64_t residual_row_stride = 0;
+  void* residual_out = nullptr;  // contiguous [rows, hidden], set iff residual
+
+  const void* weight = nullptr;  // [hidden]; nullptr: no norm stage
+  DType weight_dtype = DType::kFloat32;
+  float epsilon = 0.0f;
+
+  QuantMode quant = QuantMode::kNone;
+  DType out_dtype = DType::kFloat32;  // == in_dtype when quant == kNone
+  void* out = nullptr;  // contiguous [rows, hidden]
+
+  const float* scale = nullptr;  // kStatic: one element
+  const float* scale_ub = nullptr;  // kPerToken: optional upper bound on the absmax
+  float* scales = nullptr;  // kPerToken: [rows]; kPerGroup: [rows, hidden / group_size] strided
+  int64_t scale_row_stride = 0;
+  int64_t scale_group_stride = 0;
+  int64_t group_size = 0;
+  bool scale_ue8m0 = false;  // kPerGroup: round scales up to a power of two
+};
+
+}  // namespace fusion_kernels

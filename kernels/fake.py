@@ -1,0 +1,144 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Fake (meta) functions of every op: exactly the sizes, strides and dtypes the kernels return.
+
+Registered once, after the library is loaded, for the ops the library actually defines.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_registered: set[str] = set()
+
+
+def _check_group(input: torch.Tensor, group_size: int, column_major_scales: bool) -> None:
+    hidden = input.shape[-1]
+    torch._check(
+        group_size in (32, 64, 128), lambda: f"fusion_kernels: group_size must be 32, 64 or 128, got {group_size}"
+    )
+    torch._check(
+        hidden % group_size == 0,
+        lambda: f"fusion_kernels: the hidden size (input.size(-1) = {hidden}) must be divisible by group_size = {group_size}",
+    )
+    torch._check(
+        not column_major_scales or input.dim() == 2,
+        lambda: f"fusion_kernels: column_major_scales needs a 2-D input [tokens, hidden], got {input.dim()} dims",
+    )
+
+
+def _out(input: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return input.new_empty(input.shape, dtype=dtype)
+
+
+def _token_scales(input: torch.Tensor) -> torch.Tensor:
+    return input.new_empty((*input.shape[:-1], 1), dtype=torch.float32)
+
+
+def _group_scales(input: torch.Tensor, group_size: int, column_major_scales: bool) -> torch.Tensor:
+    groups = input.shape[-1] // group_size
+    if column_major_scales:
+        return input.new_empty((groups, input.shape[0]), dtype=torch.float32).t()
+    return input.new_empty((*input.shape[:-1], groups), dtype=torch.float32)
+
+
+def rms_norm(input, weight, epsilon):
+    return _out(input, input.dtype)
+
+
+def fused_add_rms_norm(input, residual, weight, epsilon):
+    return _out(input, input.dtype), _out(input, input.dtype)
+
+
+def static_scaled_fp8_quant(input, scale, fp8_dtype):
+    return _out(input, fp8_dtype)
+
+
+def dynamic_per_token_scaled_fp8_quant(input, scale_ub, fp8_dtype):
+    return _out(input, fp8_dtype), _token_scales(input)
+
+
+def per_token_group_fp8_quant(input, group_size, column_major_scales, scale_ue8m0, fp8_dtype):
+    _check_group(input, group_size, column_major_scales)
+    return _out(input, fp8_dtype), _group_scales(input, group_size, column_major_scales)
+
+
+def static_scaled_int8_quant(input, scale):
+    return _out(input, torch.int8)
+
+
+def dynamic_scaled_int8_quant(input):
+    return _out(input, torch.int8), _token_scales(input)
+
+
+def rms_norm_static_fp8_quant(input, weight, scale, epsilon, fp8_dtype):
+    return _out(input, fp8_dtype)
+
+
+def fused_add_rms_norm_static_fp8_quant(input, residual, weight, scale, epsilon, fp8_dtype):
+    return _out(input, fp8_dtype), _out(input, input.dtype)
+
+
+def rms_norm_dynamic_per_token_quant(input, weight, epsilon, quant_dtype, scale_ub):
+    return _out(input, quant_dtype), _token_scales(input)
+
+
+def fused_add_rms_norm_dynamic_per_token_quant(input, residual, weight, epsilon, quant_dtype, scale_ub):
+    return _out(input, quant_dtype), _token_scales(input), _out(input, input.dtype)
+
+
+def rms_norm_per_token_group_quant(input, weight, epsilon, group_size, column_major_scales, scale_ue8m0, fp8_dtype):
+    _check_group(input, group_size, column_major_scales)
+    return _out(input, fp8_dtype), _group_scales(input, group_size, column_major_scales)
+
+
+def fused_add_rms_norm_per_token_group_quant(
+    input, residual, weight, epsilon, group_size, column_major_scales, scale_ue8m0, fp8_dtype
+):
+    _check_group(input, group_size, column_major_scales)
+    return (
+        _out(input, fp8_dtype),
+        _group_scales(input, group_size, column_major_scales),
+        _out(input, input.dtype),
+    )
+
+
+def rms_norm_static_int8_quant(input, weight, scale, epsilon):
+    return _out(input, torch.int8)
+
+
+def fused_add_rms_norm_static_int8_quant(input, residual, weight, scale, epsilon):
+    return _out(input, torch.int8), _out(input, input.dtype)
+
+
+FAKES = {
+    name: globals()[name]
+    for name in (
+        "rms_norm",
+        "fused_add_rms_norm",
+        "static_scaled_fp8_quant",
+        "dynamic_per_token_scaled_fp8_quant",
+        "per_token_group_fp8_quant",
+        "static_scaled_int8_quant",
+        "dynamic_scaled_int8_quant",
+        "rms_norm_static_fp8_quant",
+        "fused_add_rms_norm_static_fp8_quant",
+        "rms_norm_dynamic_per_token_quant",
+        "fused_add_rms_norm_dynamic_per_token_quant",
+        "rms_norm_per_token_group_quant",
+        "fused_add_rms_norm_per_token_group_quant",
+        "rms_norm_static_int8_quant",
+        "fused_add_rms_norm_static_int8_quant",
+    )
+}
+
+#: Every op the library is expected to define (the registry and the tests use this list).
+OP_NAMES: tuple[str, ...] = tuple(FAKES)
+
+
+def register_all() -> None:
+    """Register the fake of every op the loaded library defines (idempotent)."""
+    for name, fn in FAKES.items():
+        if name in _registered or not hasattr(torch.ops.fusion_kernels, name):
+            continue
+        torch.library.register_fake(f"fusion_kernels::{name}")(fn)
+        _registered.add(name)

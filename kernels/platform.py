@@ -1,0 +1,206 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The one module that asks about hardware.
+
+Everything else in fusion_kernels and fusion_passes asks here: which kind of device a tensor
+lives on, its architecture, whether torch is a ROCm build, the FP8 flavour a device uses, the
+warp size, whether the compiled library has a kernel for a device, which CUDA/ROCm targets to
+build for. Nothing here runs at import: CUDA is initialised only when a question needs it.
+
+Tests replace the answers with :func:`override` (a fake ROCm or CUDA platform) instead of
+patching torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import threading
+from collections.abc import Iterator
+
+import torch
+
+__all__ = [
+    "DeviceInfo",
+    "device_info",
+    "is_rocm",
+    "fp8_dtype",
+    "has_kernel",
+    "build_kind",
+    "cuda_build_archs",
+    "rocm_build_archs",
+    "override",
+    "FP8_MAX",
+]
+
+#: Largest finite value of each FP8 flavour (the quant kernels clamp to it before the cast).
+FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0}
+
+# AMD architectures whose FP8 is the fnuz flavour (MI300 series). gfx950 (MI350) uses OCP e4m3fn.
+_FNUZ_ARCHS = ("gfx940", "gfx941", "gfx942")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceInfo:
+    """What the plugin needs to know about one device type/index."""
+
+    kind: str  # "cpu", "cuda", "rocm", or the torch device type for anything else ("xla", ...)
+    arch: str | None  # "sm_90", "gfx942", None for cpu/unknown
+    warp_size: int | None
+    fp8_dtype: torch.dtype | None  # the FP8 flavour matmuls on this device expect
+    fp8_supported: bool  # the device has FP8 conversion/matmul support worth targeting
+
+
+@dataclasses.dataclass
+class _Override:
+    kind: str | None = None
+    arch: str | None = None
+    kernels: frozenset[str] | None = None  # device types our library "has kernels for"
+
+
+_override_local = threading.local()
+
+
+def _current_override() -> _Override | None:
+    return getattr(_override_local, "value", None)
+
+
+@contextlib.contextmanager
+def override(
+    kind: str | None = None, arch: str | None = None, kernels_for: tuple[str, ...] | None = None
+) -> Iterator[None]:
+    """Pretend to be on another platform (tests, what-if reports).
+
+    ``kind="rocm", arch="gfx942"`` makes CUDA-type devices look like an MI300;
+    ``kind="cuda", arch="sm_90"`` makes them look like an H100. ``kernels_for`` sets the device
+    types the library is taken to have kernels for (e.g. ``("cpu", "cuda")``).
+    """
+    previous = _current_override()
+    _override_local.value = _Override(kind, arch, frozenset(kernels_for) if kernels_for is not None else None)
+    try:
+        yield
+    finally:
+        _override_local.value = previous
+
+
+def is_rocm() -> bool:
+    """True when torch is a ROCm build (or a ROCm platform is being simulated)."""
+    ov = _current_override()
+    if ov is not None and ov.kind is not None:
+        return ov.kind == "rocm"
+    return getattr(torch.version, "hip", None) is not None
+
+
+def _device_type(device: torch.device | str | None) -> str:
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device).type
+
+
+def _gpu_arch(index: int | None) -> str | None:
+    if not torch.cuda.is_available():
+        return None
+    idx = torch.cuda.current_device() if index is None else index
+    props = torch.cuda.get_device_properties(idx)
+    if is_rocm():
+        return getattr(props, "gcnArchName", "").split(":")[0] or None
+    return f"sm_{props.major}{props.minor}"
+
+
+def device_info(device: torch.device | str | None = None) -> DeviceInfo:
+    """Describe ``device`` (default: the current accelerator, else cpu)."""
+    dtype = _device_type(device)
+    ov = _current_override()
+    if dtype == "cpu":
+        return DeviceInfo("cpu", None, None, torch.float8_e4m3fn, True)
+    if dtype != "cuda":
+        return DeviceInfo(dtype, None, None, None, False)
+    if ov is not None and ov.kind is not None:
+        kind, arch = ov.kind, ov.arch
+    else:
+        kind = "rocm" if is_rocm() else "cuda"
+        index = torch.device(device).index if device is not None else None
+        arch = _gpu_arch(index)
+    if kind == "rocm":
+        fnuz = arch is not None and arch.startswith(_FNUZ_ARCHS)
+        fp8 = torch.float8_e4m3fnuz if fnuz else torch.float8_e4m3fn
+        supported = arch is not None and (fnuz or arch.startswith(("gfx950", "gfx12")))
+        return DeviceInfo("rocm", arch, 64, fp8, supported)
+    supported = arch is None or _sm_number(arch) >= 89
+    return DeviceInfo("cuda", arch, 32, torch.float8_e4m3fn, supported)
+
+
+def _sm_number(arch: str) -> int:
+    digits = "".join(ch for ch in arch if ch.isdigit())
+    return int(digits) if digits else 0
+
+
+def fp8_dtype(device: torch.device | str | None = None) -> torch.dtype:
+    """The FP8 flavour of ``device``: float8_e4m3fnuz on MI300 (gfx94x), float8_e4m3fn elsewhere."""
+    info = device_info(device)
+    return info.fp8_dtype or torch.float8_e4m3fn
+
+
+def has_kernel(op_qualname: str, device: torch.device | str) -> bool:
+    """Whether the loaded library registered a kernel of ``op_qualname`` for ``device``'s type.
+
+    ``op_qualname`` is e.g. ``"fusion_kernels::rms_norm"``. On ROCm builds torch routes HIP
+    tensors through the CUDA dispatch key, so "cuda" devices check the CUDA key there too.
+    """
+    dtype = _device_type(device)
+    ov = _current_override()
+    if ov is not None and ov.kernels is not None:
+        return dtype in ov.kernels and _op_defined(op_qualname)
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(dtype)
+    if key is None or not _op_defined(op_qualname):
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(op_qualname, key)
+
+
+def _op_defined(op_qualname: str) -> bool:
+    ns, name = op_qualname.split("::")
+    return hasattr(getattr(torch.ops, ns), name)
+
+
+def build_kind() -> str:
+    """Which GPU code the JIT build adds to the CPU kernels: "cuda", "rocm" or "cpu" (none)."""
+    if getattr(torch.version, "hip", None):
+        return "rocm"
+    if getattr(torch.version, "cuda", None):
+        return "cuda"
+    return "cpu"
+
+
+def _split_archs(value: str) -> list[str]:
+    return [a for a in value.replace(",", " ").replace(";", " ").split() if a]
+
+
+def cuda_build_archs() -> list[str]:
+    """CUDA targets for the JIT build: ``FUSION_KERNELS_CUDA_ARCHS`` ("8.0 9.0" or "sm_80,sm_90"),
+    else the architectures of the visible GPUs."""
+    env = os.environ.get("FUSION_KERNELS_CUDA_ARCHS")
+    archs: list[str] = []
+    if env:
+        for a in _split_archs(env):
+            a = a.lower().replace("+ptx", "")
+            archs.append(a if a.startswith("sm_") else "sm_" + a.replace(".", ""))
+    elif torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            major, minor = torch.cuda.get_device_capability(i)
+            archs.append(f"sm_{major}{minor}")
+    return sorted(set(archs), key=_sm_number)
+
+
+def rocm_build_archs() -> list[str]:
+    """ROCm targets for the JIT build: ``FUSION_KERNELS_ROCM_ARCHS`` ("gfx942 gfx90a"), else the
+    visible GPUs' gcnArchName."""
+    env = os.environ.get("FUSION_KERNELS_ROCM_ARCHS") or os.environ.get("PYTORCH_ROCM_ARCH")
+    if env:
+        return sorted(set(_split_archs(env)))
+    archs = set()
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            name = getattr(torch.cuda.get_device_properties(i), "gcnArchName", "")
+            if name:
+                archs.add(name.split(":")[0])
+    return sorted(archs)

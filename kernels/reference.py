@@ -1,0 +1,193 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Pure-torch references of every op: the spec the kernels are tested against.
+
+Each function takes the op's arguments and returns what the op returns (same dtypes, shapes and
+strides). Rounding points, the same in every kernel:
+
+* ``residual_out = to_input_dtype(input + residual)`` (computed in fp32); the norm reads it;
+* ``y = to_input_dtype(to_input_dtype(x * rsqrt(mean(x**2) + eps)) * weight)``
+  (fp32 arithmetic, the Hugging Face order);
+* the quantizers read ``y`` and compute ``y / scale`` in fp32, clamp to the format's range and
+  cast (round to nearest even).
+
+Scales:
+
+* static: the given fp32 scale;
+* per-token: ``max(min(amax, scale_ub) / qmax, 1 / (qmax * 512))`` - the floor keeps an all-zero
+  row's scale finite and positive (vLLM's per-token convention);
+* per-token-group: ``max(amax, 1e-10) / qmax``, optionally rounded up to a power of two
+  (``scale_ue8m0``) - the per_token_group_quant convention of DeepGEMM-style FP8 GEMMs.
+
+Special values: NaN propagates (a NaN in a row makes that row's dynamic scale NaN); +-Inf
+saturates to +-qmax when quantized; a row holding Inf normalizes to NaN at the Inf and 0
+elsewhere (Inf * rsqrt(Inf) = Inf * 0). INT8 has no NaN: NaN quantizes to 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+QMAX = {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0, torch.int8: 127.0}
+PER_TOKEN_MIN_SCALE_FACTOR = 512.0
+GROUP_ABSMAX_FLOOR = 1e-10
+
+__all__ = [
+    "rms_norm",
+    "fused_add_rms_norm",
+    "static_scaled_fp8_quant",
+    "dynamic_per_token_scaled_fp8_quant",
+    "per_token_group_fp8_quant",
+    "static_scaled_int8_quant",
+    "dynamic_scaled_int8_quant",
+    "rms_norm_static_fp8_quant",
+    "fused_add_rms_norm_static_fp8_quant",
+    "rms_norm_dynamic_per_token_quant",
+    "fused_add_rms_norm_dynamic_per_token_quant",
+    "rms_norm_per_token_group_quant",
+    "fused_add_rms_norm_per_token_group_quant",
+    "rms_norm_static_int8_quant",
+    "fused_add_rms_norm_static_int8_quant",
+    "per_token_min_scale",
+    "ue8m0_ceil",
+]
+
+
+# --- building blocks -------------------------------------------------------------------------
+
+
+def rms_norm(input: torch.Tensor, weight: torch.Tensor, epsilon: float) -> torch.Tensor:
+    x = input.float()
+    inv = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + epsilon)
+    normed = (x * inv).to(input.dtype)
+    return (normed.float() * weight.float()).to(input.dtype).contiguous()
+
+
+def fused_add_rms_norm(
+    input: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, epsilon: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    residual_out = (input.float() + residual.float()).to(input.dtype).contiguous()
+    return rms_norm(residual_out, weight, epsilon), residual_out
+
+
+def _clamp_cast(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if dtype == torch.int8:
+        v = v.clamp(-128.0, 127.0).round()
+        return torch.where(torch.isnan(v), torch.zeros_like(v), v).to(torch.int8).contiguous()
+    qmax = QMAX[dtype]
+    return v.clamp(-qmax, qmax).to(dtype).contiguous()
+
+
+def _check_qdtype(dtype: torch.dtype, allow_int8: bool) -> None:
+    ok = dtype in FP8_DTYPES or (allow_int8 and dtype == torch.int8)
+    if not ok:
+        raise ValueError(f"quant dtype must be float8_e4m3fn/float8_e4m3fnuz{'/int8' if allow_int8 else ''}, got {dtype}")
+
+
+def per_token_min_scale(dtype: torch.dtype) -> float:
+    """The floor of per-token scales, as the kernels compute it in fp32."""
+    return float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(QMAX[dtype] * PER_TOKEN_MIN_SCALE_FACTOR))
+
+
+def ue8m0_ceil(s: torch.Tensor) -> torch.Tensor:
+    """Round positive finite fp32 scales up to a power of two, exactly (frexp, not log2)."""
+    mantissa, exponent = torch.frexp(s)
+    up = torch.where(mantissa == 0.5, s, torch.ldexp(torch.ones_like(s), exponent))
+    return torch.where(torch.isfinite(s) & (s > 0), up, s)
+
+
+def static_scaled_fp8_quant(input: torch.Tensor, scale: torch.Tensor, fp8_dtype: torch.dtype) -> torch.Tensor:
+    _check_qdtype(fp8_dtype, allow_int8=False)
+    return _clamp_cast(input.float() / scale.float().reshape(()), fp8_dtype)
+
+
+def static_scaled_int8_quant(input: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return _clamp_cast(input.float() / scale.float().reshape(()), torch.int8)
+
+
+def _per_token(input: torch.Tensor, dtype: torch.dtype, scale_ub: torch.Tensor | None):
+    x = input.float()
+    amax = x.abs().amax(dim=-1, keepdim=True)
+    if scale_ub is not None:
+        amax = torch.clamp(amax, max=scale_ub.float().reshape(()))
+    scales = (amax / QMAX[dtype]).clamp(min=per_token_min_scale(dtype))
+    return _clamp_cast(x / scales, dtype), scales.contiguous()
+
+
+def dynamic_per_token_scaled_fp8_quant(
+    input: torch.Tensor, scale_ub: torch.Tensor | None, fp8_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_qdtype(fp8_dtype, allow_int8=False)
+    return _per_token(input, fp8_dtype, scale_ub)
+
+
+def dynamic_scaled_int8_quant(input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _per_token(input, torch.int8, None)
+
+
+def per_token_group_fp8_quant(
+    input: torch.Tensor, group_size: int, column_major_scales: bool, scale_ue8m0: bool, fp8_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_qdtype(fp8_dtype, allow_int8=False)
+    hidden = input.shape[-1]
+    if hidden % group_size != 0:
+        raise ValueError(f"hidden size {hidden} is not divisible by group_size {group_size}")
+    x = input.float().reshape(*input.shape[:-1], hidden // group_size, group_size)
+    amax = x.abs().amax(dim=-1, keepdim=True).clamp(min=GROUP_ABSMAX_FLOOR)
+    scales = amax / QMAX[fp8_dtype]
+    if scale_ue8m0:
+        scales = ue8m0_ceil(scales)
+    q = _clamp_cast(x / scales, fp8_dtype).reshape(input.shape)
+    scales = scales.squeeze(-1)
+    if column_major_scales:
+        if input.dim() != 2:
+            raise ValueError("column_major_scales needs a 2-D input")
+        scales = scales.t().contiguous().t()
+    return q, scales.contiguous() if not column_major_scales else scales
+
+
+# --- fused ops: the composition of the building blocks ----------------------------------------
+
+
+def rms_norm_static_fp8_quant(input, weight, scale, epsilon, fp8_dtype):
+    return static_scaled_fp8_quant(rms_norm(input, weight, epsilon), scale, fp8_dtype)
+
+
+def fused_add_rms_norm_static_fp8_quant(input, residual, weight, scale, epsilon, fp8_dtype):
+    y, residual_out = fused_add_rms_norm(input, residual, weight, epsilon)
+    return static_scaled_fp8_quant(y, scale, fp8_dtype), residual_out
+
+
+def rms_norm_dynamic_per_token_quant(input, weight, epsilon, quant_dtype, scale_ub):
+    _check_qdtype(quant_dtype, allow_int8=True)
+    return _per_token(rms_norm(input, weight, epsilon), quant_dtype, scale_ub)
+
+
+def fused_add_rms_norm_dynamic_per_token_quant(input, residual, weight, epsilon, quant_dtype, scale_ub):
+    _check_qdtype(quant_dtype, allow_int8=True)
+    y, residual_out = fused_add_rms_norm(input, residual, weight, epsilon)
+    q, scales = _per_token(y, quant_dtype, scale_ub)
+    return q, scales, residual_out
+
+
+def rms_norm_per_token_group_quant(input, weight, epsilon, group_size, column_major_scales, scale_ue8m0, fp8_dtype):
+    return per_token_group_fp8_quant(
+        rms_norm(input, weight, epsilon), group_size, column_major_scales, scale_ue8m0, fp8_dtype
+    )
+
+
+def fused_add_rms_norm_per_token_group_quant(
+    input, residual, weight, epsilon, group_size, column_major_scales, scale_ue8m0, fp8_dtype
+):
+    y, residual_out = fused_add_rms_norm(input, residual, weight, epsilon)
+    q, scales = per_token_group_fp8_quant(y, group_size, column_major_scales, scale_ue8m0, fp8_dtype)
+    return q, scales, residual_out
+
+
+def rms_norm_static_int8_quant(input, weight, scale, epsilon):
+    return static_scaled_int8_quant(rms_norm(input, weight, epsilon), scale)
+
+
+def fused_add_rms_norm_static_int8_quant(input, residual, weight, scale, epsilon):
+    y, residual_out = fused_add_rms_norm(input, residual, weight, epsilon)
+    return static_scaled_int8_quant(y, scale), residual_out
