@@ -26,6 +26,15 @@ def _check_group(input: torch.Tensor, group_size: int, column_major_scales: bool
     )
 
 
+def _check_devices(input: torch.Tensor, **others: torch.Tensor | None) -> None:
+    # The kernels refuse mixed devices; fail the same way at trace time.
+    for name, t in others.items():
+        torch._check(
+            t is None or t.device == input.device,
+            lambda: f"fusion_kernels: {name} must be on the input's device ({input.device}), got {t.device}",
+        )
+
+
 def _out(input: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return input.new_empty(input.shape, dtype=dtype)
 
@@ -42,18 +51,22 @@ def _group_scales(input: torch.Tensor, group_size: int, column_major_scales: boo
 
 
 def rms_norm(input, weight, epsilon):
+    _check_devices(input, weight=weight)
     return _out(input, input.dtype)
 
 
 def fused_add_rms_norm(input, residual, weight, epsilon):
+    _check_devices(input, residual=residual, weight=weight)
     return _out(input, input.dtype), _out(input, input.dtype)
 
 
 def static_scaled_fp8_quant(input, scale, fp8_dtype):
+    _check_devices(input, scale=scale)
     return _out(input, fp8_dtype)
 
 
 def dynamic_per_token_scaled_fp8_quant(input, scale_ub, fp8_dtype):
+    _check_devices(input, scale_ub=scale_ub)
     return _out(input, fp8_dtype), _token_scales(input)
 
 
@@ -63,6 +76,7 @@ def per_token_group_fp8_quant(input, group_size, column_major_scales, scale_ue8m
 
 
 def static_scaled_int8_quant(input, scale):
+    _check_devices(input, scale=scale)
     return _out(input, torch.int8)
 
 
@@ -71,22 +85,27 @@ def dynamic_scaled_int8_quant(input):
 
 
 def rms_norm_static_fp8_quant(input, weight, scale, epsilon, fp8_dtype):
+    _check_devices(input, weight=weight, scale=scale)
     return _out(input, fp8_dtype)
 
 
 def fused_add_rms_norm_static_fp8_quant(input, residual, weight, scale, epsilon, fp8_dtype):
+    _check_devices(input, residual=residual, weight=weight, scale=scale)
     return _out(input, fp8_dtype), _out(input, input.dtype)
 
 
 def rms_norm_dynamic_per_token_quant(input, weight, epsilon, quant_dtype, scale_ub):
+    _check_devices(input, weight=weight, scale_ub=scale_ub)
     return _out(input, quant_dtype), _token_scales(input)
 
 
 def fused_add_rms_norm_dynamic_per_token_quant(input, residual, weight, epsilon, quant_dtype, scale_ub):
+    _check_devices(input, residual=residual, weight=weight, scale_ub=scale_ub)
     return _out(input, quant_dtype), _token_scales(input), _out(input, input.dtype)
 
 
 def rms_norm_per_token_group_quant(input, weight, epsilon, group_size, column_major_scales, scale_ue8m0, fp8_dtype):
+    _check_devices(input, weight=weight)
     _check_group(input, group_size, column_major_scales)
     return _out(input, fp8_dtype), _group_scales(input, group_size, column_major_scales)
 
@@ -94,6 +113,7 @@ def rms_norm_per_token_group_quant(input, weight, epsilon, group_size, column_ma
 def fused_add_rms_norm_per_token_group_quant(
     input, residual, weight, epsilon, group_size, column_major_scales, scale_ue8m0, fp8_dtype
 ):
+    _check_devices(input, residual=residual, weight=weight)
     _check_group(input, group_size, column_major_scales)
     return (
         _out(input, fp8_dtype),
@@ -103,10 +123,12 @@ def fused_add_rms_norm_per_token_group_quant(
 
 
 def rms_norm_static_int8_quant(input, weight, scale, epsilon):
+    _check_devices(input, weight=weight, scale=scale)
     return _out(input, torch.int8)
 
 
 def fused_add_rms_norm_static_int8_quant(input, residual, weight, scale, epsilon):
+    _check_devices(input, residual=residual, weight=weight, scale=scale)
     return _out(input, torch.int8), _out(input, input.dtype)
 
 

@@ -138,12 +138,14 @@ def per_token_group_fp8_quant(
     if scale_ue8m0:
         scales = ue8m0_ceil(scales)
     q = _clamp_cast(x / scales, fp8_dtype).reshape(input.shape)
-    scales = scales.squeeze(-1)
+    scales = scales.squeeze(-1).contiguous()
     if column_major_scales:
         if input.dim() != 2:
             raise ValueError("column_major_scales needs a 2-D input")
-        scales = scales.t().contiguous().t()
-    return q, scales.contiguous() if not column_major_scales else scales
+        # The transpose of a contiguous [groups, tokens] tensor, strides (1, tokens).
+        col = torch.empty((scales.shape[1], scales.shape[0]), dtype=scales.dtype, device=scales.device).t()
+        scales = col.copy_(scales)
+    return q, scales
 
 
 # --- fused ops: the composition of the building blocks ----------------------------------------

@@ -1,0 +1,253 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The custom-op form: our unfused ops in the graph, rewritten by a direct FX rewrite.
+
+    rms_norm(x, w, eps)            -> quant(y, ...)   ==>  rms_norm_<scheme>_quant(x, w, ..., eps)
+    fused_add_rms_norm(x, r, w, eps) -> (y, r') ; quant(y, ...)
+                                                      ==>  fused_add_rms_norm_<scheme>_quant(x, r, w, ...)
+
+also when a view/reshape of the token dims sits between the norm and the quant (FP8 linear
+layers flatten [batch, seq, hidden] to [tokens, hidden] before quantizing): the fused op then
+runs on the unflattened input and its quantized outputs are viewed like the quant's input.
+
+A direct rewrite costs milliseconds per graph (the pattern matcher would re-trace per match).
+Opaque custom ops cannot be fused by Inductor itself, so these sites are always rewritten when
+the checks pass; there is no speed policy here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from fusion_kernels import platform
+from fusion_passes import fx_utils
+from fusion_passes.quant_key import QuantKey, Scheme
+from fusion_passes.registry import NORM_OP_NAMES, Registry, fused_op_name, quant_op_name
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One quant op and how its arguments map onto the fused op's."""
+
+    name: str
+    quant_op: str
+    scheme: Scheme
+    #: quant op arguments -> QuantKey
+    key: Callable[[dict[str, Any]], QuantKey]
+    #: (quant args) -> the fused op's trailing arguments after (input[, residual], weight, ...)
+    fused_tail: Callable[[dict[str, Any], Any], tuple]
+    dynamic: bool  # the quant returns (out, scales)
+
+
+def _fp8_static_tail(q, eps):
+    return (q["scale"], eps, q["fp8_dtype"])
+
+
+def _fp8_token_tail(q, eps):
+    return (eps, q["fp8_dtype"], q["scale_ub"])
+
+
+def _fp8_group_tail(q, eps):
+    return (eps, q["group_size"], q["column_major_scales"], q["scale_ue8m0"], q["fp8_dtype"])
+
+
+def _int8_static_tail(q, eps):
+    return (q["scale"], eps)
+
+
+def _int8_token_tail(q, eps):
+    return (eps, torch.int8, None)
+
+
+FAMILIES = (
+    Family("fp8_static", "static_scaled_fp8_quant", Scheme.STATIC,
+           lambda q: QuantKey(q["fp8_dtype"], Scheme.STATIC), _fp8_static_tail, False),
+    Family("fp8_per_token", "dynamic_per_token_scaled_fp8_quant", Scheme.PER_TOKEN,
+           lambda q: QuantKey(q["fp8_dtype"], Scheme.PER_TOKEN), _fp8_token_tail, True),
+    Family("fp8_per_group", "per_token_group_fp8_quant", Scheme.PER_GROUP,
+           lambda q: QuantKey(q["fp8_dtype"], Scheme.PER_GROUP, q["group_size"]), _fp8_group_tail, True),
+    Family("int8_static", "static_scaled_int8_quant", Scheme.STATIC,
+           lambda q: QuantKey(torch.int8, Scheme.STATIC), _int8_static_tail, False),
+    Family("int8_per_token", "dynamic_scaled_int8_quant", Scheme.PER_TOKEN,
+           lambda q: QuantKey(torch.int8, Scheme.PER_TOKEN), _int8_token_tail, True),
+)  # fmt: skip
+
+
+class Refusal(Exception):
+    """A site that looks fusable but is not provably equivalent (or has no kernel)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclasses.dataclass(frozen=True)
+class CustomOpPattern:
+    family: Family
+    residual: bool
+
+    @property
+    def norm_op(self) -> str:
+        return NORM_OP_NAMES[self.residual]
+
+    @property
+    def name(self) -> str:
+        return f"{self.norm_op}+{self.family.quant_op}"
+
+    def fused_op_name(self) -> str:
+        # Any key of the family names the same fused op (the dtype is an argument).
+        sample = {
+            "fp8_static": QuantKey(torch.float8_e4m3fn, Scheme.STATIC),
+            "fp8_per_token": QuantKey(torch.float8_e4m3fn, Scheme.PER_TOKEN),
+            "fp8_per_group": QuantKey(torch.float8_e4m3fn, Scheme.PER_GROUP, 128),
+            "int8_static": QuantKey(torch.int8, Scheme.STATIC),
+            "int8_per_token": QuantKey(torch.int8, Scheme.PER_TOKEN),
+        }[self.family.name]
+        assert quant_op_name(sample) == self.family.quant_op
+        return fused_op_name(sample, self.residual)
+
+    def unavailable_reason(self, registry: Registry) -> str | None:
+        for op in (self.norm_op, self.family.quant_op, self.fused_op_name()):
+            if op in registry.missing:
+                return f"{op}: {registry.missing[op]}"
+        return None
+
+    # -- matching ------------------------------------------------------------------------
+
+    def sites(self, graph: fx.Graph) -> list[fx.Node]:
+        quant = getattr(torch.ops.fusion_kernels, self.family.quant_op).default
+        return list(graph.find_nodes(op="call_function", target=quant))
+
+    def match(self, qnode: fx.Node) -> _Match | None:
+        """The structure around a quant node, or None if no norm of this pattern feeds it."""
+        q = fx_utils.bound_args(qnode)
+        src = q["input"]
+        if not isinstance(src, fx.Node):
+            return None
+        view = None
+        if src.op == "call_function" and src.target in fx_utils.VIEW_OPS:
+            view, src = src, src.args[0]
+            if not isinstance(src, fx.Node):
+                return None
+        norm_target = getattr(torch.ops.fusion_kernels, self.norm_op).default
+        if self.residual:
+            if not (src.op == "call_function" and src.target is operator.getitem and src.args[1] == 0):
+                return None
+            norm = src.args[0]
+            if not (isinstance(norm, fx.Node) and norm.target is norm_target):
+                return None
+        else:
+            if src.target is not norm_target:
+                return None
+            norm = src
+        return _Match(self, qnode, q, view, src, norm, fx_utils.bound_args(norm))
+
+    def check(self, m: _Match, registry: Registry) -> QuantKey:
+        """Raise Refusal unless the fused op computes exactly what the pair computes here."""
+        # The norm's output must feed only this quant: another consumer would still need it.
+        expected = {m.view} if m.view is not None else {m.qnode}
+        if set(m.y.users) != expected or (m.view is not None and set(m.view.users) != {m.qnode}):
+            raise Refusal("norm_output_has_other_users")
+        if self.residual and len(fx_utils.getitem_users(m.norm).get(0, [])) != 1:
+            raise Refusal("norm_output_has_other_users")
+        try:
+            key = self.family.key(m.q)
+        except (ValueError, TypeError) as exc:
+            raise Refusal("unsupported_quant_args", str(exc)) from None
+        fused = registry.fused_ops.get((key, self.residual))
+        if fused is None:
+            raise Refusal("fused_op_missing", fused_op_name(key, self.residual))
+        x_val = fx_utils.val(m.n["input"])
+        y_val = fx_utils.val(m.qnode.args[0] if m.view is not None else m.y)
+        if x_val is None or y_val is None:
+            raise Refusal("no_shape_information")
+        if not platform.has_kernel(f"fusion_kernels::{fused._schema.name.split('::')[-1]}", x_val.device):
+            raise Refusal("no_kernel_for_device", str(x_val.device))
+        if x_val.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise Refusal("unsupported_dtype", str(x_val.dtype))
+        if m.view is not None:
+            if y_val.shape[-1] != x_val.shape[-1]:
+                raise Refusal("view_changes_hidden_dim")
+            if key.scheme is Scheme.PER_GROUP and m.q["column_major_scales"]:
+                raise Refusal("column_major_needs_2d_input", "the norm's input is not 2-D")
+        if key.scheme is Scheme.PER_GROUP:
+            hidden = x_val.shape[-1]
+            if not isinstance(hidden, int):
+                raise Refusal("symbolic_hidden_size")
+            if hidden % key.group_size != 0:
+                raise Refusal("group_size_not_dividing_hidden", f"H={hidden}, group_size={key.group_size}")
+            if m.q["column_major_scales"] and x_val.dim() != 2:
+                raise Refusal("column_major_needs_2d_input")
+        return key
+
+    # -- rewriting -----------------------------------------------------------------------
+
+    def rewrite(self, graph: fx.Graph, m: _Match, key: QuantKey, registry: Registry) -> fx.Node:
+        fused_op = registry.fused_ops[(key, self.residual)]
+        n = m.n
+        head = (n["input"], n["residual"], n["weight"]) if self.residual else (n["input"], n["weight"])
+        args = head + self.family.fused_tail(m.q, n["epsilon"])
+        res_items = fx_utils.getitem_users(m.norm).get(1, []) if self.residual else []
+        q_items = fx_utils.getitem_users(m.qnode) if self.family.dynamic else {}
+        with graph.inserting_before(m.qnode):
+            fused = fx_utils.call(graph, fused_op, args, like=m.qnode)
+            multi = self.family.dynamic or self.residual
+            out = fx_utils.getitem(graph, fused, 0) if multi else fused
+            scales = fx_utils.getitem(graph, fused, 1) if self.family.dynamic else None
+            if m.view is not None:
+                shape = list(m.view.args[1])
+                out = fx_utils.call(graph, m.view.target, (out, shape), like=m.view)
+                if scales is not None:
+                    last = 1 if key.scheme is Scheme.PER_TOKEN else x_groups(fx_utils.val(n["input"]), key)
+                    scales = fx_utils.call(graph, m.view.target, (scales, [*shape[:-1], last]), like=m.view)
+            if self.family.dynamic:
+                for idx, items in q_items.items():
+                    for item in items:
+                        item.replace_all_uses_with(out if idx == 0 else scales)
+            else:
+                m.qnode.replace_all_uses_with(out)
+            if res_items:
+                new_res = fx_utils.getitem(graph, fused, 2 if self.family.dynamic else 1)
+                for item in res_items:
+                    item.replace_all_uses_with(new_res)
+        # Erase what the fused op replaced, consumers first.
+        for items in q_items.values():
+            for item in items:
+                graph.erase_node(item)
+        graph.erase_node(m.qnode)
+        if m.view is not None:
+            graph.erase_node(m.view)
+        if self.residual:
+            graph.erase_node(m.y)
+            for item in res_items:
+                graph.erase_node(item)
+            if not m.norm.users:
+                graph.erase_node(m.norm)
+        else:
+            graph.erase_node(m.norm)
+        return fused
+
+
+def x_groups(x_val: torch.Tensor, key: QuantKey) -> int:
+    return int(x_val.shape[-1]) // int(key.group_size)
+
+
+@dataclasses.dataclass
+class _Match:
+    pattern: CustomOpPattern
+    qnode: fx.Node
+    q: dict[str, Any]  # quant op arguments by name
+    view: fx.Node | None
+    y: fx.Node  # the norm's normalized output (rms_norm node, or getitem(fused_add_rms_norm, 0))
+    norm: fx.Node
+    n: dict[str, Any]  # norm op arguments by name
+
+
+def all_patterns() -> list[CustomOpPattern]:
+    return [CustomOpPattern(f, residual) for f in FAMILIES for residual in (False, True)]

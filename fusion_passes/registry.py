@@ -1,0 +1,156 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The op registry: QUANT_OPS (quant key -> unfused quant op) and FUSED_OPS ((quant key,
+residual) -> fused op), the only copy of these tables.
+
+Built lazily, behind one ``hasattr(torch.ops.fusion_kernels, name)`` guard per op: a library
+built without an op (or no library at all) just loses the patterns that need it, and
+:attr:`Registry.missing` says why. ``hasattr(torch.ops, "fusion_kernels")`` is always true
+(namespaces are lazy), so the guard is per op, never per namespace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator, Mapping
+
+import torch
+
+import fusion_kernels
+from fusion_passes.quant_key import FP8_DTYPES, GROUP_SIZES, INT8_PER_TOKEN, INT8_STATIC, QuantKey, Scheme
+
+NAMESPACE = "fusion_kernels"
+NORM_OP_NAMES = {False: "rms_norm", True: "fused_add_rms_norm"}
+
+
+def quant_op_name(key: QuantKey) -> str:
+    """The unfused quant op of a key."""
+    if key.is_fp8:
+        return {
+            Scheme.STATIC: "static_scaled_fp8_quant",
+            Scheme.PER_TOKEN: "dynamic_per_token_scaled_fp8_quant",
+            Scheme.PER_GROUP: "per_token_group_fp8_quant",
+        }[key.scheme]
+    return {Scheme.STATIC: "static_scaled_int8_quant", Scheme.PER_TOKEN: "dynamic_scaled_int8_quant"}[key.scheme]
+
+
+def fused_op_name(key: QuantKey, residual: bool) -> str:
+    """The fused [residual add +] RMSNorm + quant op of a key."""
+    if key.is_fp8:
+        base = {
+            Scheme.STATIC: "rms_norm_static_fp8_quant",
+            Scheme.PER_TOKEN: "rms_norm_dynamic_per_token_quant",
+            Scheme.PER_GROUP: "rms_norm_per_token_group_quant",
+        }[key.scheme]
+    else:
+        base = {Scheme.STATIC: "rms_norm_static_int8_quant", Scheme.PER_TOKEN: "rms_norm_dynamic_per_token_quant"}[
+            key.scheme
+        ]
+    return ("fused_add_" + base) if residual else base
+
+
+def all_keys() -> list[QuantKey]:
+    """Every quant key the library can serve, both FP8 flavours included."""
+    keys: list[QuantKey] = []
+    for dtype in FP8_DTYPES:
+        keys.append(QuantKey(dtype, Scheme.STATIC))
+        keys.append(QuantKey(dtype, Scheme.PER_TOKEN))
+        keys.extend(QuantKey(dtype, Scheme.PER_GROUP, g) for g in GROUP_SIZES)
+    keys += [INT8_STATIC, INT8_PER_TOKEN]
+    return keys
+
+
+def _lookup_op(name: str) -> torch._ops.OpOverload | None:
+    """The op's default overload if the loaded library defines it (the hasattr guard)."""
+    ns = getattr(torch.ops, NAMESPACE)
+    if not hasattr(ns, name):
+        return None
+    return getattr(ns, name).default
+
+
+@dataclasses.dataclass
+class Registry:
+    quant_ops: dict[QuantKey, torch._ops.OpOverload]
+    fused_ops: dict[tuple[QuantKey, bool], torch._ops.OpOverload]
+    norm_ops: dict[bool, torch._ops.OpOverload]
+    #: op name -> why it is unavailable
+    missing: dict[str, str]
+    library: str  # one line: how the library was obtained, or why it is absent
+
+    def schemas(self) -> list[str]:
+        ops = {*self.quant_ops.values(), *self.fused_ops.values(), *self.norm_ops.values()}
+        return sorted(str(op._schema) for op in ops)
+
+
+def _library_line() -> str:
+    st = fusion_kernels.state()
+    if st.status == "loaded":
+        line = f"loaded ({st.source}, {st.target or 'prebuilt'})"
+        if st.gpu_note:
+            line += f"; GPU kernels not built: {st.gpu_note}"
+        return line
+    return f"{st.status}: {st.reason}" if st.reason else st.status
+
+
+def build_registry() -> Registry:
+    st = fusion_kernels.state()
+    absent_reason = "the op library is not loaded" if not st.loaded else "not defined by the loaded library"
+    if st.status in ("disabled", "failed"):
+        absent_reason = f"the op library is {st.status} ({st.reason})"
+    missing: dict[str, str] = {}
+
+    def get(name: str):
+        op = _lookup_op(name)
+        if op is None:
+            missing[name] = absent_reason
+        return op
+
+    norm_ops = {res: op for res, name in NORM_OP_NAMES.items() if (op := get(name)) is not None}
+    quant_ops: dict[QuantKey, torch._ops.OpOverload] = {}
+    fused_ops: dict[tuple[QuantKey, bool], torch._ops.OpOverload] = {}
+    for key in all_keys():
+        if (q := get(quant_op_name(key))) is not None:
+            quant_ops[key] = q
+        for residual in (False, True):
+            if (f := get(fused_op_name(key, residual))) is not None:
+                fused_ops[(key, residual)] = f
+    return Registry(quant_ops, fused_ops, norm_ops, missing, _library_line())
+
+
+_registry: Registry | None = None
+_registry_lock = threading.Lock()
+
+
+def get_registry(refresh: bool = False) -> Registry:
+    """The registry for the library as loaded now (rebuilt on ``refresh``)."""
+    global _registry
+    with _registry_lock:
+        if _registry is None or refresh:
+            _registry = build_registry()
+        return _registry
+
+
+class _LazyTable(Mapping):
+    """A read-only view of one registry table, built on first access."""
+
+    def __init__(self, field: str) -> None:
+        self._field = field
+
+    def _table(self) -> dict:
+        return getattr(get_registry(), self._field)
+
+    def __getitem__(self, key):
+        return self._table()[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+    def __repr__(self) -> str:
+        return f"{self._field.upper()}({self._table()!r})"
+
+
+QUANT_OPS: Mapping[QuantKey, torch._ops.OpOverload] = _LazyTable("quant_ops")
+FUSED_OPS: Mapping[tuple[QuantKey, bool], torch._ops.OpOverload] = _LazyTable("fused_ops")
