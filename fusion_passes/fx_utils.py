@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import operator
+import os
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -98,12 +100,13 @@ def stable_topological_sort(graph: fx.Graph) -> None:
 
 
 def source_line(node: fx.Node) -> str:
-    """The user's source line that produced a node, if the graph kept it."""
+    """The user's source line that produced a node, if the graph kept it: "file.py:12 (fn): code"."""
     trace = node.meta.get("stack_trace") or ""
     lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip()]
     for i in range(len(lines) - 1, -1, -1):
-        if lines[i].startswith("File "):
-            code = lines[i + 1] if i + 1 < len(lines) else ""
-            loc = lines[i].replace("File ", "")
-            return f"{loc}: {code}" if code else loc
+        m = re.match(r'File "([^"]+)", line (\d+), in (\S+)', lines[i])
+        if m:
+            code = lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith("File ") else ""
+            where = f"{os.path.basename(m.group(1))}:{m.group(2)} ({m.group(3)})"
+            return f"{where}: {code}" if code else where
     return ""
