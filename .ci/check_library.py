@@ -3,6 +3,7 @@
 the CUDA code objects for those archs are in it)."""
 
 import argparse
+import os
 import struct
 import sys
 from collections import Counter
@@ -50,6 +51,7 @@ parser.add_argument("--expect-cuda", action="store_true")
 parser.add_argument("--archs", default="")
 args = parser.parse_args()
 
+args.library = os.path.abspath(args.library)
 torch.ops.load_library(args.library)
 missing, no_cpu, no_cuda = [], [], []
 for name in OP_NAMES:
