@@ -240,7 +240,7 @@ def _ninja_escape(arg: str) -> str:
 
 def make_plan(target: Target, out_dir: Path, src: Path | None = None, debug: bool = False) -> Plan:
     src = src or source_dir()
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()
     inc, lib = _torch_dirs()
     opt = ["-O0", "-g"] if debug else ["-O3"]
     defines = common_defines()
