@@ -135,18 +135,19 @@ def make_args(
     the format's range and a few saturate.
     """
     schema = getattr(torch.ops.fusion_kernels, op_name).default._schema
-    g = generator or torch.Generator().manual_seed(0)
+    device = torch.device(device)
+    g = generator or torch.Generator(device=device).manual_seed(0)
 
     def act() -> torch.Tensor:
-        full = torch.randn(*tokens, hidden + row_padding, generator=g) * value_scale
-        return full.to(dtype).to(device)[..., :hidden]
+        full = torch.randn(*tokens, hidden + row_padding, generator=g, device=device) * value_scale
+        return full.to(dtype)[..., :hidden]
 
     fp8 = quant_dtype if quant_dtype != torch.int8 else torch.float8_e4m3fn
     qdtype = quant_dtype
     values = {
         "input": act,
         "residual": act,
-        "weight": lambda: (1.0 + 0.5 * torch.randn(hidden, generator=g)).to(weight_dtype or dtype).to(device),
+        "weight": lambda: (1.0 + 0.5 * torch.randn(hidden, generator=g, device=device)).to(weight_dtype or dtype),
         "epsilon": lambda: epsilon,
         "scale": lambda: torch.tensor(
             value_scale * 4.0 / (127.0 if "int8" in op_name else {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0}[fp8]),

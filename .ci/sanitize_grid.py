@@ -1,0 +1,34 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Every op over a small boundary grid on CUDA, outputs copied to the host: the workload that
+.ci/gpu runs under compute-sanitizer (memcheck, initcheck, racecheck). Run with
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 so each output is a fresh allocation: an output element the
+kernel does not write is then an uninitialized read when copied back (initcheck)."""
+
+import sys
+
+import torch
+
+import fusion_kernels
+from fusion_kernels import OP_NAMES
+from fusion_kernels.testing import make_args
+
+fusion_kernels.load(strict=True)
+ops = torch.ops.fusion_kernels
+count = 0
+for op_name in OP_NAMES:
+    for tokens in [(0,), (1,), (7,)]:
+        for hidden in [1, 7, 64, 1025, 4104, 33000]:
+            for dtype, pad in [(torch.bfloat16, 0), (torch.float32, 0), (torch.float16, 3)]:
+                kw = {}
+                if "group" in op_name:
+                    if hidden % 64:
+                        continue
+                    kw = {"group_size": 64, "column_major_scales": tokens == (7,), "scale_ue8m0": True}
+                args = make_args(op_name, tokens, hidden, dtype, "cuda", row_padding=pad, **kw)
+                out = getattr(ops, op_name)(*args)
+                for o in out if isinstance(out, tuple) else (out,):
+                    o.cpu()
+                count += 1
+torch.cuda.synchronize()
+print(f"sanitize grid: {count} op calls")
+sys.exit(0)

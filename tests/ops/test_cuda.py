@@ -1,0 +1,115 @@
+# SPDX-License-Identifier: Apache-2.0
+"""CUDA-only checks (run on the GPU machine): model-sized grids, unwritten outputs, batch
+invariance, 64-bit indexing. The CPU-and-CUDA numerics live in test_numerics.py."""
+
+import pytest
+import torch
+
+from fusion_kernels import OP_NAMES
+from fusion_kernels.testing import assert_outputs_match, make_args, reference_of
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+ops = torch.ops.fusion_kernels
+
+MODEL_HIDDEN = [2048, 4096, 5120, 7168, 8192, 16384]
+MODEL_TOKENS = [1, 16, 1024, 16384]
+
+
+def _kw(op_name, hidden):
+    return {"group_size": 128 if hidden % 128 == 0 else 64} if "group" in op_name else {}
+
+
+@pytest.mark.parametrize("op_name", OP_NAMES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_model_sizes_against_reference(op_name, dtype):
+    """Reference computed on the GPU with torch (same spec, torch's own reduction order)."""
+    for hidden in MODEL_HIDDEN:
+        for tokens in MODEL_TOKENS:
+            if tokens * hidden > 64 * 2**20 and dtype == torch.float32:
+                continue  # fp32 at 16384 x 16384 adds minutes of reference time, not coverage
+            args = make_args(op_name, (tokens,), hidden, dtype, "cuda", **_kw(op_name, hidden))
+            out = getattr(ops, op_name)(*args)
+            expected = reference_of(op_name)(*args)
+            assert_outputs_match(op_name, out, expected, dtype)
+
+
+@pytest.mark.parametrize("hidden", [32768, 40000, 65536])
+def test_hidden_sizes_beyond_the_register_path(hidden):
+    """Rows too long to keep in registers take the re-reading path: same results."""
+    for op_name in ("rms_norm", "fused_add_rms_norm_dynamic_per_token_quant", "rms_norm_per_token_group_quant",
+                    "fused_add_rms_norm_static_int8_quant"):  # fmt: skip
+        kw = {"group_size": 64} if "group" in op_name else {}
+        if "group" in op_name and hidden % 64:
+            continue
+        for dtype in (torch.bfloat16, torch.float32):
+            args = make_args(op_name, (5,), hidden, dtype, "cuda", **kw)
+            assert_outputs_match(op_name, getattr(ops, op_name)(*args), reference_of(op_name)(*args), dtype)
+
+
+def _poison_caching_allocator(byte: int) -> None:
+    """Fill the caching allocator's free blocks with ``byte`` so a kernel that skips an output
+    element leaves that byte behind."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    blocks = [torch.full((n,), byte, dtype=torch.uint8, device="cuda") for n in [256 << 20] + [512 << 10] * 64]
+    del blocks
+
+
+@pytest.mark.parametrize("op_name", OP_NAMES)
+def test_every_output_element_is_written(op_name):
+    for tokens, hidden, dtype in [((1,), 4096, torch.bfloat16), ((7,), 1025, torch.float16), ((33,), 7168, torch.bfloat16),
+                                  ((3, 5), 384, torch.float32)]:  # fmt: skip
+        kw = _kw(op_name, hidden)
+        if "group" in op_name and hidden % kw["group_size"]:
+            continue
+        args = make_args(op_name, tokens, hidden, dtype, "cuda", **kw)
+        results = []
+        for byte in (0x00, 0xA5):
+            _poison_caching_allocator(byte)
+            out = getattr(ops, op_name)(*args)
+            out = out if isinstance(out, tuple) else (out,)
+            results.append([o.view(torch.uint8).clone() if o.element_size() == 1 else o.clone() for o in out])
+        for a, b in zip(*results):
+            assert torch.equal(a, b), f"{op_name} {tokens}x{hidden}: an output element was not written"
+
+
+@pytest.mark.parametrize("op_name", [n for n in OP_NAMES if "quant" in n])
+def test_batch_invariance(op_name):
+    """A row's outputs do not depend on the batch it is computed in: alone, among 7, among 16384."""
+    hidden = 4096
+    kw = _kw(op_name, hidden)
+    big = make_args(op_name, (16384,), hidden, torch.bfloat16, "cuda", **kw)
+    picks = [0, 3, 6]
+
+    def take(args, rows):
+        return tuple(a[rows] if isinstance(a, torch.Tensor) and a.dim() == 2 else a for a in args)
+
+    def rows_of(out, rows_in_out):
+        out = out if isinstance(out, tuple) else (out,)
+        return [o[rows_in_out].contiguous().view(torch.uint8) if o.element_size() == 1 else o[rows_in_out].contiguous()
+                for o in out]  # fmt: skip
+
+    full = rows_of(getattr(ops, op_name)(*big), picks)
+    seven = rows_of(getattr(ops, op_name)(*take(big, slice(0, 7))), picks)
+    for i, row in enumerate(picks):
+        alone = rows_of(getattr(ops, op_name)(*take(big, slice(row, row + 1))), [0])
+        for a, b, c in zip(full, seven, alone):
+            assert torch.equal(a[i], b[i]) and torch.equal(a[i], c[0]), f"{op_name}: row {row} depends on the batch"
+
+
+def test_more_than_2_pow_31_elements():
+    """Index arithmetic is 64-bit: T * H > 2^31, checked on the last rows."""
+    tokens, hidden = 131_200, 16_384  # 2.15e9 elements
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16, generator=g)
+    w = torch.ones(hidden, device="cuda", dtype=torch.bfloat16)
+    q, s = ops.rms_norm_dynamic_per_token_quant(x, w, 1e-6, torch.float8_e4m3fn, None)
+    tail = slice(tokens - 3, tokens)
+    ref_q, ref_s = reference_of("rms_norm_dynamic_per_token_quant")(x[tail], w, 1e-6, torch.float8_e4m3fn, None)
+    assert_outputs_match("rms_norm_dynamic_per_token_quant", (q[tail], s[tail]), (ref_q, ref_s), torch.bfloat16)
+    del q, s
+    y = ops.rms_norm(x, w, 1e-6)
+    torch.testing.assert_close(y[tail], reference_of("rms_norm")(x[tail], w, 1e-6), rtol=8e-3, atol=8e-3)
