@@ -7,8 +7,10 @@ strides). Rounding points, the same in every kernel:
 * ``residual_out = to_input_dtype(input + residual)`` (computed in fp32); the norm reads it;
 * ``y = to_input_dtype(to_input_dtype(x * rsqrt(mean(x**2) + eps)) * weight)``
   (fp32 arithmetic, the Hugging Face order);
-* the quantizers read ``y`` and compute ``y / scale`` in fp32, clamp to the format's range and
-  cast (round to nearest even).
+* the quantizers read ``y`` and compute ``y * (1 / scale)`` in fp32 (the scale's correctly
+  rounded reciprocal, as FP8 kernels apply it), clamp to the format's range and cast (round to
+  nearest even). Code that divides by the scale instead differs only where ``y / scale`` lies
+  within one fp32 rounding of a quantization boundary.
 
 Scales:
 
@@ -96,13 +98,17 @@ def ue8m0_ceil(s: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(s) & (s > 0), up, s)
 
 
+def _scaled(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x.float() * (1.0 / scale.float())
+
+
 def static_scaled_fp8_quant(input: torch.Tensor, scale: torch.Tensor, fp8_dtype: torch.dtype) -> torch.Tensor:
     _check_qdtype(fp8_dtype, allow_int8=False)
-    return _clamp_cast(input.float() / scale.float().reshape(()), fp8_dtype)
+    return _clamp_cast(_scaled(input, scale.reshape(())), fp8_dtype)
 
 
 def static_scaled_int8_quant(input: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return _clamp_cast(input.float() / scale.float().reshape(()), torch.int8)
+    return _clamp_cast(_scaled(input, scale.reshape(())), torch.int8)
 
 
 def _per_token(input: torch.Tensor, dtype: torch.dtype, scale_ub: torch.Tensor | None):
@@ -111,7 +117,7 @@ def _per_token(input: torch.Tensor, dtype: torch.dtype, scale_ub: torch.Tensor |
     if scale_ub is not None:
         amax = torch.clamp(amax, max=scale_ub.float().reshape(()))
     scales = (amax / QMAX[dtype]).clamp(min=per_token_min_scale(dtype))
-    return _clamp_cast(x / scales, dtype), scales.contiguous()
+    return _clamp_cast(_scaled(x, scales), dtype), scales.contiguous()
 
 
 def dynamic_per_token_scaled_fp8_quant(
@@ -137,7 +143,7 @@ def per_token_group_fp8_quant(
     scales = amax / QMAX[fp8_dtype]
     if scale_ue8m0:
         scales = ue8m0_ceil(scales)
-    q = _clamp_cast(x / scales, fp8_dtype).reshape(input.shape)
+    q = _clamp_cast(_scaled(x, scales), fp8_dtype).reshape(input.shape)
     scales = scales.squeeze(-1).contiguous()
     if column_major_scales:
         if input.dim() != 2:

@@ -12,9 +12,9 @@ import torch
 
 from fusion_kernels.reference import FP8_DTYPES
 
-#: Relative tolerance for fp32 scales computed from a row that may differ from the reference
-#: by one rounding of the input dtype (the kernels reduce in a different order).
-SCALE_RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+#: Relative tolerance for fp32 dynamic scales: the absmax is taken of the normalized row, which
+#: may differ from the reference's by two roundings of the input dtype (see ACT_TOL).
+SCALE_RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
 def quant_steps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -43,15 +43,41 @@ def quant_steps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(na ^ nb, torch.full_like(d, 1 << 20), d)
 
 
-def assert_quant_close(actual: torch.Tensor, expected: torch.Tensor, max_fraction: float, what: str = "q") -> None:
-    """Every element within one step of ``expected``, and at most ``max_fraction`` of them off."""
+def assert_quant_close(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    max_fraction: float,
+    what: str = "q",
+    same_scale: torch.Tensor | None = None,
+) -> None:
+    """Every element within one step of ``expected``; at most ``max_fraction`` of them off.
+
+    ``same_scale`` (bool, broadcastable to the output) restricts the fraction bound to elements
+    whose dynamic scale equals the reference's exactly: where the scale itself differs (within
+    its own tolerance), every element may legitimately sit one step away.
+    """
     d = quant_steps(actual, expected)
     if d.numel() == 0:
         return
     worst = int(d.max())
-    frac = float((d > 0).float().mean())
     assert worst <= 1, f"{what}: an element is {worst} quantization steps from the reference"
+    off = d > 0
+    if same_scale is not None:
+        mask = same_scale.expand_as(off)
+        off = off[mask]
+        if off.numel() == 0:
+            return
+    frac = float(off.float().mean())
     assert frac <= max_fraction, f"{what}: {frac:.3%} of elements differ by one step (allowed {max_fraction:.2%})"
+
+
+def scale_mask(actual_scales: torch.Tensor, expected_scales: torch.Tensor, q_shape: torch.Size) -> torch.Tensor:
+    """Per quantized element: does its scale equal the reference's bit for bit?"""
+    eq = (actual_scales == expected_scales) | (torch.isnan(actual_scales) & torch.isnan(expected_scales))
+    groups = eq.shape[-1]
+    if groups == 1:
+        return eq
+    return eq.repeat_interleave(q_shape[-1] // groups, dim=-1)
 
 
 def assert_scales_close(actual: torch.Tensor, expected: torch.Tensor, input_dtype: torch.dtype, what: str = "scales") -> None:
@@ -59,31 +85,35 @@ def assert_scales_close(actual: torch.Tensor, expected: torch.Tensor, input_dtyp
     assert actual.stride() == expected.stride() or actual.numel() <= 1, (
         f"{what}: strides {actual.stride()} vs {expected.stride()}"
     )
-    torch.testing.assert_close(actual, expected, rtol=SCALE_RTOL[input_dtype], atol=0, equal_nan=True, msg=what)
+    torch.testing.assert_close(
+        actual, expected, rtol=SCALE_RTOL[input_dtype], atol=0, equal_nan=True, msg=lambda m: f"{what}: {m}"
+    )
 
 
-#: What each output of each op is: "act" (a tensor in the input dtype), "q" (quantized),
-#: "scales" (fp32 scales).
+#: What each output of each op is: "act" (the normalized output, in the input dtype), "res"
+#: (the new residual, in the input dtype), "q" (quantized), "scales" (fp32 scales).
 OUTPUT_KINDS: dict[str, tuple[str, ...]] = {
     "rms_norm": ("act",),
-    "fused_add_rms_norm": ("act", "act"),
+    "fused_add_rms_norm": ("act", "res"),
     "static_scaled_fp8_quant": ("q",),
     "dynamic_per_token_scaled_fp8_quant": ("q", "scales"),
     "per_token_group_fp8_quant": ("q", "scales"),
     "static_scaled_int8_quant": ("q",),
     "dynamic_scaled_int8_quant": ("q", "scales"),
     "rms_norm_static_fp8_quant": ("q",),
-    "fused_add_rms_norm_static_fp8_quant": ("q", "act"),
+    "fused_add_rms_norm_static_fp8_quant": ("q", "res"),
     "rms_norm_dynamic_per_token_quant": ("q", "scales"),
-    "fused_add_rms_norm_dynamic_per_token_quant": ("q", "scales", "act"),
+    "fused_add_rms_norm_dynamic_per_token_quant": ("q", "scales", "res"),
     "rms_norm_per_token_group_quant": ("q", "scales"),
-    "fused_add_rms_norm_per_token_group_quant": ("q", "scales", "act"),
+    "fused_add_rms_norm_per_token_group_quant": ("q", "scales", "res"),
     "rms_norm_static_int8_quant": ("q",),
-    "fused_add_rms_norm_static_int8_quant": ("q", "act"),
+    "fused_add_rms_norm_static_int8_quant": ("q", "res"),
 }
 
-#: Tolerance for outputs in the input dtype: one rounding of that dtype.
-ACT_TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+#: Tolerance for the normalized output: two roundings of the input dtype (relative). The row's
+#: reduction order differs from torch's, so rsqrt can differ in the last fp32 bit; the first
+#: rounding point can then flip one unit, which the weight multiplies before the second rounding.
+ACT_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
 def assert_outputs_match(op_name: str, actual, expected, input_dtype: torch.dtype, max_fraction: float = 0.01) -> None:
@@ -92,19 +122,27 @@ def assert_outputs_match(op_name: str, actual, expected, input_dtype: torch.dtyp
     if isinstance(expected, torch.Tensor):
         actual, expected = (actual,), (expected,)
     assert len(actual) == len(expected) == len(kinds), f"{op_name}: {len(actual)} outputs, expected {len(kinds)}"
+    same_scale = None
+    if "scales" in kinds:
+        si = kinds.index("scales")
+        same_scale = scale_mask(actual[si], expected[si], expected[0].shape)
     for i, (a, e, kind) in enumerate(zip(actual, expected, kinds)):
         what = f"{op_name} output {i} ({kind})"
         assert a.dtype == e.dtype, f"{what}: dtype {a.dtype} vs {e.dtype}"
         assert a.shape == e.shape, f"{what}: shape {tuple(a.shape)} vs {tuple(e.shape)}"
         if kind == "q":
             assert a.is_contiguous(), f"{what} is not contiguous"
-            assert_quant_close(a, e, max_fraction, what=what)
+            assert_quant_close(a, e, max_fraction, what=what, same_scale=same_scale)
         elif kind == "scales":
             assert_scales_close(a, e, input_dtype, what=what)
+        elif kind == "res":
+            # The new residual is one rounding of x + residual everywhere: exact.
+            assert a.is_contiguous(), f"{what} is not contiguous"
+            torch.testing.assert_close(a, e, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{what}: {m}")
         else:
             assert a.is_contiguous(), f"{what} is not contiguous"
             tol = ACT_TOL[input_dtype]
-            torch.testing.assert_close(a, e, rtol=tol, atol=tol, equal_nan=True, msg=what)
+            torch.testing.assert_close(a, e, rtol=tol, atol=tol, equal_nan=True, msg=lambda m: f"{what}: {m}")
 
 
 # --- inputs -------------------------------------------------------------------------------------

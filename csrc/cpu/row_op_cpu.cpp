@@ -74,7 +74,7 @@ template <typename T, DType OUT>
 void run(const RowOpParams& p) {
   const int64_t H = p.hidden;
   const float qmax = quant_max(OUT);
-  const float static_scale = (p.quant == QuantMode::kStatic) ? *p.scale : 1.0f;
+  const float static_inv_scale = (p.quant == QuantMode::kStatic) ? 1.0f / *p.scale : 1.0f;
   const bool has_ub = p.scale_ub != nullptr;
   const float ub = has_ub ? *p.scale_ub : 0.0f;
   const int64_t grain = std::max<int64_t>(1, 16384 / H);
@@ -114,7 +114,7 @@ void run(const RowOpParams& p) {
         for (int64_t j = 0; j < H; ++j) store_plain<T>(p.out, row * H + j, y[j]);
       } else {
         if (p.quant == QuantMode::kStatic) {
-          for (int64_t j = 0; j < H; ++j) store_quant<OUT>(p.out, row * H + j, y[j] / static_scale, qmax);
+          for (int64_t j = 0; j < H; ++j) store_quant<OUT>(p.out, row * H + j, y[j] * static_inv_scale, qmax);
         } else if (p.quant == QuantMode::kPerToken) {
           float amax = 0.0f;
           for (int64_t j = 0; j < H; ++j) amax = nan_max(std::fabs(y[j]), amax);
@@ -123,7 +123,8 @@ void run(const RowOpParams& p) {
           const float min_scale = 1.0f / (qmax * kPerTokenMinScaleFactor);
           s = (s < min_scale) ? min_scale : s;
           p.scales[row * p.scale_row_stride] = s;
-          for (int64_t j = 0; j < H; ++j) store_quant<OUT>(p.out, row * H + j, y[j] / s, qmax);
+          const float inv_s = 1.0f / s;
+          for (int64_t j = 0; j < H; ++j) store_quant<OUT>(p.out, row * H + j, y[j] * inv_s, qmax);
         } else {  // kPerGroup
           const int64_t G = p.group_size;
           for (int64_t g = 0; g < H / G; ++g) {
@@ -133,7 +134,8 @@ void run(const RowOpParams& p) {
             float s = a / qmax;
             if (p.scale_ue8m0) s = ue8m0_ceil(s);
             p.scales[row * p.scale_row_stride + g * p.scale_group_stride] = s;
-            for (int64_t j = g * G; j < (g + 1) * G; ++j) store_quant<OUT>(p.out, row * H + j, y[j] / s, qmax);
+            const float inv_s = 1.0f / s;
+            for (int64_t j = g * G; j < (g + 1) * G; ++j) store_quant<OUT>(p.out, row * H + j, y[j] * inv_s, qmax);
           }
         }
       }

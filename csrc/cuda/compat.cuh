@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// The one place where CUDA and HIP differ: warp size, warp shuffles, 16-bit float and FP8
-// conversions. The kernels are written once against these helpers; the HIP build is produced
-// from the same sources by hipify, which translates runtime calls and types but leaves FP8
-// intrinsics and *_sync shuffles alone, so those are mapped here by hand.
+// The one place where CUDA and HIP differ: warp size, warp shuffles, packed 16-bit float math
+// and FP8/INT8 conversions. The kernels are written once against these helpers; the HIP build is
+// produced from the same sources by hipify, which translates runtime calls and types but leaves
+// FP8 intrinsics and *_sync shuffles alone, so those are mapped here by hand.
 #pragma once
 
 #include <cstdint>
@@ -31,53 +31,94 @@ constexpr int kWarpSize = __AMDGCN_WAVEFRONT_SIZE;
 #else
 constexpr int kWarpSize = 64;
 #endif
-using lane_mask_t = unsigned long long;  // HIP's *_sync shuffles take 64-bit lane masks
-constexpr lane_mask_t kFullMask = ~0ull;
 #else
 constexpr int kWarpSize = 32;
-using lane_mask_t = unsigned;
-constexpr lane_mask_t kFullMask = 0xffffffffu;
 #endif
 
 __device__ __forceinline__ float shfl_xor(float v, int lane_mask) {
 #if FK_HIP
-  return __shfl_xor(v, lane_mask, kWarpSize);
+#if defined(HIP_ENABLE_WARP_SYNC_BUILTINS)
+  return __shfl_xor_sync(~0ull, v, lane_mask, kWarpSize);  // 64-bit lane mask on wave64
 #else
-  return __shfl_xor_sync(kFullMask, v, lane_mask, kWarpSize);
+  return __shfl_xor(v, lane_mask, kWarpSize);
+#endif
+#else
+  return __shfl_xor_sync(0xffffffffu, v, lane_mask, kWarpSize);
 #endif
 }
 
 // --- 16-bit floats ------------------------------------------------------------------------
 #if FK_HIP
 using bf16_t = __hip_bfloat16;
+using bf162_t = __hip_bfloat162;
 #else
 using bf16_t = __nv_bfloat16;
+using bf162_t = __nv_bfloat162;
 #endif
 using fp16_t = __half;
+using fp162_t = __half2;
 
 template <typename T>
-__device__ __forceinline__ float to_float(T v);
+struct Pair;  // the packed pair type of T
 template <>
-__device__ __forceinline__ float to_float<float>(float v) { return v; }
+struct Pair<bf16_t> { using type = bf162_t; };
 template <>
-__device__ __forceinline__ float to_float<fp16_t>(fp16_t v) { return __half2float(v); }
-template <>
-__device__ __forceinline__ float to_float<bf16_t>(bf16_t v) { return __bfloat162float(v); }
+struct Pair<fp16_t> { using type = fp162_t; };
 
-// Round-to-nearest-even conversion from fp32.
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
+__device__ __forceinline__ float2 to_float2(bf162_t v) { return __bfloat1622float2(v); }
+__device__ __forceinline__ float2 to_float2(fp162_t v) { return __half22float2(v); }
+
+// Round-to-nearest-even packing of two floats.
+template <typename P>
+__device__ __forceinline__ P from_float2(float2 v);
 template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
+__device__ __forceinline__ bf162_t from_float2<bf162_t>(float2 v) { return __float22bfloat162_rn(v); }
 template <>
-__device__ __forceinline__ fp16_t from_float<fp16_t>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ bf16_t from_float<bf16_t>(float v) { return __float2bfloat16_rn(v); }
+__device__ __forceinline__ fp162_t from_float2<fp162_t>(float2 v) { return __float22half2_rn(v); }
+
+// a * b rounded once to the 16-bit type. The product of two 16-bit values is exact in fp32,
+// so this equals rounding the fp32 product: the spec's "T(T(normed) * weight)".
+__device__ __forceinline__ bf162_t mul_round(bf162_t a, bf162_t b) {
+#if FK_HIP
+  return __float22bfloat162_rn(make_float2(__low2float(a) * __low2float(b), __high2float(a) * __high2float(b)));
+#else
+  return __hmul2(a, b);
+#endif
+}
+__device__ __forceinline__ fp162_t mul_round(fp162_t a, fp162_t b) { return __hmul2(a, b); }
+
+// max(|a|, acc) per lane, NaN-propagating (a NaN in the row makes the row's scale NaN).
+__device__ __forceinline__ bf162_t abs_max_nan(bf162_t a, bf162_t acc) {
+#if FK_HIP
+  const float2 fa = __bfloat1622float2(a), fc = __bfloat1622float2(acc);
+  auto m = [](float x, float c) { x = fabsf(x); return (x != x || x > c) ? x : c; };
+  return __float22bfloat162_rn(make_float2(m(fa.x, fc.x), m(fa.y, fc.y)));
+#else
+  return __hmax2_nan(__habs2(a), acc);
+#endif
+}
+__device__ __forceinline__ fp162_t abs_max_nan(fp162_t a, fp162_t acc) {
+#if FK_HIP
+  const float2 fa = __half22float2(a), fc = __half22float2(acc);
+  auto m = [](float x, float c) { x = fabsf(x); return (x != x || x > c) ? x : c; };
+  return __float22half2_rn(make_float2(m(fa.x, fc.x), m(fa.y, fc.y)));
+#else
+  return __hmax2_nan(__habs2(a), acc);
+#endif
+}
 
 // --- 8-bit outputs ------------------------------------------------------------------------
-// Each takes a value already clamped to the format's range (NaN passes through the clamp).
 
-// OCP float8_e4m3fn, round to nearest even. NaN -> 0x7f/0xff.
+// OCP float8_e4m3fn, round to nearest even, saturating: |v| beyond 448 (and +-Inf) -> +-448,
+// NaN -> NaN. Two values packed as (lo, hi) bytes.
+__device__ __forceinline__ uint16_t to_e4m3fn_x2(float2 v) {
+#if FK_HIP
+  return static_cast<uint16_t>(__hip_cvt_float2_to_fp8x2(v, __HIP_SATFINITE, __HIP_E4M3));
+#else
+  return static_cast<uint16_t>(__nv_cvt_float2_to_fp8x2(v, __NV_SATFINITE, __NV_E4M3));
+#endif
+}
+
 __device__ __forceinline__ uint8_t to_e4m3fn(float v) {
 #if FK_HIP
   return static_cast<uint8_t>(__hip_cvt_float_to_fp8(v, __HIP_SATFINITE, __HIP_E4M3));
@@ -86,26 +127,45 @@ __device__ __forceinline__ uint8_t to_e4m3fn(float v) {
 #endif
 }
 
-// float8_e4m3fnuz (bias 8, no infinities, no negative zero, NaN = 0x80), round to nearest even.
+// float8_e4m3fnuz (bias 8, no infinities, no negative zero, NaN = 0x80), round to nearest even,
+// saturating at +-240.
 __device__ __forceinline__ uint8_t to_e4m3fnuz(float v) {
 #if FK_HIP && defined(__gfx942__)
-  // The MI300 conversion instruction (v_cvt_pk_fp8_f32) speaks fnuz natively.
+  // MI300 converts to fnuz natively (v_cvt_pk_fp8_f32).
   return static_cast<uint8_t>(__hip_cvt_float_to_fp8(v, __HIP_SATFINITE, __HIP_E4M3_FNUZ));
 #else
   // Every fnuz encoding is the e4m3fn encoding of twice its value (same mantissa, exponent bias
   // one higher), so round 2v on the e4m3fn grid. Three cases differ: NaN (0x80 in fnuz), the top
-  // binade where fnuz has 240 but e4m3fn stops at 448 = 2*224, and negative zero (none in fnuz).
+  // binade where fnuz has 240 but e4m3fn stops at 448 = 2 * 224, and negative zero (none in fnuz).
   if (v != v) return 0x80;
-  const float a = fabsf(v);
-  if (a > 232.0f) return v < 0.0f ? 0xff : 0x7f;  // rounds to 240; 232 itself ties to 224 (even)
+  if (fabsf(v) > 232.0f) return v < 0.0f ? 0xff : 0x7f;  // rounds to +-240; 232 ties to 224 (even)
   const uint8_t bits = to_e4m3fn(2.0f * v);
   return (bits == 0x80) ? uint8_t(0) : bits;
 #endif
 }
 
-__device__ __forceinline__ int8_t to_int8(float v) {
-  // v is clamped to [-128, 127]; NaN is defined to quantize to 0.
-  return (v != v) ? int8_t(0) : static_cast<int8_t>(__float2int_rn(v));
+__device__ __forceinline__ uint16_t to_e4m3fnuz_x2(float2 v) {
+#if FK_HIP && defined(__gfx942__)
+  return static_cast<uint16_t>(__hip_cvt_float2_to_fp8x2(v, __HIP_SATFINITE, __HIP_E4M3_FNUZ));
+#else
+  return static_cast<uint16_t>(to_e4m3fnuz(v.x) | (uint16_t(to_e4m3fnuz(v.y)) << 8));
+#endif
+}
+
+// Round to nearest even and saturate to [-128, 127]; NaN -> 0.
+__device__ __forceinline__ uint8_t to_int8(float v) {
+#if FK_HIP
+  const float c = v > 127.0f ? 127.0f : (v < -128.0f ? -128.0f : v);
+  return (c != c) ? uint8_t(0) : static_cast<uint8_t>(static_cast<int8_t>(__float2int_rn(c)));
+#else
+  uint16_t r;
+  asm("cvt.rni.sat.s8.f32 %0, %1;" : "=h"(r) : "f"(v));
+  return static_cast<uint8_t>(r);
+#endif
+}
+
+__device__ __forceinline__ uint16_t to_int8_x2(float2 v) {
+  return static_cast<uint16_t>(to_int8(v.x) | (uint16_t(to_int8(v.y)) << 8));
 }
 
 }  // namespace dev

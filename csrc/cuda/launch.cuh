@@ -66,9 +66,9 @@ int resident_blocks_per_sm(Kernel kernel, int threads, int device) {
   return v;
 }
 
-template <typename T, OutKind OUT, QuantMode Q, bool NORM, bool ALIGNED, bool CACHED>
+template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool ALIGNED, bool CACHED>
 void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t stream, int device) {
-  auto kernel = row_op_kernel<T, OUT, Q, NORM, ALIGNED, CACHED>;
+  auto kernel = row_op_kernel<T, W, OUT, Q, NORM, ALIGNED, CACHED>;
   const dim3 block(shape.tpr, shape.rows_per_block);
   const int threads = shape.tpr * shape.rows_per_block;
   const int64_t row_groups = (p.rows + shape.rows_per_block - 1) / shape.rows_per_block;
@@ -78,7 +78,7 @@ void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t
   check_cuda(cudaGetLastError(), "kernel launch");
 }
 
-template <typename T, OutKind OUT, QuantMode Q, bool NORM>
+template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM>
 void launch_row_op(const RowOpParams& p, cudaStream_t stream, int device) {
   const int elem = static_cast<int>(sizeof(T));
   const LaunchShape shape = launch_shape(p.hidden, elem);
@@ -88,23 +88,32 @@ void launch_row_op(const RowOpParams& p, cudaStream_t stream, int device) {
   if (p.weight != nullptr) aligned = aligned && aligned16(p.weight);
   if (aligned) {
     if (shape.cached)
-      launch_variant<T, OUT, Q, NORM, true, true>(p, shape, stream, device);
+      launch_variant<T, W, OUT, Q, NORM, true, true>(p, shape, stream, device);
     else
-      launch_variant<T, OUT, Q, NORM, true, false>(p, shape, stream, device);
+      launch_variant<T, W, OUT, Q, NORM, true, false>(p, shape, stream, device);
   } else {
     if (shape.cached)
-      launch_variant<T, OUT, Q, NORM, false, true>(p, shape, stream, device);
+      launch_variant<T, W, OUT, Q, NORM, false, true>(p, shape, stream, device);
     else
-      launch_variant<T, OUT, Q, NORM, false, false>(p, shape, stream, device);
+      launch_variant<T, W, OUT, Q, NORM, false, false>(p, shape, stream, device);
   }
+}
+
+// A 16-bit model may keep its norm weight in fp32; the weight type is then a kernel parameter.
+template <typename T, OutKind OUT, QuantMode Q, bool NORM>
+void launch_for_weight_dtype(const RowOpParams& p, cudaStream_t stream, int device) {
+  if constexpr (NORM && !std::is_same_v<T, float>) {
+    if (p.weight_dtype == DType::kFloat32) return launch_row_op<T, float, OUT, Q, NORM>(p, stream, device);
+  }
+  launch_row_op<T, T, OUT, Q, NORM>(p, stream, device);
 }
 
 template <OutKind OUT, QuantMode Q, bool NORM>
 void launch_for_input_dtype(const RowOpParams& p, cudaStream_t stream, int device) {
   switch (p.in_dtype) {
-    case DType::kFloat32: return launch_row_op<float, OUT, Q, NORM>(p, stream, device);
-    case DType::kFloat16: return launch_row_op<fp16_t, OUT, Q, NORM>(p, stream, device);
-    case DType::kBFloat16: return launch_row_op<bf16_t, OUT, Q, NORM>(p, stream, device);
+    case DType::kFloat32: return launch_for_weight_dtype<float, OUT, Q, NORM>(p, stream, device);
+    case DType::kFloat16: return launch_for_weight_dtype<fp16_t, OUT, Q, NORM>(p, stream, device);
+    case DType::kBFloat16: return launch_for_weight_dtype<bf16_t, OUT, Q, NORM>(p, stream, device);
     default: throw std::runtime_error("fusion_kernels: unsupported input dtype");
   }
 }

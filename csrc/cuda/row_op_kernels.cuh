@@ -10,9 +10,16 @@
 //   - the block loops over row groups (grid-stride), keeping the norm weight in registers.
 // The row is read from memory once and kept in registers (CACHED) when it fits in
 // kCachedSlots slots per thread; otherwise each pass re-reads it (L2-resident) in the same order.
+//
 // Rounding points (the spec, fusion_kernels/reference.py):
-//   r = T(x + residual); y = T(T(r * rsqrt(mean(r^2) + eps)) * w); q = quant(y / scale).
+//   r = T(x + residual); y = T(T(r * rsqrt(mean(r^2) + eps)) * w); q = quant(y * (1 / scale)).
+// The kernels are compute-bound at HBM speed unless the per-element work is small, so 16-bit
+// inputs use packed pair instructions (one rounding each, exactly the spec's), the scale is
+// applied as a multiply by its correctly rounded reciprocal, and the 8-bit conversions saturate
+// in hardware.
 #pragma once
+
+#include <type_traits>
 
 #include "cuda/compat.cuh"
 #include "row_op.h"
@@ -79,11 +86,8 @@ __device__ __forceinline__ void store_pack(U* base, int64_t start, int64_t limit
   }
 }
 
-// NaN-propagating max and clamp (fmaxf/fminf would drop a NaN operand).
+// NaN-propagating max (fmaxf would drop a NaN operand).
 __device__ __forceinline__ float nan_max(float a, float b) { return (a != a || a > b) ? a : b; }
-__device__ __forceinline__ float clamp_keep_nan(float v, float lo, float hi) {
-  return v > hi ? hi : (v < lo ? lo : v);
-}
 
 template <bool MAX>
 __device__ __forceinline__ float combine(float a, float b) {
@@ -131,32 +135,147 @@ struct QuantTraits;
 template <>
 struct QuantTraits<OutKind::kE4m3fn> {
   static constexpr float kMax = kFp8E4m3fnMax;
-  __device__ static uint8_t convert(float v) { return to_e4m3fn(clamp_keep_nan(v, -kMax, kMax)); }
+  __device__ static uint16_t convert2(float2 v) { return to_e4m3fn_x2(v); }
 };
 template <>
 struct QuantTraits<OutKind::kE4m3fnuz> {
   static constexpr float kMax = kFp8E4m3fnuzMax;
-  __device__ static uint8_t convert(float v) { return to_e4m3fnuz(clamp_keep_nan(v, -kMax, kMax)); }
+  __device__ static uint16_t convert2(float2 v) { return to_e4m3fnuz_x2(v); }
 };
 template <>
 struct QuantTraits<OutKind::kInt8> {
   static constexpr float kMax = kInt8Max;
-  __device__ static uint8_t convert(float v) {
-    return static_cast<uint8_t>(to_int8(clamp_keep_nan(v, kInt8Min, kInt8Max)));
-  }
+  __device__ static uint16_t convert2(float2 v) { return to_int8_x2(v); }
 };
 template <>
 struct QuantTraits<OutKind::kPlain> {
   static constexpr float kMax = 0.0f;
-  __device__ static uint8_t convert(float) { return 0; }
+  __device__ static uint16_t convert2(float2) { return 0; }
 };
 
-template <typename T, OutKind OUT, QuantMode Q, bool NORM, bool ALIGNED, bool CACHED>
+// --- per-slot arithmetic ------------------------------------------------------------------
+// A slot is Pack<T, V>. 16-bit types are processed as V/2 packed pairs; fp32 element-wise
+// (rounding to fp32 is the identity). W is the weight's element type (T or float).
+
+template <typename T>
+constexpr bool kIs16 = !std::is_same_v<T, float>;
+
+template <typename T, int V>
+__device__ __forceinline__ void add_residual(Pack<T, V>& x, const Pack<T, V>& r) {
+  if constexpr (kIs16<T>) {
+    using P = typename Pair<T>::type;
+    P* x2 = reinterpret_cast<P*>(x.v);
+    const P* r2 = reinterpret_cast<const P*>(r.v);
+#pragma unroll
+    for (int p = 0; p < V / 2; ++p) {
+      const float2 a = to_float2(x2[p]), b = to_float2(r2[p]);
+      x2[p] = from_float2<P>(make_float2(a.x + b.x, a.y + b.y));
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; ++k) x.v[k] = x.v[k] + r.v[k];
+  }
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void accumulate_squares(const Pack<T, V>& r, float& acc0, float& acc1) {
+  if constexpr (kIs16<T>) {
+    using P = typename Pair<T>::type;
+    const P* r2 = reinterpret_cast<const P*>(r.v);
+#pragma unroll
+    for (int p = 0; p < V / 2; ++p) {
+      const float2 f = to_float2(r2[p]);
+      acc0 = fmaf(f.x, f.x, acc0);
+      acc1 = fmaf(f.y, f.y, acc1);
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; k += 2) {
+      acc0 = fmaf(r.v[k], r.v[k], acc0);
+      acc1 = fmaf(r.v[k + 1], r.v[k + 1], acc1);
+    }
+  }
+}
+
+// y = T(T(r * inv) * w), in place.
+template <typename T, typename W, int V>
+__device__ __forceinline__ void normalize(Pack<T, V>& y, float inv, const Pack<W, V>& w) {
+  if constexpr (kIs16<T>) {
+    using P = typename Pair<T>::type;
+    P* y2 = reinterpret_cast<P*>(y.v);
+#pragma unroll
+    for (int p = 0; p < V / 2; ++p) {
+      const float2 f = to_float2(y2[p]);
+      const P normed = from_float2<P>(make_float2(f.x * inv, f.y * inv));
+      if constexpr (std::is_same_v<W, T>) {
+        y2[p] = mul_round(normed, reinterpret_cast<const P*>(w.v)[p]);
+      } else {
+        const float2 g = to_float2(normed);
+        y2[p] = from_float2<P>(make_float2(g.x * w.v[2 * p], g.y * w.v[2 * p + 1]));
+      }
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; ++k) y.v[k] = (y.v[k] * inv) * w.v[k];
+  }
+}
+
+// Running absmax of a slot: packed pairs for 16-bit types (exact: max commutes with rounding).
+template <typename T>
+struct AbsMax {
+  using P = typename Pair<T>::type;
+  P acc;
+  __device__ AbsMax() { acc = from_float2<P>(make_float2(0.0f, 0.0f)); }
+  template <int V>
+  __device__ __forceinline__ void add(const Pack<T, V>& y) {
+    const P* y2 = reinterpret_cast<const P*>(y.v);
+#pragma unroll
+    for (int p = 0; p < V / 2; ++p) acc = abs_max_nan(y2[p], acc);
+  }
+  __device__ __forceinline__ float value() const {
+    const float2 f = to_float2(acc);
+    return nan_max(f.x, f.y);
+  }
+};
+template <>
+struct AbsMax<float> {
+  float acc = 0.0f;
+  template <int V>
+  __device__ __forceinline__ void add(const Pack<float, V>& y) {
+#pragma unroll
+    for (int k = 0; k < V; ++k) acc = nan_max(fabsf(y.v[k]), acc);
+  }
+  __device__ __forceinline__ float value() const { return acc; }
+};
+
+template <OutKind OUT, typename T, int V>
+__device__ __forceinline__ Pack<uint8_t, V> quantize(const Pack<T, V>& y, float inv_scale) {
+  Pack<uint8_t, V> q;
+  uint16_t* q2 = reinterpret_cast<uint16_t*>(q.v);
+  if constexpr (kIs16<T>) {
+    using P = typename Pair<T>::type;
+    const P* y2 = reinterpret_cast<const P*>(y.v);
+#pragma unroll
+    for (int p = 0; p < V / 2; ++p) {
+      const float2 f = to_float2(y2[p]);
+      q2[p] = QuantTraits<OUT>::convert2(make_float2(f.x * inv_scale, f.y * inv_scale));
+    }
+  } else {
+#pragma unroll
+    for (int p = 0; p < V / 2; ++p)
+      q2[p] = QuantTraits<OUT>::convert2(make_float2(y.v[2 * p] * inv_scale, y.v[2 * p + 1] * inv_scale));
+  }
+  return q;
+}
+
+// --- the kernel ---------------------------------------------------------------------------
+
+template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool ALIGNED, bool CACHED>
 __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p) {
   constexpr int V = 16 / sizeof(T);
   constexpr int S = CACHED ? kCachedSlots : 1;  // slots held in registers
   using TPack = Pack<T, V>;
-  using QPack = Pack<uint8_t, V>;
+  using WPack = Pack<W, V>;
   static_assert(OUT == OutKind::kPlain || Q != QuantMode::kNone, "quantized output needs a quant mode");
 
   __shared__ float red_sum[kMaxThreads / kWarpSize];
@@ -170,35 +289,23 @@ __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p
   const bool has_res = p.residual != nullptr;
   const T* __restrict__ in_base = static_cast<const T*>(p.input);
   const T* __restrict__ res_base = static_cast<const T*>(p.residual);
+  const W* __restrict__ w_base = static_cast<const W*>(p.weight);
   constexpr float qmax = QuantTraits<OUT>::kMax;
 
-  float static_scale = 1.0f;
-  if constexpr (Q == QuantMode::kStatic) static_scale = *p.scale;
+  float static_inv_scale = 1.0f;
+  if constexpr (Q == QuantMode::kStatic) static_inv_scale = __frcp_rn(*p.scale);
   float ub = 0.0f;
   if constexpr (Q == QuantMode::kPerToken) {
     if (p.scale_ub != nullptr) ub = *p.scale_ub;
   }
 
-  // The norm weight as fp32, loaded once per block and reused for every row it handles.
-  float wc[CACHED && NORM ? S : 1][V];
-  auto load_weight = [&](int64_t slot, float (&w)[V]) {
-    if (p.weight_dtype == DType::kFloat32) {
-      Pack<float, V> wp;
-      load_pack<ALIGNED>(static_cast<const float*>(p.weight), slot * V, H, wp);
-#pragma unroll
-      for (int k = 0; k < V; ++k) w[k] = wp.v[k];
-    } else {
-      TPack wp;
-      load_pack<ALIGNED>(static_cast<const T*>(p.weight), slot * V, H, wp);
-#pragma unroll
-      for (int k = 0; k < V; ++k) w[k] = to_float(wp.v[k]);
-    }
-  };
+  // The norm weight, loaded once per block and reused for every row it handles.
+  WPack wc[CACHED && NORM ? S : 1];
   if constexpr (CACHED && NORM) {
 #pragma unroll
     for (int i = 0; i < S; ++i) {
       const int64_t slot = lane + static_cast<int64_t>(i) * tpr;
-      if (slot < nslots) load_weight(slot, wc[i]);
+      if (slot < nslots) load_pack<ALIGNED>(w_base, slot * V, H, wc[i]);
     }
   }
 
@@ -215,8 +322,7 @@ __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p
       if (has_res) {
         TPack rs;
         load_pack<ALIGNED>(res, slot * V, H, rs);
-#pragma unroll
-        for (int k = 0; k < V; ++k) r.v[k] = from_float<T>(to_float(r.v[k]) + to_float(rs.v[k]));
+        add_residual(r, rs);
         if (write_res) store_pack<ALIGNED>(res_out, slot * V, H, r);
       }
     };
@@ -224,7 +330,7 @@ __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p
     TPack rows_cache[S];
     float inv = 1.0f;
     if constexpr (NORM) {
-      float acc = 0.0f;
+      float acc0 = 0.0f, acc1 = 0.0f;
 #pragma unroll
       for (int i = 0; i < (CACHED ? S : 1); ++i) {
         for (int j = CACHED ? i : 0; j < (CACHED ? i + 1 : loops); ++j) {
@@ -232,15 +338,11 @@ __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p
           if (valid && slot < nslots) {
             TPack& r = rows_cache[CACHED ? i : 0];
             load_row_slot(slot, r, true);
-#pragma unroll
-            for (int k = 0; k < V; ++k) {
-              const float f = to_float(r.v[k]);
-              acc += f * f;
-            }
+            accumulate_squares(r, acc0, acc1);
           }
         }
       }
-      const float sumsq = row_reduce<false>(acc, red_sum);
+      const float sumsq = row_reduce<false>(acc0 + acc1, red_sum);
       inv = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, static_cast<float>(H)), p.epsilon)));
     } else if constexpr (CACHED) {
 #pragma unroll
@@ -250,41 +352,27 @@ __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p
       }
     }
 
-    // y for slot j (index i in the register cache): the normalized, weighted row in T.
-    auto y_slot = [&](int i, int64_t slot, TPack& y) {
-      if constexpr (CACHED) {
-        y = rows_cache[i];
-      } else {
-        load_row_slot(slot, y, !NORM);
-      }
+    // y of a slot: in the cached path computed once into rows_cache, else recomputed from memory.
+    auto y_slot_uncached = [&](int64_t slot, TPack& y) {
+      load_row_slot(slot, y, !NORM);
       if constexpr (NORM) {
-        float w[V];
-        if constexpr (CACHED) {
-#pragma unroll
-          for (int k = 0; k < V; ++k) w[k] = wc[CACHED && NORM ? i : 0][k];
-        } else {
-          load_weight(slot, w);
-        }
-#pragma unroll
-        for (int k = 0; k < V; ++k) {
-          const T normed = from_float<T>(__fmul_rn(to_float(y.v[k]), inv));
-          y.v[k] = from_float<T>(__fmul_rn(to_float(normed), w[k]));
-        }
+        WPack w;
+        load_pack<ALIGNED>(w_base, slot * V, H, w);
+        normalize(y, inv, w);
       }
     };
     if constexpr (CACHED && NORM) {
 #pragma unroll
       for (int i = 0; i < S; ++i) {
         const int64_t slot = lane + static_cast<int64_t>(i) * tpr;
-        if (valid && slot < nslots) y_slot(i, slot, rows_cache[i]);
+        if (valid && slot < nslots) normalize(rows_cache[i], inv, wc[i]);
       }
     }
-    // From here on, in the cached path rows_cache holds y.
     auto get_y = [&](int i, int64_t slot, TPack& y) {
       if constexpr (CACHED) {
         y = rows_cache[i];
       } else {
-        y_slot(0, slot, y);
+        y_slot_uncached(slot, y);
       }
     };
 
@@ -300,9 +388,9 @@ __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p
           }
         }
     } else if constexpr (Q == QuantMode::kStatic || Q == QuantMode::kPerToken) {
-      float scale = static_scale;
+      float inv_scale = static_inv_scale;
       if constexpr (Q == QuantMode::kPerToken) {
-        float amax = 0.0f;
+        AbsMax<T> am;
 #pragma unroll
         for (int i = 0; i < (CACHED ? S : 1); ++i)
           for (int j = CACHED ? i : 0; j < (CACHED ? i + 1 : loops); ++j) {
@@ -310,16 +398,16 @@ __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p
             if (valid && slot < nslots) {
               TPack y;
               get_y(i, slot, y);
-#pragma unroll
-              for (int k = 0; k < V; ++k) amax = nan_max(fabsf(to_float(y.v[k])), amax);
+              am.add(y);
             }
           }
-        amax = row_reduce<true>(amax, red_max);
+        const float amax = row_reduce<true>(am.value(), red_max);
         const float a = (p.scale_ub != nullptr && amax > ub) ? ub : amax;
         const float min_scale = __frcp_rn(qmax * kPerTokenMinScaleFactor);
-        scale = __fdiv_rn(a, qmax);
+        float scale = __fdiv_rn(a, qmax);
         scale = scale < min_scale ? min_scale : scale;
         if (valid && lane == 0) p.scales[row * p.scale_row_stride] = scale;
+        inv_scale = __frcp_rn(scale);
       }
 #pragma unroll
       for (int i = 0; i < (CACHED ? S : 1); ++i)
@@ -328,10 +416,7 @@ __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p
           if (valid && slot < nslots) {
             TPack y;
             get_y(i, slot, y);
-            QPack q;
-#pragma unroll
-            for (int k = 0; k < V; ++k) q.v[k] = QuantTraits<OUT>::convert(__fdiv_rn(to_float(y.v[k]), scale));
-            store_pack<ALIGNED>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H, q);
+            store_pack<ALIGNED>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H, quantize<OUT>(y, inv_scale));
           }
         }
     } else {  // kPerGroup: a group is G / V consecutive slots, owned by aligned consecutive lanes
@@ -342,24 +427,19 @@ __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p
           const int64_t slot = lane + static_cast<int64_t>(j) * tpr;
           const bool active = valid && slot < nslots;
           TPack y;
-          float amax = 0.0f;
+          AbsMax<T> am;
           if (active) {
             get_y(i, slot, y);
-#pragma unroll
-            for (int k = 0; k < V; ++k) amax = nan_max(fabsf(to_float(y.v[k])), amax);
+            am.add(y);
           }
-          amax = lanes_reduce<true>(amax, lanes_per_group);  // every lane of the warp takes part
+          const float amax = lanes_reduce<true>(am.value(), lanes_per_group);  // the whole warp takes part
           if (active) {
             const float a = amax < kGroupAbsmaxFloor ? kGroupAbsmaxFloor : amax;
             float scale = __fdiv_rn(a, qmax);
             if (p.scale_ue8m0) scale = ue8m0_ceil(scale);
             const int64_t group = slot / lanes_per_group;
-            if (slot % lanes_per_group == 0)
-              p.scales[row * p.scale_row_stride + group * p.scale_group_stride] = scale;
-            QPack q;
-#pragma unroll
-            for (int k = 0; k < V; ++k) q.v[k] = QuantTraits<OUT>::convert(__fdiv_rn(to_float(y.v[k]), scale));
-            store_pack<ALIGNED>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H, q);
+            if (slot % lanes_per_group == 0) p.scales[row * p.scale_row_stride + group * p.scale_group_stride] = scale;
+            store_pack<ALIGNED>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H, quantize<OUT>(y, __frcp_rn(scale)));
           }
         }
     }

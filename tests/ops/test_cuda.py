@@ -33,7 +33,10 @@ def test_model_sizes_against_reference(op_name, dtype):
             args = make_args(op_name, (tokens,), hidden, dtype, "cuda", **_kw(op_name, hidden))
             out = getattr(ops, op_name)(*args)
             expected = reference_of(op_name)(*args)
-            assert_outputs_match(op_name, out, expected, dtype)
+            try:
+                assert_outputs_match(op_name, out, expected, dtype)
+            except AssertionError as exc:
+                raise AssertionError(f"T={tokens} H={hidden}: {exc}") from None
 
 
 @pytest.mark.parametrize("hidden", [32768, 40000, 65536])
