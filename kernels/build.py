@@ -238,12 +238,15 @@ def _ninja_escape(arg: str) -> str:
     return arg
 
 
-def make_plan(target: Target, out_dir: Path, src: Path | None = None, debug: bool = False) -> Plan:
+def make_plan(
+    target: Target, out_dir: Path, src: Path | None = None, debug: bool = False, defines: tuple[str, ...] = ()
+) -> Plan:
+    """The build of ``target`` into ``out_dir``. ``defines`` ("NAME=VALUE") are for tuning builds."""
     src = src or source_dir()
     out_dir = Path(out_dir).resolve()
     inc, lib = _torch_dirs()
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    defines = common_defines()
+    defines = common_defines() + [f"-D{d}" for d in defines]
     gpu_define = {"cuda": ["-DFK_WITH_CUDA"], "rocm": ["-DFK_WITH_CUDA", "-DUSE_ROCM"]}.get(target.kind, [])
     cxx = _cxx()
     cmds: list[tuple[str, Path, list[str]]] = []
@@ -348,9 +351,16 @@ def run_plan(plan: Plan, jobs: int | None = None, verbose: bool = False) -> Path
     return plan.out_dir / LIB_NAME
 
 
-def build(target: Target, out_dir: Path, jobs: int | None = None, verbose: bool = False, debug: bool = False) -> Path:
+def build(
+    target: Target,
+    out_dir: Path,
+    jobs: int | None = None,
+    verbose: bool = False,
+    debug: bool = False,
+    defines: tuple[str, ...] = (),
+) -> Path:
     """Build the library for ``target`` into ``out_dir`` (used by the CLI, CI and the wheel)."""
-    plan = make_plan(target, out_dir, debug=debug)
+    plan = make_plan(target, out_dir, debug=debug, defines=defines)
     path = run_plan(plan, jobs=jobs, verbose=verbose)
     write_manifest(out_dir, target)
     return path

@@ -47,6 +47,17 @@ __device__ __forceinline__ float shfl_xor(float v, int lane_mask) {
 #endif
 }
 
+// max(a, b) that propagates NaN (fmaxf would drop it): one instruction on sm_80+.
+__device__ __forceinline__ float max_nan(float a, float b) {
+#if FK_HIP
+  return (a != a || a > b) ? a : b;
+#else
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#endif
+}
+
 // --- 16-bit floats ------------------------------------------------------------------------
 #if FK_HIP
 using bf16_t = __hip_bfloat16;

@@ -66,46 +66,60 @@ int resident_blocks_per_sm(Kernel kernel, int threads, int device) {
   return v;
 }
 
-template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool ALIGNED, bool CACHED>
+template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES, bool ALIGNED, bool CACHED>
 void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t stream, int device) {
-  auto kernel = row_op_kernel<T, W, OUT, Q, NORM, ALIGNED, CACHED>;
+  auto kernel = row_op_kernel<T, W, OUT, Q, NORM, RES, ALIGNED, CACHED>;
   const dim3 block(shape.tpr, shape.rows_per_block);
   const int threads = shape.tpr * shape.rows_per_block;
   const int64_t row_groups = (p.rows + shape.rows_per_block - 1) / shape.rows_per_block;
+#ifndef FK_PERSISTENT
+#define FK_PERSISTENT 1
+#endif
+  // A persistent grid (as many blocks as fit at once, each looping over row groups) lets each
+  // block keep its weights and prefetch its next row.
   const int64_t resident = static_cast<int64_t>(sm_count(device)) * resident_blocks_per_sm(kernel, threads, device);
-  const int64_t grid = row_groups < resident ? row_groups : resident;
+  const int64_t grid = (FK_PERSISTENT && row_groups > resident) ? resident : row_groups;
   kernel<<<static_cast<unsigned>(grid), block, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "kernel launch");
 }
 
-template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM>
+template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES>
 void launch_row_op(const RowOpParams& p, cudaStream_t stream, int device) {
   const int elem = static_cast<int>(sizeof(T));
   const LaunchShape shape = launch_shape(p.hidden, elem);
   const int64_t V = 16 / elem;
   bool aligned = p.hidden % V == 0 && aligned16(p.input) && p.input_row_stride % V == 0;
-  if (p.residual != nullptr) aligned = aligned && aligned16(p.residual) && p.residual_row_stride % V == 0;
-  if (p.weight != nullptr) aligned = aligned && aligned16(p.weight);
+  if (RES) aligned = aligned && aligned16(p.residual) && p.residual_row_stride % V == 0;
+  if (NORM) aligned = aligned && aligned16(p.weight);
   if (aligned) {
     if (shape.cached)
-      launch_variant<T, W, OUT, Q, NORM, true, true>(p, shape, stream, device);
+      launch_variant<T, W, OUT, Q, NORM, RES, true, true>(p, shape, stream, device);
     else
-      launch_variant<T, W, OUT, Q, NORM, true, false>(p, shape, stream, device);
+      launch_variant<T, W, OUT, Q, NORM, RES, true, false>(p, shape, stream, device);
   } else {
     if (shape.cached)
-      launch_variant<T, W, OUT, Q, NORM, false, true>(p, shape, stream, device);
+      launch_variant<T, W, OUT, Q, NORM, RES, false, true>(p, shape, stream, device);
     else
-      launch_variant<T, W, OUT, Q, NORM, false, false>(p, shape, stream, device);
+      launch_variant<T, W, OUT, Q, NORM, RES, false, false>(p, shape, stream, device);
   }
+}
+
+// The residual add exists only together with the norm.
+template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM>
+void launch_for_residual(const RowOpParams& p, cudaStream_t stream, int device) {
+  if constexpr (NORM) {
+    if (p.residual != nullptr) return launch_row_op<T, W, OUT, Q, true, true>(p, stream, device);
+  }
+  launch_row_op<T, W, OUT, Q, NORM, false>(p, stream, device);
 }
 
 // A 16-bit model may keep its norm weight in fp32; the weight type is then a kernel parameter.
 template <typename T, OutKind OUT, QuantMode Q, bool NORM>
 void launch_for_weight_dtype(const RowOpParams& p, cudaStream_t stream, int device) {
   if constexpr (NORM && !std::is_same_v<T, float>) {
-    if (p.weight_dtype == DType::kFloat32) return launch_row_op<T, float, OUT, Q, NORM>(p, stream, device);
+    if (p.weight_dtype == DType::kFloat32) return launch_for_residual<T, float, OUT, Q, NORM>(p, stream, device);
   }
-  launch_row_op<T, T, OUT, Q, NORM>(p, stream, device);
+  launch_for_residual<T, T, OUT, Q, NORM>(p, stream, device);
 }
 
 template <OutKind OUT, QuantMode Q, bool NORM>

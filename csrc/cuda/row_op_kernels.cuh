@@ -27,8 +27,16 @@
 namespace fusion_kernels {
 namespace dev {
 
+// Tuning knobs (benchmarks/tune_kernels.py builds variants with -D overrides; BENCHMARKS.md
+// records what was measured). Defaults are the measured best.
+#ifndef FK_CACHED_SLOTS
+#define FK_CACHED_SLOTS 4
+#endif
+#ifndef FK_PIPELINE
+#define FK_PIPELINE 1
+#endif
 constexpr int kMaxThreads = 512;  // per block; also the largest threads-per-row
-constexpr int kCachedSlots = 4;  // 16-byte slots per thread kept in registers
+constexpr int kCachedSlots = FK_CACHED_SLOTS;  // 16-byte slots per thread kept in registers
 constexpr int kRowsBlockThreads = 256;  // block size when several rows share a block
 
 enum class OutKind { kPlain, kE4m3fn, kE4m3fnuz, kInt8 };
@@ -86,8 +94,7 @@ __device__ __forceinline__ void store_pack(U* base, int64_t start, int64_t limit
   }
 }
 
-// NaN-propagating max (fmaxf would drop a NaN operand).
-__device__ __forceinline__ float nan_max(float a, float b) { return (a != a || a > b) ? a : b; }
+__device__ __forceinline__ float nan_max(float a, float b) { return max_nan(a, b); }
 
 template <bool MAX>
 __device__ __forceinline__ float combine(float a, float b) {
@@ -270,7 +277,7 @@ __device__ __forceinline__ Pack<uint8_t, V> quantize(const Pack<T, V>& y, float 
 
 // --- the kernel ---------------------------------------------------------------------------
 
-template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool ALIGNED, bool CACHED>
+template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES, bool ALIGNED, bool CACHED>
 __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p) {
   constexpr int V = 16 / sizeof(T);
   constexpr int S = CACHED ? kCachedSlots : 1;  // slots held in registers
@@ -286,7 +293,9 @@ __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p
   const int64_t H = p.hidden;
   const int64_t nslots = (H + V - 1) / V;
   const int loops = CACHED ? S : static_cast<int>((nslots + tpr - 1) / tpr);
-  const bool has_res = p.residual != nullptr;
+  constexpr bool has_res = RES;
+  // Only the aligned register-cached path prefetches (the element-wise path would spill).
+  constexpr bool PIPE = CACHED && ALIGNED && FK_PIPELINE;
   const T* __restrict__ in_base = static_cast<const T*>(p.input);
   const T* __restrict__ res_base = static_cast<const T*>(p.residual);
   const W* __restrict__ w_base = static_cast<const W*>(p.weight);
@@ -309,6 +318,25 @@ __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p
     }
   }
 
+  // Software pipelining (register-cached path): the next row group's loads are issued before
+  // this one is processed, so every block keeps a row of loads in flight while it computes.
+  TPack next_x[PIPE ? S : 1], next_r[PIPE && RES ? S : 1];
+  auto issue_loads = [&](int64_t rg_, TPack (&xd)[PIPE ? S : 1], TPack (&rd)[PIPE && RES ? S : 1]) {
+    const int64_t row_ = rg_ * blockDim.y + threadIdx.y;
+    if (row_ >= p.rows) return;
+    const T* xr = in_base + row_ * p.input_row_stride;
+    const T* rr = res_base + row_ * p.residual_row_stride;
+#pragma unroll
+    for (int i = 0; i < S; ++i) {
+      const int64_t slot = lane + static_cast<int64_t>(i) * tpr;
+      if (slot < nslots) {
+        load_pack<ALIGNED>(xr, slot * V, H, xd[i]);
+        if constexpr (RES) load_pack<ALIGNED>(rr, slot * V, H, rd[i]);
+      }
+    }
+  };
+  if constexpr (PIPE) issue_loads(blockIdx.x, next_x, next_r);
+
   for (int64_t rg = blockIdx.x; rg * blockDim.y < p.rows; rg += gridDim.x) {
     const int64_t row = rg * blockDim.y + threadIdx.y;
     const bool valid = row < p.rows;
@@ -319,7 +347,7 @@ __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p
     // r = T(x + residual), optionally written out as the new residual.
     auto load_row_slot = [&](int64_t slot, TPack& r, bool write_res) {
       load_pack<ALIGNED>(x, slot * V, H, r);
-      if (has_res) {
+      if constexpr (RES) {
         TPack rs;
         load_pack<ALIGNED>(res, slot * V, H, rs);
         add_residual(r, rs);
@@ -329,27 +357,53 @@ __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p
 
     TPack rows_cache[S];
     float inv = 1.0f;
-    if constexpr (NORM) {
+    if constexpr (CACHED) {
+      TPack res_cache[RES ? S : 1];
+      if constexpr (PIPE) {
+#pragma unroll
+        for (int i = 0; i < S; ++i) {
+          rows_cache[i] = next_x[i];
+          if constexpr (RES) res_cache[i] = next_r[i];
+        }
+        issue_loads(rg + gridDim.x, next_x, next_r);
+      } else {
+        // Issue every load of the row before using any of it (one memory latency per row).
+#pragma unroll
+        for (int i = 0; i < S; ++i) {
+          const int64_t slot = lane + static_cast<int64_t>(i) * tpr;
+          if (valid && slot < nslots) {
+            load_pack<ALIGNED>(x, slot * V, H, rows_cache[i]);
+            if constexpr (RES) load_pack<ALIGNED>(res, slot * V, H, res_cache[i]);
+          }
+        }
+      }
       float acc0 = 0.0f, acc1 = 0.0f;
 #pragma unroll
-      for (int i = 0; i < (CACHED ? S : 1); ++i) {
-        for (int j = CACHED ? i : 0; j < (CACHED ? i + 1 : loops); ++j) {
-          const int64_t slot = lane + static_cast<int64_t>(j) * tpr;
-          if (valid && slot < nslots) {
-            TPack& r = rows_cache[CACHED ? i : 0];
-            load_row_slot(slot, r, true);
-            accumulate_squares(r, acc0, acc1);
+      for (int i = 0; i < S; ++i) {
+        const int64_t slot = lane + static_cast<int64_t>(i) * tpr;
+        if (valid && slot < nslots) {
+          if constexpr (RES) {
+            add_residual(rows_cache[i], res_cache[i]);
+            store_pack<ALIGNED>(res_out, slot * V, H, rows_cache[i]);
           }
+          if constexpr (NORM) accumulate_squares(rows_cache[i], acc0, acc1);
+        }
+      }
+      if constexpr (NORM) {
+        const float sumsq = row_reduce<false>(acc0 + acc1, red_sum);
+        inv = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, static_cast<float>(H)), p.epsilon)));
+      }
+    } else if constexpr (NORM) {
+      float acc0 = 0.0f, acc1 = 0.0f;
+      for (int j = 0; j < loops; ++j) {
+        const int64_t slot = lane + static_cast<int64_t>(j) * tpr;
+        if (valid && slot < nslots) {
+          load_row_slot(slot, rows_cache[0], true);
+          accumulate_squares(rows_cache[0], acc0, acc1);
         }
       }
       const float sumsq = row_reduce<false>(acc0 + acc1, red_sum);
       inv = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, static_cast<float>(H)), p.epsilon)));
-    } else if constexpr (CACHED) {
-#pragma unroll
-      for (int i = 0; i < S; ++i) {
-        const int64_t slot = lane + static_cast<int64_t>(i) * tpr;
-        if (valid && slot < nslots) load_row_slot(slot, rows_cache[i], true);
-      }
     }
 
     // y of a slot: in the cached path computed once into rows_cache, else recomputed from memory.

@@ -1,0 +1,102 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Build several variants of the CUDA kernels (compile-time knobs) and time their fused ops.
+
+Each variant is the same sources built with -D overrides by the project's build module; each is
+timed in its own process (op registrations are process-global) with the kernel benchmark's
+CUDA-graph timer. Used to choose the defaults in csrc/cuda/row_op_kernels.cuh; the results are
+recorded in BENCHMARKS.md.
+
+    python benchmarks/tune_kernels.py --out tune/ \
+        --variant base: --variant nopipe:FK_PIPELINE=0 --variant s2:FK_CACHED_SLOTS=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CELLS = [
+    ("static", 8192, 1), ("static", 8192, 4096), ("static", 8192, 16384),
+    ("static+res", 8192, 16384),
+    ("per_token", 8192, 1), ("per_token", 8192, 4096), ("per_token", 8192, 16384),
+    ("per_token+res", 8192, 16384),
+    ("group128", 7168, 1), ("group128", 7168, 4096), ("group128", 7168, 16384),
+    ("group128+res", 7168, 16384),
+    ("static", 4096, 16384), ("per_token", 4096, 16384),
+]  # fmt: skip
+
+
+def time_library(lib: str) -> list[dict]:
+    import math
+
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    import bench_kernels as bk
+
+    torch.ops.load_library(lib)
+    bw = bk.copy_bandwidth()
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    out = []
+    for case, hidden, tokens in CELLS:
+        cell = bk.Cell(case, hidden, tokens)
+        input_bytes = tokens * hidden * 2 * (2 if cell.spec[2] else 1)
+        sets = int(min(1000, max(2, math.ceil(3 * l2 / input_bytes))))
+        xs, rs, w, s = bk.make_inputs(cell, sets)
+        fused, _ = bk.ours_fns(cell)
+        bk.check(cell, "fused", fused(xs[0], rs[0], w, s), xs[0], rs[0], w, s)
+        t = bk.time_graph(fused, xs, rs, w, s, bk.min_bytes(cell) / bw + 2e-6)
+        out.append({"case": case, "hidden": hidden, "tokens": tokens, "us": t * 1e6,
+                    "pct": 100 * bk.min_bytes(cell) / t / bw})  # fmt: skip
+        del xs, rs
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=Path("tune"))
+    parser.add_argument("--variant", action="append", default=[], help="name:DEF=V,DEF=V")
+    parser.add_argument("--arch", default="sm_90")
+    parser.add_argument("--time", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.time:
+        print(json.dumps(time_library(args.time)))
+        return
+
+    from fusion_kernels import build
+
+    variants = {}
+    for v in args.variant or ["base:"]:
+        name, _, defs = v.partition(":")
+        variants[name] = tuple(d for d in defs.split(",") if d)
+    jobs = max(2, (os.cpu_count() or 4) // max(1, len(variants)))
+
+    def build_one(item):
+        name, defs = item
+        return name, build.build(build.Target("cuda", (args.arch,)), args.out / name, jobs=jobs, defines=defs)
+
+    with concurrent.futures.ThreadPoolExecutor(len(variants)) as pool:
+        libs = dict(pool.map(build_one, variants.items()))
+    results = {}
+    for name, lib in libs.items():
+        proc = subprocess.run([sys.executable, __file__, "--time", str(lib)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{name}: timing failed\n{proc.stderr[-3000:]}")
+            continue
+        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    (args.out / "tune.json").write_text(json.dumps({"variants": variants, "results": results}, indent=1))
+    names = list(results)
+    print(f"{'case':15s} {'H':>5s} {'T':>6s} " + " ".join(f"{n:>16s}" for n in names))
+    for i, (case, hidden, tokens) in enumerate(CELLS):
+        row = " ".join(f"{results[n][i]['us']:8.2f}us {results[n][i]['pct']:5.1f}%" for n in names)
+        print(f"{case:15s} {hidden:5d} {tokens:6d} {row}")
+
+
+if __name__ == "__main__":
+    main()
