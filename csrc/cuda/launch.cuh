@@ -73,10 +73,10 @@ void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t
   const int threads = shape.tpr * shape.rows_per_block;
   const int64_t row_groups = (p.rows + shape.rows_per_block - 1) / shape.rows_per_block;
 #ifndef FK_PERSISTENT
-#define FK_PERSISTENT 1
+#define FK_PERSISTENT 0
 #endif
-  // A persistent grid (as many blocks as fit at once, each looping over row groups) lets each
-  // block keep its weights and prefetch its next row.
+  // One block per row group by default (measured fastest, see BENCHMARKS.md); a persistent
+  // grid (as many blocks as fit at once, each looping over row groups) is a tuning option.
   const int64_t resident = static_cast<int64_t>(sm_count(device)) * resident_blocks_per_sm(kernel, threads, device);
   const int64_t grid = (FK_PERSISTENT && row_groups > resident) ? resident : row_groups;
   kernel<<<static_cast<unsigned>(grid), block, 0, stream>>>(p);

@@ -33,7 +33,7 @@ namespace dev {
 #define FK_CACHED_SLOTS 4
 #endif
 #ifndef FK_PIPELINE
-#define FK_PIPELINE 1
+#define FK_PIPELINE 0
 #endif
 constexpr int kMaxThreads = 512;  // per block; also the largest threads-per-row
 constexpr int kCachedSlots = FK_CACHED_SLOTS;  // 16-byte slots per thread kept in registers
@@ -474,7 +474,8 @@ __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p
           }
         }
     } else {  // kPerGroup: a group is G / V consecutive slots, owned by aligned consecutive lanes
-      const int lanes_per_group = static_cast<int>(p.group_size / V);
+      const int lanes_per_group = static_cast<int>(p.group_size / V);  // a power of two
+      const int group_shift = __ffs(lanes_per_group) - 1;
 #pragma unroll
       for (int i = 0; i < (CACHED ? S : 1); ++i)
         for (int j = CACHED ? i : 0; j < (CACHED ? i + 1 : loops); ++j) {
@@ -491,8 +492,8 @@ __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p
             const float a = amax < kGroupAbsmaxFloor ? kGroupAbsmaxFloor : amax;
             float scale = __fdiv_rn(a, qmax);
             if (p.scale_ue8m0) scale = ue8m0_ceil(scale);
-            const int64_t group = slot / lanes_per_group;
-            if (slot % lanes_per_group == 0) p.scales[row * p.scale_row_stride + group * p.scale_group_stride] = scale;
+            if ((slot & (lanes_per_group - 1)) == 0)
+              p.scales[row * p.scale_row_stride + (slot >> group_shift) * p.scale_group_stride] = scale;
             store_pack<ALIGNED>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H, quantize<OUT>(y, __frcp_rn(scale)));
           }
         }

@@ -1,0 +1,271 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The native-torch catalogue on captured graphs (AOTAutograd with Inductor's decompositions:
+the graph the post-grad pass sees, without Inductor's code generation)."""
+
+import pytest
+import torch
+import torch.utils._pytree as pytree
+from torch._dynamo.backends.common import aot_autograd
+from torch._inductor.decomposition import select_decomp_table
+
+from fusion_kernels import platform
+from fusion_kernels.testing import assert_quant_close, scale_mask
+from fusion_passes import FusionPass
+from fusion_passes import native_forms as nf
+
+FP8 = torch.float8_e4m3fn
+QUANTS = {
+    "fp8_static": (lambda y, s: nf.quant_fp8_static(y, s), "static_fp8"),
+    "fp8_per_token": (lambda y, s: nf.quant_fp8_per_token(y), "dynamic_per_token"),
+    "fp8_group64": (lambda y, s: nf.quant_fp8_per_group(y, 64), "per_token_group"),
+    "fp8_group128": (lambda y, s: nf.quant_fp8_per_group(y, 128), "per_token_group"),
+    "int8_static": (lambda y, s: nf.quant_int8_static(y, s), "static_int8"),
+    "int8_per_token": (lambda y, s: nf.quant_int8_per_token(y), "dynamic_per_token"),
+}
+NORMS = {"hf": nf.rms_norm_hf, "functional": nf.rms_norm_functional}
+
+
+def run_pass(fn, args, fusion_pass, **compile_kw):
+    """Compile ``fn`` through AOTAutograd with Inductor's decompositions, run ``fusion_pass`` on
+    the forward graph (the graph Inductor's post-grad passes see), and run the rewritten graph
+    (no Inductor code generation: milliseconds instead of seconds). Returns (graph module, outputs)."""
+    graphs = []
+
+    def fw(gm, example_inputs):
+        fusion_pass(gm.graph)
+        gm.recompile()
+        graphs.append(gm)
+        return gm
+
+    torch._dynamo.reset()
+    backend = aot_autograd(fw_compiler=fw, decompositions=select_decomp_table())
+    out = torch.compile(fn, backend=backend, **compile_kw)(*args)
+    torch._dynamo.reset()
+    assert len(graphs) == 1
+    return graphs[0], out
+
+
+def fused_counts(gm):
+    out = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and hasattr(n.target, "_schema") and n.target._schema.name.startswith("fusion_kernels::"):
+            name = n.target._schema.name.split("::")[1]
+            out[name] = out.get(name, 0) + 1
+    return out
+
+
+def model_fn(norm, quant, residual, eps=1e-6):
+    def fn(x, r, w, s):
+        if residual:
+            x, r = nf.add_residual(x, r)
+        out = QUANTS[quant][0](NORMS[norm](x, w, eps), s)
+        out = out if isinstance(out, tuple) else (out,)
+        return (*out, r) if residual else out
+
+    return fn
+
+
+def inputs(dtype, rank, hidden=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (3, 5, hidden) if rank == 3 else (15, hidden)
+    x = torch.randn(*shape, generator=g).to(dtype)
+    r = torch.randn(*shape, generator=g).to(dtype)
+    w = (1 + 0.3 * torch.randn(hidden, generator=g)).to(dtype)
+    s = torch.tensor(4.0 / 448)
+    return x, r, w, s
+
+
+def assert_equivalent(got, expected):
+    """DESIGN's "equivalent": quantized values within one step of the native result on at most
+    5% of elements, scales within 1% relative; the new residual is computed identically (exact).
+    Where a dynamic scale differs from the native one, every element may sit one step away."""
+    got, expected = pytree.tree_leaves(got), pytree.tree_leaves(expected)
+    assert len(got) == len(expected)
+    q_got, q_exp = got[0], expected[0]
+    same = None
+    for a, e in zip(got[1:], expected[1:]):
+        assert a.shape == e.shape and a.dtype == e.dtype
+        if a.dtype == torch.float32 and a.shape[:-1] == q_got.shape[:-1]:  # scales
+            torch.testing.assert_close(a, e, rtol=0.01, atol=0)
+            same = scale_mask(a, e, q_exp.shape)
+        else:  # the new residual
+            torch.testing.assert_close(a, e, rtol=0, atol=0)
+    assert q_got.dtype == q_exp.dtype and q_got.shape == q_exp.shape
+    assert_quant_close(q_got, q_exp, 0.05, what="q", same_scale=same)
+
+
+@pytest.mark.parametrize("quant", list(QUANTS))
+@pytest.mark.parametrize("norm", list(NORMS))
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_catalogue_entry_is_fused_and_equivalent(quant, norm, residual, dtype):
+    rank = 3 if dtype == torch.bfloat16 else 2  # both ranks, and both reduction-dim spellings
+    fn = model_fn(norm, quant, residual)
+    args = inputs(dtype, rank)
+    p = FusionPass(native="always")
+    gm, got = run_pass(fn, args, p)
+    if norm == "functional" and "int8" in quant and dtype != torch.float32:
+        # Not equivalent in DESIGN's sense (F.rms_norm rounds once): refused, left as written.
+        assert fused_counts(gm) == {}
+        assert p.report.refusals_per_reason() == {"int8_rounding_points_differ": 1}
+        torch.testing.assert_close(got[0].float(), fn(*args)[0].float(), rtol=0, atol=0)
+        return
+    expected_op = ("fused_add_rms_norm_" if residual else "rms_norm_") + QUANTS[quant][1] + "_quant"
+    assert fused_counts(gm) == {expected_op: 1}, p.report
+    assert not any(n.target is torch.ops.aten.rsqrt.default for n in gm.graph.nodes)
+    assert p.report.fused == 1 and p.report.refused == 0
+    assert_equivalent(got, fn(*args))
+
+
+@pytest.mark.parametrize("quant", ["fp8_static", "fp8_per_token", "fp8_group128", "int8_per_token"])
+def test_native_never_leaves_native_code_alone(quant):
+    fn = model_fn("hf", quant, True)
+    p = FusionPass(native="never")
+    gm, _ = run_pass(fn, inputs(torch.bfloat16, 2), p)
+    assert fused_counts(gm) == {}
+    assert p.report.fused == 0
+
+
+def test_auto_policy_rewrites_only_measured_cases(monkeypatch):
+    from fusion_passes import policy
+
+    fn = model_fn("hf", "fp8_static", False)
+    monkeypatch.setattr(policy, "MEASURED_FASTER", {})
+    p = FusionPass(native="auto")
+    gm, _ = run_pass(fn, inputs(torch.bfloat16, 2), p)
+    assert fused_counts(gm) == {}
+    assert p.report.refusals_per_reason() == {"native_policy_not_faster": 1}
+    monkeypatch.setattr(policy, "MEASURED_FASTER", {("cpu", "", "static", False): True})
+    p = FusionPass(native="auto")
+    gm, _ = run_pass(fn, inputs(torch.bfloat16, 2), p)
+    assert fused_counts(gm) == {"rms_norm_static_fp8_quant": 1}
+
+
+# --- what must NOT be rewritten ----------------------------------------------------------------
+
+
+def _refused(fn, args, reason=None):
+    p = FusionPass(native="always")
+    gm, got = run_pass(fn, args, p)
+    assert fused_counts(gm) == {}, p.report
+    if reason is not None:
+        assert reason in p.report.refusals_per_reason(), p.report
+    # Left alone: the graph computes what the function computes.
+    for a, e in zip(pytree.tree_leaves(got), pytree.tree_leaves(fn(*args))):
+        torch.testing.assert_close(a.float(), e.float(), rtol=0.07, atol=0.07)
+    return p
+
+
+def test_layer_norm_is_not_rewritten():
+    def fn(x, r, w, s):
+        y = torch.nn.functional.layer_norm(x, (x.shape[-1],), w, None, 1e-6)
+        return nf.quant_fp8_static(y, s)
+
+    p = _refused(fn, inputs(torch.bfloat16, 2))
+    assert p.report.sites == []  # not a site at all: no RMSNorm there
+
+
+def test_eps_added_after_the_sqrt_is_not_rewritten():
+    def fn(x, r, w, s):
+        xf = x.float()
+        y = (xf / (xf.pow(2).mean(-1, keepdim=True).sqrt() + 1e-6)).to(x.dtype) * w
+        return nf.quant_fp8_static(y, s)
+
+    p = _refused(fn, inputs(torch.bfloat16, 2))
+    assert p.report.sites == []
+
+
+def test_gemma_one_plus_weight_is_a_supported_variant():
+    """Gemma scales by (1 + weight) in fp32: the norm with weight W = 1 + w, which the matcher
+    accepts as any [H] weight tensor computed in the graph (fp32 here), and is equivalent."""
+
+    def fn(x, r, w, s):
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)
+        y = y * (1.0 + w.float())
+        return (nf.quant_fp8_static(y.to(x.dtype), s),)
+
+    args = inputs(torch.bfloat16, 2)
+    p = FusionPass(native="always")
+    gm, got = run_pass(fn, args, p)
+    assert fused_counts(gm) == {"rms_norm_static_fp8_quant": 1}
+    assert_equivalent(got, fn(*args))
+
+
+def test_weight_that_is_not_a_per_channel_vector_is_not_rewritten():
+    def fn(x, r, w, s):
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)
+        y = y * x.float()  # an element-wise product with the input, not a [H] weight
+        return nf.quant_fp8_static(y.to(x.dtype), s)
+
+    p = _refused(fn, inputs(torch.bfloat16, 2))
+    assert p.report.fused == 0
+
+
+@pytest.mark.parametrize("bound", [224.0, 400.0])
+def test_quant_clamping_to_another_bound_is_refused(bound):
+    def fn(x, r, w, s):
+        y = nf.rms_norm_hf(x, w, 1e-6)
+        return (y.float() / s).clamp(-bound, bound).to(FP8)
+
+    _refused(fn, inputs(torch.bfloat16, 2), "clamp_bound_mismatch")
+
+
+def test_norm_output_with_another_consumer_is_refused_and_stays_correct():
+    def fn(x, r, w, s):
+        y = nf.rms_norm_hf(x, w, 1e-6)
+        return nf.quant_fp8_static(y, s), y * 3
+
+    _refused(fn, inputs(torch.bfloat16, 2), "norm_output_has_other_users")
+
+
+def test_per_token_quant_over_another_axis_is_refused():
+    def fn(x, r, w, s):
+        y = nf.rms_norm_hf(x, w, 1e-6)
+        amax = y.abs().amax(dim=0, keepdim=True).float()
+        scale = (amax / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+        return (y.float() / scale).clamp(-448, 448).to(FP8), scale
+
+    _refused(fn, inputs(torch.bfloat16, 2), "absmax_not_over_last_dim")
+
+
+def test_per_token_with_another_min_scale_is_refused():
+    def fn(x, r, w, s):
+        y = nf.rms_norm_hf(x, w, 1e-6)
+        amax = y.abs().amax(dim=-1, keepdim=True).float()
+        scale = (amax / 448.0).clamp(min=1e-12)
+        return (y.float() / scale).clamp(-448, 448).to(FP8), scale
+
+    _refused(fn, inputs(torch.bfloat16, 2), "min_scale_mismatch")
+
+
+def test_dynamic_true_is_refused_with_a_reason_or_fused_never_wrong():
+    class HFNorm(torch.nn.Module):
+        def __init__(self, hidden):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(hidden, dtype=torch.bfloat16))
+            self.eps = 1e-6
+
+        def forward(self, x, s):
+            return nf.quant_fp8_static(nf.rms_norm_hf(x, self.weight, self.eps), s)
+
+    m = HFNorm(256)
+    x, _, _, s = inputs(torch.bfloat16, 2)
+    p = FusionPass(native="always")
+    with torch.no_grad():
+        run_pass(m, (x, s), p, dynamic=True)
+    reasons = p.report.refusals_per_reason()
+    assert p.report.fused == 1 or reasons == {"eps_not_constant": 1}, p.report
+
+
+def test_fnuz_bound_on_a_rocm_platform():
+    def fn(x, r, w, s):
+        return nf.quant_fp8_static(nf.rms_norm_hf(x, w, 1e-6), s, torch.float8_e4m3fnuz)
+
+    with platform.override(kind="rocm", arch="gfx942"):
+        p = FusionPass(native="always")
+        gm, _ = run_pass(fn, inputs(torch.bfloat16, 2), p)
+    assert fused_counts(gm) == {"rms_norm_static_fp8_quant": 1}
+    (node,) = [n for n in gm.graph.nodes if n.op == "call_function" and "rms_norm_static_fp8_quant" in str(n.target)]
+    assert node.args[-1] == torch.float8_e4m3fnuz
