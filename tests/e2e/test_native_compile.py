@@ -7,7 +7,7 @@ import torch.utils._pytree as pytree
 
 import fusion_passes
 from fusion_kernels import platform
-from fusion_kernels.testing import assert_quant_close, scale_mask
+from fusion_kernels.testing import SCALE_RTOL, assert_quant_close, scale_mask
 from fusion_passes import native_forms as nf
 
 
@@ -44,9 +44,9 @@ class Block(torch.nn.Module):
     def forward(self, x, residual):
         h, residual = nf.add_residual(x, residual)
         q1, s1 = nf.quant_fp8_per_token(self.norm1(h), self.fp8)
-        # Stand-in for the FP8 matmul (element-wise, so eager and compiled agree exactly and the
-        # second site sees the same input in both).
-        mid = q1.to(x.dtype) * s1.to(x.dtype)
+        # Stand-in for the FP8 matmul: an exact cast, so eager and compiled agree bit for bit
+        # and the second site sees the same input in both (Inductor keeps bf16 products in fp32).
+        mid = q1.to(x.dtype)
         h, residual = nf.add_residual(mid, residual)
         q2, s2 = nf.quant_fp8_per_group(self.norm2(h), 128, self.fp8)
         return q1, s1, q2, s2, residual
@@ -71,7 +71,7 @@ def test_native_block_compiles_with_both_sites_fused(norm_kind, device, fresh_dy
     }, rep
     got, expected = pytree.tree_leaves(got), pytree.tree_leaves(expected)
     for q, s, (gq, gs) in [(expected[0], expected[1], got[:2]), (expected[2], expected[3], got[2:4])]:
-        torch.testing.assert_close(gs.float(), s.float(), rtol=0.01, atol=0)
+        torch.testing.assert_close(gs.float(), s.float(), rtol=SCALE_RTOL[torch.bfloat16], atol=0)
         assert_quant_close(gq.cpu(), q.cpu(), 0.05, same_scale=scale_mask(gs.cpu(), s.cpu(), q.shape))
     torch.testing.assert_close(got[-1], expected[-1], rtol=0, atol=0)
     # A new token count recompiles (or reuses the dynamic graph) and still fuses.
