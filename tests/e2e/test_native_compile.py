@@ -44,9 +44,10 @@ class Block(torch.nn.Module):
     def forward(self, x, residual):
         h, residual = nf.add_residual(x, residual)
         q1, s1 = nf.quant_fp8_per_token(self.norm1(h), self.fp8)
-        # Stand-in for the FP8 matmul: an exact cast, so eager and compiled agree bit for bit
-        # and the second site sees the same input in both (Inductor keeps bf16 products in fp32).
-        mid = q1.to(x.dtype)
+        # The second sub-layer's input must not depend on the first site's quantized output:
+        # that output may legitimately differ by one FP8 step (the equivalence tolerance), which
+        # the second site would then see amplified. A stand-in for the attention output:
+        mid = x * 0.5
         h, residual = nf.add_residual(mid, residual)
         q2, s2 = nf.quant_fp8_per_group(self.norm2(h), 128, self.fp8)
         return q1, s1, q2, s2, residual
