@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -24,6 +26,18 @@ from fusion_passes.reporting import GraphReport, Report, Site
 log = logging.getLogger("fusion_passes")
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
+#: Set by ``python -m fusion_passes inspect``: every pass created in the process dumps its graphs
+#: there (one subdirectory per pass) and, with NATIVE_ENV, uses that native policy.
+DUMP_ENV = "FUSION_PASSES_DUMP_DIR"
+NATIVE_ENV = "FUSION_PASSES_NATIVE"
+_created: list[weakref.ref] = []
+_created_lock = threading.Lock()
+
+
+def created_passes() -> list["FusionPass"]:
+    """The FusionPass instances of this process that are still alive, oldest first."""
+    with _created_lock:
+        return [p for r in _created if (p := r()) is not None]
 _QUANT_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.int8)
 
 
@@ -46,9 +60,15 @@ class FusionPass(CustomGraphPass):
         patterns: Iterable[str] | None = None,
         dump_dir: str | os.PathLike | None = None,
     ) -> None:
+        native = os.environ.get(NATIVE_ENV) or native
         if native not in policy.NATIVE_MODES:
             raise ValueError(f"native must be one of {policy.NATIVE_MODES}, got {native!r}")
         self.native = native
+        with _created_lock:
+            _created.append(weakref.ref(self))
+            index = len(_created) - 1
+        if dump_dir is None and os.environ.get(DUMP_ENV):
+            dump_dir = Path(os.environ[DUMP_ENV]) / f"pass{index}"
         self.dump_dir = Path(dump_dir) if dump_dir is not None else None
         fusion_kernels.load()
         self.registry = get_registry(refresh=True)
@@ -85,7 +105,7 @@ class FusionPass(CustomGraphPass):
         start = time.perf_counter()
         g = self.report.new_graph()
         self._dump(graph, g.index, "before")
-        g.norms, g.quants = _count_norms_and_quants(graph)
+        g.norms, g.quants = _count_norms_and_quants(graph, include_native=self.native != "never")
         changed = False
         for pattern in self.custom_patterns:
             changed |= self._apply_custom(graph, pattern, g)
@@ -205,10 +225,12 @@ def _platform_line() -> str:
     )
 
 
-def _count_norms_and_quants(graph: fx.Graph) -> tuple[int, int]:
+def _count_norms_and_quants(graph: fx.Graph, include_native: bool) -> tuple[int, int]:
+    """Norm-like and quant-like nodes: the basis of the "nothing fused" warning."""
     ns = torch.ops.fusion_kernels
     norm_targets = {getattr(ns, n).default for n in NORM_OP_NAMES.values() if hasattr(ns, n)}
-    norm_targets |= {torch.ops.aten.rsqrt.default}
+    if include_native:
+        norm_targets |= {torch.ops.aten.rsqrt.default}
     norms = quants = 0
     quant_names = {f.quant_op for f in custom_op.FAMILIES}
     for node in graph.nodes:
