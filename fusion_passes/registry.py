@@ -60,6 +60,15 @@ def all_keys() -> list[QuantKey]:
     return keys
 
 
+def fp8_keys_for(device: torch.device | str) -> list[QuantKey]:
+    """The FP8 quant keys of ``device``'s flavour (the platform module decides: float8_e4m3fnuz
+    on MI300, float8_e4m3fn elsewhere)."""
+    from fusion_kernels import platform
+
+    flavour = platform.fp8_dtype(device)
+    return [k for k in all_keys() if k.dtype == flavour]
+
+
 def _lookup_op(name: str) -> torch._ops.OpOverload | None:
     """The op's default overload if the loaded library defines it (the hasattr guard)."""
     ns = getattr(torch.ops, NAMESPACE)

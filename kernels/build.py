@@ -279,36 +279,67 @@ def make_plan(
     elif target.kind == "rocm":
         hipcc = find_hip_compiler()
         if hipcc is None:
-            raise BuildError("no HIP compiler found (hipcc)")
-        hip_src = hipify_sources(src, out_dir / "hip")
-        for rel in GPU_SOURCES:
-            hrel = rel.replace(".cu", ".hip")
-            o = obj_for(hrel)
-            cmd = [hipcc, *opt, "-std=c++17", "-fPIC", *hip_offload_flags(target.archs), *defines,
-                   "-DFK_WITH_CUDA", "-DUSE_ROCM", "-DHIP_ENABLE_WARP_SYNC_BUILTINS", f"-I{hip_src}",
-                   "-c", str(hip_src / hrel), "-o", str(o)]  # fmt: skip
-            cmds.append(("hipcc", hip_src / hrel, cmd))
+            raise BuildError("no HIP compiler found (hipcc, or FUSION_KERNELS_HIPCC)")
+        hip_src = hipify_sources(src, out_dir / "hip_src")
+        # The host files that include the CUDA entry point come out of hipify renamed.
+        cmds, objects = [], []
+        for rel in hip_cpu_sources(hip_src):
+            o = obj_for(rel)
+            cmd = [cxx, *opt, "-std=c++17", "-fPIC", "-fvisibility=hidden", "-Wall", *defines, *gpu_define,
+                   f"-I{hip_src}", f"-I{inc}", "-c", str(hip_src / rel), "-o", str(o)]  # fmt: skip
+            cmds.append(("cxx", hip_src / rel, cmd))
             objects.append(o)
-        link_extra = ["-L" + str(Path(os.environ.get("ROCM_PATH", "/opt/rocm")) / "lib"), "-lamdhip64"]
+        for rel in hip_gpu_sources():
+            o = obj_for(rel)
+            cmd = [hipcc, "-x", "hip", *opt, "-std=c++17", "-fPIC", *hip_offload_flags(target.archs), *defines,
+                   *hip_extra_flags(), f"-I{hip_src}", "-c", str(hip_src / rel), "-o", str(o)]  # fmt: skip
+            cmds.append(("hipcc", hip_src / rel, cmd))
+            objects.append(o)
+        rocm = os.environ.get("ROCM_PATH", "/opt/rocm")
+        link_extra = [f"-L{Path(rocm) / 'lib'}", "-lamdhip64"]
 
     link = [cxx, "-shared", *[str(o) for o in objects], "-o", str(out_dir / LIB_NAME), f"-L{lib}",
             "-Wl,--no-as-needed", "-ltorch", "-ltorch_cpu", "-lc10", *link_extra]  # fmt: skip
     return Plan(target, out_dir, src, cmds, link, objects)
 
 
+def hip_gpu_sources() -> list[str]:
+    """The device sources after hipify: cuda/<name>.cu -> hip/<name with cuda -> hip>.hip."""
+    return ["hip/" + Path(rel).name.replace("cuda", "hip").replace(".cu", ".hip") for rel in GPU_SOURCES]
+
+
+def hip_cpu_sources(hip_src: Path) -> list[str]:
+    """The host sources after hipify (a file that includes the CUDA entry point gets a _hip twin)."""
+    out = []
+    for rel in CPU_SOURCES:
+        twin = rel.replace(".cpp", "_hip.cpp")
+        out.append(twin if (hip_src / twin).is_file() else rel)
+    return out
+
+
+def hip_extra_flags() -> list[str]:
+    """Device-compile flags of the HIP build: the *_sync warp builtins (64-bit lane masks), and
+    ``FUSION_KERNELS_HIP_FLAGS`` (e.g. ``--rocm-path=...`` when the compiler is a plain clang)."""
+    import shlex
+
+    extra = shlex.split(os.environ.get("FUSION_KERNELS_HIP_FLAGS", ""))
+    return ["-DFK_WITH_CUDA", "-DUSE_ROCM", "-DHIP_ENABLE_WARP_SYNC_BUILTINS", *extra]
+
+
 def hipify_sources(src: Path, dest: Path) -> Path:
     """Copy the sources to ``dest`` and translate the CUDA ones to HIP with torch's hipify.
 
-    ``.cu`` files become ``.hip``; headers are translated in place. The source tree is never
-    touched. What hipify leaves alone (FP8 intrinsics, *_sync shuffles) is handled by
-    csrc/cuda/compat.cuh.
+    hipify writes the translated files into ``dest/hip/`` (``row_op_cuda.cu`` becomes
+    ``hip/row_op_hip.hip``) and a ``_hip`` twin of host files that include CUDA headers. The
+    source tree is never touched. What hipify leaves alone (FP8 intrinsics, *_sync shuffles) is
+    handled by csrc/cuda/compat.cuh.
     """
     from torch.utils.hipify import hipify_python
 
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(src, dest)
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
         hipify_python.hipify(
             project_directory=str(dest),
             output_directory=str(dest),
@@ -319,13 +350,9 @@ def hipify_sources(src: Path, dest: Path) -> Path:
             is_pytorch_extension=True,
             hipify_extra_files_only=False,
         )
-    # hipify writes translated .cu files as *_hip.* or .hip next to them depending on version;
-    # normalise to <name>.hip.
-    for rel in GPU_SOURCES:
-        cu = dest / rel
-        hip = cu.with_suffix(".hip")
-        if not hip.exists():
-            hip.write_text(cu.read_text())
+    missing = [rel for rel in hip_gpu_sources() if not (dest / rel).is_file()]
+    if missing:
+        raise BuildError(f"hipify did not produce {missing}")
     return dest
 
 
