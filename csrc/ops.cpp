@@ -5,7 +5,8 @@
 #include <torch/csrc/stable/ops.h>
 
 #include <cmath>
-#include <sstream>
+#include <cstdio>
+#include <type_traits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -19,12 +20,26 @@
 namespace fusion_kernels {
 namespace {
 
+// Messages are assembled with std::string and snprintf rather than iostreams: formatting a
+// number through an ostringstream inside an extension kernel crashed on torch 2.11's CPU build.
+inline void append(std::string& s, const char* v) { s += v; }
+inline void append(std::string& s, const std::string& v) { s += v; }
+template <typename T>
+void append(std::string& s, T v) {
+  char buf[64];
+  if constexpr (std::is_floating_point_v<T>) {
+    std::snprintf(buf, sizeof(buf), "%g", static_cast<double>(v));
+  } else {
+    std::snprintf(buf, sizeof(buf), "%lld", static_cast<long long>(v));
+  }
+  s += buf;
+}
+
 template <typename... Args>
 [[noreturn]] void fail(const char* op, const Args&... args) {
-  std::ostringstream oss;
-  oss << "fusion_kernels." << op << ": ";
-  ((oss << args), ...);
-  throw std::runtime_error(oss.str());
+  std::string msg = std::string("fusion_kernels.") + op + ": ";
+  (append(msg, args), ...);
+  throw std::runtime_error(msg);
 }
 
 #define FK_CHECK(cond, op, ...) \

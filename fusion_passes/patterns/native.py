@@ -139,17 +139,25 @@ class NormMatch:
     residual: tuple[fx.Node, fx.Node] | None = None  # (a, b) with x = a + b
 
 
+def _user(node: fx.Node, pred) -> fx.Node | None:
+    """The one user of ``node`` that satisfies ``pred`` (None if none or several)."""
+    found = [u for u in node.users if pred(u)]
+    return found[0] if len(found) == 1 else None
+
+
 def match_norm(rsqrt: fx.Node) -> NormMatch | None:
+    """The RMSNorm around ``rsqrt``. Intermediates may have extra users (e.g. saved for the
+    backward pass): the site is still recognised, and the check refuses it with a reason."""
     add = rsqrt.args[0]
-    if not _is(add, ADD) or not _only_user(add) is rsqrt:
+    if not _is(add, ADD):
         return None
     mean = next((a for a in add.args if _is(a, (aten.mean.dim,))), None)
-    if mean is None or _only_user(mean) is not add:
+    if mean is None:
         return None
     eps = _other(add, mean)
     pw = mean.args[0]
     keepdim = mean.args[2] if len(mean.args) > 2 else mean.kwargs.get("keepdim", False)
-    if not keepdim or not _is(pw, (aten.pow.Tensor_Scalar,)) or pw.args[1] != 2 or _only_user(pw) is not mean:
+    if not keepdim or not _is(pw, (aten.pow.Tensor_Scalar,)) or pw.args[1] != 2:
         return None
     xf = pw.args[0]
     xf_val = fx_utils.val(xf)
@@ -162,33 +170,33 @@ def match_norm(rsqrt: fx.Node) -> NormMatch | None:
     x_dtype = _dtype(x)
     if x_dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return None
-    normed = _only_user(rsqrt)
-    if not _is(normed, MUL) or _other(normed, rsqrt) is not xf:
+    normed = _user(rsqrt, lambda u: _is(u, MUL) and _other(u, rsqrt) is xf)
+    if normed is None:
         return None
     internal = [pw, mean, add, rsqrt, normed]
     if upcast:
         internal.insert(0, xf)
-    nxt = _only_user(normed)
-    if x_dtype != torch.float32 and _is_cast_to(nxt, x_dtype):
+    cast_back = _user(normed, lambda u: _is_cast_to(u, x_dtype)) if x_dtype != torch.float32 else None
+    weight_mul = _user(normed, lambda u: _is(u, MUL))
+    if cast_back is not None:
         # Hugging Face: cast back to the model dtype, then weight * x.
-        y = _only_user(nxt)
-        if not _is(y, MUL):
+        y = _user(cast_back, lambda u: _is(u, MUL))
+        if y is None:
             return None
-        weight = _other(y, nxt)
-        internal += [nxt, y]
+        weight = _other(y, cast_back)
+        internal.append(cast_back)
         spelling = "hf"
-    elif _is(nxt, MUL):
+    elif weight_mul is not None:
         # functional: (x * rsqrt) * weight in fp32, then one cast to the model dtype.
-        weight = _other(nxt, normed)
-        internal.append(nxt)
-        y = nxt
+        weight = _other(weight_mul, normed)
+        y = weight_mul
         spelling = "functional"
         if x_dtype != torch.float32:
-            cast = _only_user(nxt)
-            if not _is_cast_to(cast, x_dtype):
+            cast = _user(weight_mul, lambda u: _is_cast_to(u, x_dtype))
+            if cast is None:
                 return None
+            internal.append(weight_mul)
             y = cast
-            internal.append(cast)
     else:
         return None
     w_val = fx_utils.val(weight)
@@ -196,7 +204,6 @@ def match_norm(rsqrt: fx.Node) -> NormMatch | None:
         return None
     if w_val.shape[0] != xf_val.shape[-1]:
         return None
-    internal = [n for n in internal if n is not y]
     m = NormMatch(spelling, x, weight, eps, y, internal)
     # A residual add feeding the norm: h = a + b (same shape and dtype, no broadcasting).
     if _is(x, (aten.add.Tensor,)) and len(x.args) == 2 and not x.kwargs.get("alpha"):
