@@ -1,8 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Packaging glue that pyproject.toml cannot express: the C++/CUDA sources ship inside the
-fusion_kernels package (so non-editable installs can JIT-build them), and a wheel build can
-carry prebuilt libraries (FUSION_KERNELS_WHEEL_TARGETS, see README "Prebuilt wheel")."""
+"""Packaging glue that pyproject.toml cannot express:
 
+* the C++/CUDA sources ship inside the fusion_kernels package (``fusion_kernels/csrc``), so a
+  non-editable install can JIT-build them;
+* with ``FUSION_KERNELS_WHEEL_TARGETS`` set (e.g. ``cuda:sm_80,sm_89,sm_90``), the wheel also
+  carries prebuilt libraries, compiled by the same build module as the JIT path, and is tagged
+  for the platform (the library uses no Python C API, so one wheel serves every Python 3).
+"""
+
+import importlib.util
 import os
 import shutil
 import sys
@@ -12,6 +18,21 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
+TARGETS = os.environ.get("FUSION_KERNELS_WHEEL_TARGETS", "").strip()
+
+
+def _source_build_module():
+    """fusion_kernels.build from this source tree (the package directory is kernels/)."""
+    if "fusion_kernels" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "fusion_kernels", ROOT / "kernels" / "__init__.py", submodule_search_locations=[str(ROOT / "kernels")]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["fusion_kernels"] = module
+        spec.loader.exec_module(module)
+    import fusion_kernels.build
+
+    return fusion_kernels.build
 
 
 class build_py_with_sources(build_py):
@@ -21,13 +42,26 @@ class build_py_with_sources(build_py):
         if (dest / "csrc").exists():
             shutil.rmtree(dest / "csrc")
         shutil.copytree(ROOT / "csrc", dest / "csrc")
-        targets = os.environ.get("FUSION_KERNELS_WHEEL_TARGETS", "").strip()
-        if targets:
-            # Same build module as the JIT path: one recipe.
-            sys.path.insert(0, str(ROOT / "tools"))
-            from prebuild import prebuild_into
-
-            prebuild_into(dest / "_prebuilt", targets)
+        if TARGETS:
+            build = _source_build_module()
+            libs = build.prebuild(dest / "_prebuilt", TARGETS)
+            print(f"fusion_kernels: prebuilt {', '.join(str(p.parent.name) for p in libs)}")
 
 
-setup(cmdclass={"build_py": build_py_with_sources})
+cmdclass = {"build_py": build_py_with_sources}
+
+if TARGETS:
+    from setuptools.command.bdist_wheel import bdist_wheel
+
+    class bdist_wheel_platform(bdist_wheel):
+        def finalize_options(self):
+            super().finalize_options()
+            self.root_is_pure = False
+
+        def get_tag(self):
+            _, _, plat = super().get_tag()
+            return "py3", "none", plat
+
+    cmdclass["bdist_wheel"] = bdist_wheel_platform
+
+setup(cmdclass=cmdclass)

@@ -61,6 +61,7 @@ WHEEL_CUDA_ARCHS = ("sm_80", "sm_89", "sm_90")
 SUPPORTED_ROCM_ARCHS = ("gfx90a", "gfx942", "gfx950")
 
 DISABLE_ENV = "FUSION_KERNELS_DISABLE"
+NO_JIT_ENV = "FUSION_KERNELS_NO_JIT"  # never compile at run time (serving images): prebuilt or nothing
 CACHE_ENV = "FUSION_KERNELS_CACHE_DIR"
 
 
@@ -469,25 +470,64 @@ def prebuilt_root() -> Path:
     return Path(__file__).resolve().parent / "_prebuilt"
 
 
-def find_prebuilt(kind: str, arch: str | None) -> Path | None:
-    """A prebuilt library of ``kind`` whose manifest covers ``arch`` (None: any)."""
+def parse_targets(spec: str) -> list[Target]:
+    """``"cuda:sm_80,sm_89,sm_90;rocm:gfx942"`` -> targets (the wheel build's specification)."""
+    targets = []
+    for item in filter(None, (s.strip() for s in spec.split(";"))):
+        kind, _, archs = item.partition(":")
+        if kind not in ("cpu", "cuda", "rocm"):
+            raise BuildError(f"unknown target kind {kind!r} in {spec!r}")
+        targets.append(Target(kind, tuple(a for a in archs.split(",") if a)))
+    return targets
+
+
+def prebuild(dest_root: Path, spec: str, jobs: int | None = None) -> list[Path]:
+    """Build each target of ``spec`` into ``dest_root/<tag>/`` keeping only the library and its
+    manifest (what a wheel ships). Same recipe as the JIT build."""
+    libs = []
+    for target in parse_targets(spec):
+        out = Path(dest_root) / target.tag
+        lib = build(target, out, jobs=jobs)
+        for extra in ("obj", "hip_src", "build.ninja", ".ninja_log", ".ninja_deps"):
+            path = out / extra
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        libs.append(lib)
+    return libs
+
+
+def find_prebuilt(kind: str, arch: str | None) -> tuple[Path | None, str]:
+    """A prebuilt library for this torch build ``kind`` and device ``arch`` (None: any GPU),
+    and a line saying why none matched.
+
+    Every library holds the CPU kernels, so a CPU-only torch takes any of them; a CUDA torch
+    needs machine code for the GPU's arch (or PTX of an older one), a ROCm torch its gfx arch.
+    The library's stable-ABI level must not be newer than this torch.
+    """
     root = prebuilt_root()
     if not root.is_dir():
-        return None
+        return None, "no prebuilt libraries in this installation"
     torch_version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    seen = []
     for d in sorted(root.iterdir()):
         manifest_file = d / "manifest.json"
         if not (d / LIB_NAME).is_file() or not manifest_file.is_file():
             continue
         m = json.loads(manifest_file.read_text())
-        if m.get("target") != kind:
-            continue
+        seen.append(d.name)
         need = tuple(int(p) for p in m.get("torch_target_version", "99.0").split("."))
         if torch_version < need:
             continue
-        if arch is None or arch in m.get("archs", []) or _ptx_covers(m.get("archs", []), arch):
-            return d / LIB_NAME
-    return None
+        archs = m.get("archs", [])
+        if kind == "cpu":
+            return d / LIB_NAME, ""
+        if m.get("target") != kind:
+            continue
+        if arch is None or arch in archs or (kind == "cuda" and _ptx_covers(archs, arch)):
+            return d / LIB_NAME, ""
+    return None, f"no prebuilt library for {kind} {arch or ''} (have: {', '.join(seen) or 'none'})"
 
 
 def _ptx_covers(archs: list[str], arch: str) -> bool:
@@ -563,15 +603,19 @@ def _load_unlocked() -> LibraryState:
     arch = None
     if kind in ("cuda", "rocm") and torch.cuda.is_available():
         arch = platform.device_info("cuda").arch
-    prebuilt = find_prebuilt(kind, arch) if kind != "cpu" else find_prebuilt("cpu", None)
+    prebuilt, why_not = find_prebuilt(kind, arch)
     if prebuilt is not None and os.environ.get("FUSION_KERNELS_NO_PREBUILT", "") in ("", "0"):
         try:
             torch.ops.load_library(str(prebuilt))
             fake.register_all()
             m = json.loads((prebuilt.parent / "manifest.json").read_text())
-            return LibraryState("loaded", "prebuilt", str(prebuilt), f"{m['target']}-{'-'.join(m['archs'])}".rstrip("-"))
+            tag = Target(m["target"], tuple(m.get("archs", ()))).tag
+            return LibraryState("loaded", "prebuilt", str(prebuilt), tag)
         except OSError as exc:
-            log.warning("fusion_kernels: prebuilt library %s did not load (%s); trying a JIT build", prebuilt, exc)
+            why_not = f"prebuilt library {prebuilt} did not load ({exc})"
+            log.warning("fusion_kernels: %s; trying a JIT build", why_not)
+    if os.environ.get(NO_JIT_ENV, "") not in ("", "0"):
+        raise BuildError(f"{why_not}, and JIT builds are off ({NO_JIT_ENV}=1)")
 
     target, gpu_note = jit_target()
     start = time.perf_counter()
