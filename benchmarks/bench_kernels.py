@@ -287,19 +287,27 @@ def _warm_worker(args):
         return f"{cell}: {type(exc).__name__}: {exc}"
 
 
-def warm_inductor(cell_list: list[Cell], modes, workers: int) -> None:
+def modes_for(cell: Cell, modes, autotune_tokens: set[int] | None):
+    """max-autotune only where asked (it costs minutes of compiling per cell)."""
+    if autotune_tokens is None:
+        return modes
+    return tuple(m for m in modes if m == "default" or cell.tokens in autotune_tokens)
+
+
+def warm_inductor(cell_list: list[Cell], modes, workers: int, autotune_tokens=None) -> None:
+    jobs = [(c, modes_for(c, modes, autotune_tokens)) for c in cell_list]
     if workers <= 1:
-        for c in cell_list:
-            _warm_worker((c, modes))
+        for job in jobs:
+            _warm_worker(job)
         return
     ctx = mp.get_context("spawn")
     with ctx.Pool(workers) as pool:
-        for err in pool.imap_unordered(_warm_worker, [(c, modes) for c in cell_list]):
+        for err in pool.imap_unordered(_warm_worker, jobs):
             if err:
                 print("warm-up:", err, file=sys.stderr)
 
 
-def run(cell_list: list[Cell], modes, bandwidth: float, log) -> list[dict]:
+def run(cell_list: list[Cell], modes, bandwidth: float, log, autotune_tokens=None, on_row=None) -> list[dict]:
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     results = []
     for cell in cell_list:
@@ -310,7 +318,7 @@ def run(cell_list: list[Cell], modes, bandwidth: float, log) -> list[dict]:
         est = nbytes / bandwidth + 2e-6
         fused, unfused = ours_fns(cell)
         variants = {"fused": fused, "unfused": unfused, "eager": native_fn(cell)}
-        for mode in modes:
+        for mode in modes_for(cell, modes, autotune_tokens):
             variants[f"inductor[{mode}]"] = compile_native(cell, mode)
         row = {"case": cell.case, "hidden": cell.hidden, "tokens": cell.tokens, "bytes": nbytes}
         for name, fn in variants.items():
@@ -323,6 +331,8 @@ def run(cell_list: list[Cell], modes, bandwidth: float, log) -> list[dict]:
             row[f"{k}_pct"] = 100.0 * nbytes / row[k] / bandwidth
         row["speedup_vs_inductor"] = row["inductor"] / row["fused"]
         results.append(row)
+        if on_row is not None:
+            on_row(results)
         log(
             f"{cell.case:15s} H={cell.hidden:5d} T={cell.tokens:6d}  fused {row['fused']*1e6:8.2f} us "
             f"({row['fused_pct']:5.1f}%)  unfused {row['unfused']*1e6:8.2f}  inductor {row['inductor']*1e6:8.2f} "
@@ -402,6 +412,7 @@ def main() -> None:
     parser.add_argument("--cases", default="", help="comma-separated case names")
     parser.add_argument("--modes", default="", help="Inductor modes (default: both; --quick: default only)")
     parser.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
+    parser.add_argument("--autotune-tokens", default="", help="run max-autotune only for these token counts")
     args = parser.parse_args()
 
     import fusion_kernels
@@ -417,8 +428,9 @@ def main() -> None:
         log_file.write(msg + "\n")
         log_file.flush()
 
+    autotune_tokens = {int(t) for t in args.autotune_tokens.split(",") if t} or None
     start = time.time()
-    warm_inductor(cell_list, modes, args.workers)
+    warm_inductor(cell_list, modes, args.workers, autotune_tokens)
     log(f"inductor warm-up: {time.time() - start:.0f} s for {len(cell_list)} cells x {len(modes)} modes")
     bandwidth = copy_bandwidth()
     props = torch.cuda.get_device_properties(0)
@@ -433,7 +445,10 @@ def main() -> None:
         "dtype": str(DTYPE),
     }
     log(json.dumps(meta))
-    results = run(cell_list, modes, bandwidth, log)
+    def save(rows):  # after every cell, so a run cut short still leaves its results
+        (args.out / "bench.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
+
+    results = run(cell_list, modes, bandwidth, log, autotune_tokens, save)
     summary = summarize(results, bandwidth)
     log(json.dumps(summary, indent=1))
     (args.out / "bench.json").write_text(json.dumps({"meta": meta, "summary": summary, "results": results}, indent=1))
