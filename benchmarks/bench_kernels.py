@@ -237,7 +237,7 @@ def copy_bandwidth() -> float:
 def time_graph(fn, xs, rs, w, s, est_seconds: float) -> float:
     """Median GPU seconds per call from CUDA-graph replays of many calls over rotating inputs."""
     sets = len(xs)
-    calls = int(min(2000, max(20, math.ceil(2e-3 / max(est_seconds, 1e-7)))))
+    calls = int(min(1000, max(10, math.ceil(1e-3 / max(est_seconds, 1e-7)))))
     calls = max(calls, sets)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -253,7 +253,7 @@ def time_graph(fn, xs, rs, w, s, est_seconds: float) -> float:
     graph.replay()
     torch.cuda.synchronize()
     times = []
-    for _ in range(15):
+    for _ in range(9):
         st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         st.record()
         graph.replay()

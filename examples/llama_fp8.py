@@ -31,24 +31,27 @@ from fusion_kernels import platform
 from fusion_passes import native_forms as nf
 
 ops = torch.ops.fusion_kernels
-_BLOCKWISE_MM: dict[str, bool] = {}
+_SCALED_MM_SUPPORT: dict[tuple[str, str], bool] = {}
 
 
-def blockwise_scaled_mm_supported(device: torch.device) -> bool:
-    """Whether torch._scaled_mm takes 1x128 activation and 128x128 weight block scales here."""
-    key = str(device)
-    if key not in _BLOCKWISE_MM:
+def scaled_mm_supports(device: torch.device, scaling: str) -> bool:
+    """Whether torch._scaled_mm takes row-wise ("rowwise": [M, 1] x [1, N]) or block
+    ("blockwise": 1x128 activation, 128x128 weight) scales on this device and torch."""
+    key = (str(device), scaling)
+    if key not in _SCALED_MM_SUPPORT:
         try:
             fp8 = platform.fp8_dtype(device)
             a = torch.zeros(128, 256, device=device).to(fp8)
             b = torch.zeros(128, 256, device=device).to(fp8).t()
-            sa = torch.ones(128, 2, device=device).t().contiguous().t()
-            sb = torch.ones(2, 1, device=device)
+            if scaling == "rowwise":
+                sa, sb = torch.ones(128, 1, device=device), torch.ones(1, 128, device=device)
+            else:
+                sa, sb = torch.ones(128, 2, device=device).t().contiguous().t(), torch.ones(2, 1, device=device)
             torch._scaled_mm(a, b, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
-            _BLOCKWISE_MM[key] = True
+            _SCALED_MM_SUPPORT[key] = True
         except Exception:
-            _BLOCKWISE_MM[key] = False
-    return _BLOCKWISE_MM[key]
+            _SCALED_MM_SUPPORT[key] = False
+    return _SCALED_MM_SUPPORT[key]
 
 
 class FP8Linear(torch.nn.Module):
@@ -74,10 +77,14 @@ class FP8Linear(torch.nn.Module):
             wq = (blocks / ws[:, None, :, None]).reshape(out_f, in_f).to(fp8)
         self.register_buffer("weight", wq)
         self.register_buffer("weight_scale", ws.float())
-        # Dequantized copy for the group path where _scaled_mm has no blockwise scaling.
+        # Dequantized copy for where _scaled_mm lacks the activation's scaling.
         if quant == "group128":
             deq = wq.float().reshape(out_f // 128, 128, in_f // 128, 128) * ws[:, None, :, None]
-            self.register_buffer("weight_deq", deq.reshape(out_f, in_f).to(torch.bfloat16))
+        elif quant == "per_token":
+            deq = wq.float() * ws.t()
+        else:
+            deq = wq.float() * ws
+        self.register_buffer("weight_deq", deq.reshape(out_f, in_f).to(torch.bfloat16))
 
     def forward(self, q: torch.Tensor, x_scale: torch.Tensor) -> torch.Tensor:
         shape = q.shape
@@ -86,11 +93,14 @@ class FP8Linear(torch.nn.Module):
             out = torch._scaled_mm(q2, self.weight.t(), scale_a=x_scale, scale_b=self.weight_scale,
                                    out_dtype=torch.bfloat16)  # fmt: skip
         elif self.quant == "per_token":
-            out = torch._scaled_mm(q2, self.weight.t(), scale_a=x_scale.reshape(-1, 1),
-                                   scale_b=self.weight_scale, out_dtype=torch.bfloat16)  # fmt: skip
+            if scaled_mm_supports(q.device, "rowwise"):
+                out = torch._scaled_mm(q2, self.weight.t(), scale_a=x_scale.reshape(-1, 1),
+                                       scale_b=self.weight_scale, out_dtype=torch.bfloat16)  # fmt: skip
+            else:
+                out = (q2.float() * x_scale.reshape(-1, 1)).to(torch.bfloat16) @ self.weight_deq.t()
         else:
             s = x_scale.reshape(q2.shape[0], -1)
-            if blockwise_scaled_mm_supported(q.device):
+            if scaled_mm_supports(q.device, "blockwise"):
                 out = torch._scaled_mm(q2, self.weight.t(), scale_a=s.t().contiguous().t(),
                                        scale_b=self.weight_scale.t(), out_dtype=torch.bfloat16)  # fmt: skip
             else:
@@ -215,9 +225,10 @@ def main(argv=None) -> dict:
     if args.form == "native" and native == "always":
         print('note: --form native compiles with native="always": plain-torch norms and quantizers are '
               "rewritten into our fused ops even where Inductor's own kernel may be as fast")  # fmt: skip
-    if args.quant == "group128" and not blockwise_scaled_mm_supported(device):
-        print(f"note: torch._scaled_mm has no 1x128/128x128 block scaling on {device.type} in torch "
-              f"{torch.__version__}: group-128 linears dequantize and use a bf16 matmul")  # fmt: skip
+    needed = {"per_token": "rowwise", "group128": "blockwise"}.get(args.quant)
+    if needed and not scaled_mm_supports(device, needed):
+        print(f"note: torch._scaled_mm has no {needed} scaling on {device.type} in torch {torch.__version__}: "
+              f"these linears dequantize and use a bf16 matmul")  # fmt: skip
 
     model = TinyLlama(args.hidden, args.layers, args.heads, args.quant, args.form, fp8).to(device)
     gen = torch.Generator(device=device).manual_seed(1)
