@@ -209,8 +209,8 @@ def check(cell: Cell, name: str, outs, x, r, w, s) -> None:
         torch.testing.assert_close(scales, exp[1], rtol=rtol, atol=0, msg=f"{cell} {name} scales")
         same_scale = scale_mask(scales, exp[1], exp[0].shape)
     # Plain-torch F.rms_norm rounds once where the spec rounds twice: for INT8, whose steps are
-    # finer, that moves up to ~7% of values by one step (FP8: under 5%).
-    frac = 0.01 if ours else (0.10 if "int8" in cell.case else 0.05)
+    # finer, that moves up to ~7% of values by one step; FP8 groups of 128 reach ~6%.
+    frac = 0.01 if ours else 0.10
     assert_quant_close(outs[0], exp[0], frac, what=f"{cell} {name} q", same_scale=same_scale)
     if residual:
         torch.testing.assert_close(outs[-1], r_new, rtol=0, atol=0, msg=f"{cell} {name} residual")
