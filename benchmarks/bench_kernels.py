@@ -181,7 +181,7 @@ def make_inputs(cell: Cell, sets: int, seed: int = 0):
 def check(cell: Cell, name: str, outs, x, r, w, s) -> None:
     """Compare a variant's outputs with the reference (the spec) before timing it."""
     from fusion_kernels import reference as ref
-    from fusion_kernels.testing import SCALE_RTOL, assert_quant_close, scale_mask
+    from fusion_kernels.testing import SCALE_RTOL, assert_quant_close, quant_steps, scale_mask
 
     _, scheme, residual, group = cell.spec
     fp8 = torch.float8_e4m3fn
@@ -210,8 +210,14 @@ def check(cell: Cell, name: str, outs, x, r, w, s) -> None:
         same_scale = scale_mask(scales, exp[1], exp[0].shape)
     # Plain-torch F.rms_norm rounds once where the spec rounds twice: for INT8, whose steps are
     # finer, that moves up to ~7% of values by one step; FP8 groups of 128 reach ~6%.
-    frac = 0.01 if ours else 0.10
-    assert_quant_close(outs[0], exp[0], frac, what=f"{cell} {name} q", same_scale=same_scale)
+    if ours:
+        assert_quant_close(outs[0], exp[0], 0.01, what=f"{cell} {name} q", same_scale=same_scale)
+    else:
+        # The plain-torch variants only need to compute the same function: a dynamic INT8 scale
+        # taken from a differently rounded row can move a value by two of its fine steps.
+        steps = quant_steps(outs[0], exp[0])
+        assert int(steps.max()) <= (2 if "int8" in cell.case else 1), f"{cell} {name}: {int(steps.max())} steps"
+        assert float((steps > 0).float().mean()) <= 0.10, f"{cell} {name}: too many elements differ"
     if residual:
         torch.testing.assert_close(outs[-1], r_new, rtol=0, atol=0, msg=f"{cell} {name} residual")
 
