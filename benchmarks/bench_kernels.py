@@ -414,6 +414,30 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def merge(dirs: list[Path], out: Path) -> None:
+    cells: dict[tuple, dict] = {}
+    metas = []
+    for d in dirs:
+        data = json.loads((d / "bench.json").read_text())
+        metas.append(data["meta"])
+        for row in data["results"]:
+            cells[(row["case"], row["hidden"], row["tokens"])] = row
+    order = [c[0] for c in CASES]
+    results = sorted(cells.values(), key=lambda r: (order.index(r["case"]), r["hidden"], r["tokens"]))
+    bandwidth = statistics.median(m["copy_bandwidth_TBps"] for m in metas) * 1e12
+    meta = {**metas[0], "copy_bandwidth_TBps": bandwidth / 1e12, "runs": len(dirs),
+            "copy_bandwidth_per_run_TBps": [m["copy_bandwidth_TBps"] for m in metas]}  # fmt: skip
+    summary = summarize(results, bandwidth)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps({"meta": meta, "summary": summary, "results": results}, indent=1))
+    (out / "bench.md").write_text(markdown(results))
+    try:
+        plot(results, out / "bench.png")
+    except ImportError as exc:
+        print(f"no plot: {exc}")
+    print(json.dumps(summary, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
@@ -422,7 +446,13 @@ def main() -> None:
     parser.add_argument("--modes", default="", help="Inductor modes (default: both; --quick: default only)")
     parser.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
     parser.add_argument("--autotune-tokens", default="", help="run max-autotune only for these token counts")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="DIR",
+                        help="combine the bench.json of runs over disjoint cases (same device, same session) "
+                             "into --out: table, summary, plot; later runs win for a cell in several")  # fmt: skip
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
 
     import fusion_kernels
 

@@ -521,7 +521,7 @@ class NativeMatcher:
         if not platform.has_kernel(fused._schema.name, x_val.device):
             raise Refusal("no_kernel_for_device", str(x_val.device))
         info = platform.device_info(x_val.device)
-        ok, reason = policy.native_rewrite_allowed(self.native, info, quant.key, residual)
+        ok, reason = policy.native_rewrite_allowed(self.native, info, quant.key, residual, _tokens(x_val))
         if not ok:
             raise Refusal(reason)
 
@@ -560,6 +560,19 @@ class NativeMatcher:
             if not n.users:
                 graph.erase_node(n)
         return fused
+
+
+def _tokens(x_val: torch.Tensor) -> int | None:
+    """Rows of a [..., H] value; a symbolic size counts by its hint (None when it has none)."""
+    rows = 1
+    for size in x_val.shape[:-1]:
+        if isinstance(size, torch.SymInt):
+            hint = getattr(size.node, "hint", None)
+            if hint is None:
+                return None
+            size = hint
+        rows *= int(size)
+    return rows
 
 
 def _topo_order(graph: fx.Graph, nodes: list[fx.Node]) -> list[fx.Node]:

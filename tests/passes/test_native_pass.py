@@ -137,10 +137,24 @@ def test_auto_policy_rewrites_only_measured_cases(monkeypatch):
     gm, _ = run_pass(fn, inputs(torch.bfloat16, 2), p)
     assert fused_counts(gm) == {}
     assert p.report.refusals_per_reason() == {"native_policy_not_faster": 1}
-    monkeypatch.setattr(policy, "MEASURED_FASTER", {("cpu", "", "static", False): True})
+    # Measured faster from 16 tokens on: the 15-token site stays with Inductor ...
+    monkeypatch.setattr(policy, "MEASURED_FASTER", {("cpu", "", "fp8_static", False): 16})
+    p = FusionPass(native="auto")
+    gm, _ = run_pass(fn, inputs(torch.bfloat16, 2), p)
+    assert p.report.refusals_per_reason() == {"native_policy_not_faster_at_this_size": 1}
+    # ... and from 8 tokens on, it is rewritten.
+    monkeypatch.setattr(policy, "MEASURED_FASTER", {("cpu", "", "fp8_static", False): 8})
     p = FusionPass(native="auto")
     gm, _ = run_pass(fn, inputs(torch.bfloat16, 2), p)
     assert fused_counts(gm) == {"rms_norm_static_fp8_quant": 1}
+
+
+def test_policy_table_keys_are_well_formed():
+    from fusion_passes import policy
+
+    for (kind, arch, scheme, residual), tokens in policy.MEASURED_FASTER.items():
+        assert kind in ("cuda", "rocm", "cpu") and isinstance(residual, bool) and tokens >= 1
+        assert scheme.split("_", 1)[0] in ("fp8", "int8")
 
 
 # --- what must NOT be rewritten ----------------------------------------------------------------
