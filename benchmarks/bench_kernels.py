@@ -200,7 +200,7 @@ def check(cell: Cell, name: str, outs, x, r, w, s) -> None:
     else:
         exp = ref.dynamic_scaled_int8_quant(y)
     # Our kernels follow the spec's rounding points (1% of elements may sit on the other side of
-    # a boundary); plain-torch code rounds elsewhere: DESIGN's "equivalent" (5%, scales 1%).
+    # a boundary); plain-torch code rounds elsewhere (checked more loosely below).
     ours = name in ("fused", "unfused")
     same_scale = None
     if len(exp) > 1:
@@ -447,7 +447,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
     parser.add_argument("--autotune-tokens", default="", help="run max-autotune only for these token counts")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="DIR",
-                        help="combine the bench.json of runs over disjoint cases (same device, same session) "
+                        help="combine the bench.json of runs over disjoint cases (same device, back to back) "
                              "into --out: table, summary, plot; later runs win for a cell in several")  # fmt: skip
     args = parser.parse_args()
     if args.merge:

@@ -254,7 +254,7 @@ def main(argv=None) -> dict:
         ok = rel_between == 0.0
         verdict = "outputs agree bit for bit" if ok else "OUTPUTS DIFFER"
     else:
-        # A native rewrite changes rounding points (DESIGN's "equivalent": one FP8 step on a few
+        # A native rewrite changes rounding points (the README's "equivalent": one FP8 step on a few
         # elements); Inductor's own code differs from eager in the same way. The plugin must not
         # make the compiled model worse than Inductor alone by more than that.
         ok = rel_plugin <= 2 * rel_plain + 1e-2

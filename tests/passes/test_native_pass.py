@@ -76,7 +76,7 @@ def inputs(dtype, rank, hidden=256, seed=0):
 
 
 def assert_equivalent(got, expected, dtype_of_model=torch.bfloat16):
-    """DESIGN's "equivalent": quantized values within one step of the native result on at most
+    """The README's "equivalent": quantized values within one step of the native result on at most
     5% of elements, scales within 1% relative; the new residual is computed identically (exact).
     Where a dynamic scale differs from the native one, every element may sit one step away."""
     got, expected = pytree.tree_leaves(got), pytree.tree_leaves(expected)
@@ -86,7 +86,7 @@ def assert_equivalent(got, expected, dtype_of_model=torch.bfloat16):
     for a, e in zip(got[1:], expected[1:]):
         assert a.shape == e.shape and a.dtype == e.dtype
         if a.dtype == torch.float32 and a.shape[:-1] == q_got.shape[:-1]:  # scales
-            # DESIGN says 1%; two roundings of bf16 (the absmax of a row normalized in another
+            # 1% would be too tight: two roundings of bf16 (the absmax of a row normalized in another
             # reduction order) can reach 1.6%: the bound is two roundings of the model dtype.
             torch.testing.assert_close(a, e, rtol=SCALE_RTOL[dtype_of_model], atol=0)
             same = scale_mask(a, e, q_exp.shape)
@@ -107,7 +107,7 @@ def test_catalogue_entry_is_fused_and_equivalent(quant, norm, residual, dtype):
     p = FusionPass(native="always")
     gm, got = run_pass(fn, args, p)
     if norm == "functional" and "int8" in quant and dtype != torch.float32:
-        # Not equivalent in DESIGN's sense (F.rms_norm rounds once): refused, left as written.
+        # Not equivalent in the README's sense (F.rms_norm rounds once): refused, left as written.
         assert fused_counts(gm) == {}
         assert p.report.refusals_per_reason() == {"int8_rounding_points_differ": 1}
         torch.testing.assert_close(got[0].float(), fn(*args)[0].float(), rtol=0, atol=0)
