@@ -86,7 +86,9 @@ def main() -> None:
         if arch == "gfx942":
             n = asm.count("v_cvt_pk_fp8_f32")
             if n == 0:
-                sys.exit("check_hip: no v_cvt_pk_fp8_f32 in the gfx942 code: the fnuz path is not using MI300's FP8 conversion")
+                sys.exit(
+                    "check_hip: no v_cvt_pk_fp8_f32 in the gfx942 code: the fnuz path is not using MI300's FP8 conversion"
+                )
             print(f"check_hip: gfx942: {kernels} kernels, wavefront 64, {n} v_cvt_pk_fp8_f32 instructions")
         else:
             print(f"check_hip: {arch}: {kernels} kernels, wavefront 64")

@@ -9,23 +9,25 @@ import sys
 from collections import Counter
 
 import torch
-
 from fusion_kernels import OP_NAMES
+
 
 def elf_section(path: str, wanted: str) -> bytes:
     """The bytes of one section of an ELF64 little-endian file."""
     data = open(path, "rb").read()
-    shoff, = struct.unpack_from("<Q", data, 0x28)
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+
     def header(i):
         return struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
+
     strtab = header(shstrndx)
     for i in range(shnum):
         h = header(i)
         name_start = strtab[4] + h[0]
-        name = data[name_start:data.index(b"\0", name_start)].decode()
+        name = data[name_start : data.index(b"\0", name_start)].decode()
         if name == wanted:
-            return data[h[4]:h[4] + h[5]]
+            return data[h[4] : h[4] + h[5]]
     return b""
 
 
@@ -78,5 +80,9 @@ if args.archs:
 if problems:
     print("library check FAILED:\n  " + "\n  ".join(problems))
     sys.exit(1)
-print(f"library check ok: {len(OP_NAMES)} ops, schemas + CPU kernels" + (" + CUDA kernels" if args.expect_cuda else "")
-      + (f", code objects for {args.archs}" if args.archs else "") + f" (torch {torch.__version__})")
+print(
+    f"library check ok: {len(OP_NAMES)} ops, schemas + CPU kernels"
+    + (" + CUDA kernels" if args.expect_cuda else "")
+    + (f", code objects for {args.archs}" if args.archs else "")
+    + f" (torch {torch.__version__})"
+)

@@ -6,9 +6,8 @@ kernel does not write is then an uninitialized read when copied back (initcheck)
 
 import sys
 
-import torch
-
 import fusion_kernels
+import torch
 from fusion_kernels import OP_NAMES
 from fusion_kernels.testing import make_args
 

@@ -120,14 +120,23 @@ def ours_fns(cell: Cell):
 
     def fused(x, r, w, s):
         if scheme == "static":
-            return ops.fused_add_rms_norm_static_fp8_quant(x, r, w, s, EPS, fp8) if residual else (
-                ops.rms_norm_static_fp8_quant(x, w, s, EPS, fp8),)
+            return (
+                ops.fused_add_rms_norm_static_fp8_quant(x, r, w, s, EPS, fp8)
+                if residual
+                else (ops.rms_norm_static_fp8_quant(x, w, s, EPS, fp8),)
+            )
         if scheme == "per_token":
-            return ops.fused_add_rms_norm_dynamic_per_token_quant(x, r, w, EPS, fp8, None) if residual else \
-                ops.rms_norm_dynamic_per_token_quant(x, w, EPS, fp8, None)
+            return (
+                ops.fused_add_rms_norm_dynamic_per_token_quant(x, r, w, EPS, fp8, None)
+                if residual
+                else ops.rms_norm_dynamic_per_token_quant(x, w, EPS, fp8, None)
+            )
         if scheme == "group":
-            return ops.fused_add_rms_norm_per_token_group_quant(x, r, w, EPS, group, False, False, fp8) if residual \
+            return (
+                ops.fused_add_rms_norm_per_token_group_quant(x, r, w, EPS, group, False, False, fp8)
+                if residual
                 else ops.rms_norm_per_token_group_quant(x, w, EPS, group, False, False, fp8)
+            )
         if scheme == "int8_static":
             return (ops.rms_norm_static_int8_quant(x, w, s, EPS),)
         return ops.rms_norm_dynamic_per_token_quant(x, w, EPS, torch.int8, None)
@@ -343,9 +352,9 @@ def run(cell_list: list[Cell], modes, bandwidth: float, log, autotune_tokens=Non
         if on_row is not None:
             on_row(results)
         log(
-            f"{cell.case:15s} H={cell.hidden:5d} T={cell.tokens:6d}  fused {row['fused']*1e6:8.2f} us "
-            f"({row['fused_pct']:5.1f}%)  unfused {row['unfused']*1e6:8.2f}  inductor {row['inductor']*1e6:8.2f} "
-            f"({row['inductor_pct']:5.1f}%)  eager {row['eager']*1e6:8.2f}  x{row['speedup_vs_inductor']:.2f}"
+            f"{cell.case:15s} H={cell.hidden:5d} T={cell.tokens:6d}  fused {row['fused'] * 1e6:8.2f} us "
+            f"({row['fused_pct']:5.1f}%)  unfused {row['unfused'] * 1e6:8.2f}  inductor {row['inductor'] * 1e6:8.2f} "
+            f"({row['inductor_pct']:5.1f}%)  eager {row['eager'] * 1e6:8.2f}  x{row['speedup_vs_inductor']:.2f}"
         )
         del xs, rs
         torch.cuda.empty_cache()
@@ -378,8 +387,8 @@ def markdown(results: list[dict]) -> str:
     ]
     for r in results:
         lines.append(
-            f"| {r['case']} | {r['hidden']} | {r['tokens']} | {r['fused']*1e6:.2f} | {r['fused_pct']:.1f} | "
-            f"{r['unfused']*1e6:.2f} | {r['inductor']*1e6:.2f} | {r['inductor_pct']:.1f} | {r['eager']*1e6:.2f} | "
+            f"| {r['case']} | {r['hidden']} | {r['tokens']} | {r['fused'] * 1e6:.2f} | {r['fused_pct']:.1f} | "
+            f"{r['unfused'] * 1e6:.2f} | {r['inductor'] * 1e6:.2f} | {r['inductor_pct']:.1f} | {r['eager'] * 1e6:.2f} | "
             f"{r['speedup_vs_inductor']:.2f} |"
         )
     return "\n".join(lines) + "\n"
@@ -407,7 +416,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_xlabel("tokens")
         ax.set_ylabel("% of copy bandwidth")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
@@ -484,6 +493,7 @@ def main() -> None:
         "dtype": str(DTYPE),
     }
     log(json.dumps(meta))
+
     def save(rows):  # after every cell, so a run cut short still leaves its results
         (args.out / "bench.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
 

@@ -8,12 +8,13 @@
 
 import argparse
 
+import fusion_kernels
 import torch
 
-import fusion_kernels
-
 parser = argparse.ArgumentParser()
-parser.add_argument("--case", default="per_token", choices=["static", "static_res", "per_token", "per_token_res", "group128"])
+parser.add_argument(
+    "--case", default="per_token", choices=["static", "static_res", "per_token", "per_token_res", "group128"]
+)
 parser.add_argument("--tokens", type=int, nargs="+", default=[1, 16384])
 parser.add_argument("--hidden", type=int, default=8192)
 parser.add_argument("--repeat", type=int, default=4)

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The shortest path to the rewritten graph on disk.
 
-    python examples/inspect_with_depyf.py && ls dump/
+python examples/inspect_with_depyf.py && ls dump/
 """
 
 import torch

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-
-import torch
-import torch.nn.functional as F
 
 import fusion_kernels
-import fusion_passes
+import torch
+import torch.nn.functional as F
 from fusion_kernels import platform
+
+import fusion_passes
 from fusion_passes import native_forms as nf
 
 ops = torch.ops.fusion_kernels
@@ -208,8 +207,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--quant", choices=("static", "per_token", "group128"), default="static")
     parser.add_argument("--form", choices=("ops", "native"), default="ops")
-    parser.add_argument("--native", choices=("auto", "always", "never"), default=None,
-                        help='native policy (default: "always" with --form native, else "auto")')
+    parser.add_argument(
+        "--native",
+        choices=("auto", "always", "never"),
+        default=None,
+        help='native policy (default: "always" with --form native, else "auto")',
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args(argv)
@@ -243,6 +246,7 @@ def main(argv=None) -> dict:
 
     rep = fusion_passes.report(fused_model)
     print(rep)
+
     def rel(a, b):
         return ((a.float() - b.float()).norm() / b.float().norm()).item()
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 import fusion_kernels
-import fusion_passes
+import torch
 from fusion_kernels import platform
+
+import fusion_passes
 
 
 class FP8Linear(torch.nn.Module):

@@ -1,13 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
 """Command line: ``python -m fusion_passes report`` and ``python -m fusion_passes inspect``.
 
-    python -m fusion_passes report
-        platform, torch, how the op library was obtained, active patterns per device type
+python -m fusion_passes report
+    platform, torch, how the op library was obtained, active patterns per device type
 
-    python -m fusion_passes inspect llama_fp8 --out dump/ [-- --quant per_token ...]
-    python -m fusion_passes inspect path/to/script.py --out dump/ [-- script args]
-        runs the script (or an example by name) with every FusionPass it creates dumping its
-        graphs into dump/graphs/, depyf's dumps in dump/depyf/ and the reports in dump/
+python -m fusion_passes inspect llama_fp8 --out dump/ [-- --quant per_token ...]
+python -m fusion_passes inspect path/to/script.py --out dump/ [-- script args]
+    runs the script (or an example by name) with every FusionPass it creates dumping its
+    graphs into dump/graphs/, depyf's dumps in dump/depyf/ and the reports in dump/
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
 
 
 def cmd_report() -> int:
-    import torch
-
     import fusion_kernels
+    import torch
     from fusion_kernels import platform
+
     from fusion_passes.graph_pass import FusionPass
 
     st = fusion_kernels.load()
@@ -49,7 +49,9 @@ def cmd_report() -> int:
     devices = ["cpu"]
     if torch.cuda.is_available():
         d = platform.device_info("cuda")
-        info.append(("GPU", f"{torch.cuda.get_device_name(0)} ({d.kind}, {d.arch}, warp {d.warp_size}, FP8 {d.fp8_dtype})"))
+        info.append(
+            ("GPU", f"{torch.cuda.get_device_name(0)} ({d.kind}, {d.arch}, warp {d.warp_size}, FP8 {d.fp8_dtype})")
+        )
         devices.append("cuda")
     print(_table(info, ("item", "value")))
     print()
@@ -71,24 +73,13 @@ def cmd_report() -> int:
 
 
 def _fused_op_for(p, name: str) -> str | None:
-    import torch
-
-    from fusion_passes.quant_key import QuantKey, Scheme
-    from fusion_passes.registry import fused_op_name
+    from fusion_passes.registry import FAMILIES, family_key, fused_op_name
 
     for cp in p.custom_patterns:
         if cp.name == name:
             return cp.fused_op_name()
-    residual = "add+" in name
     form = name.rsplit("+", 1)[-1]
-    key = {
-        "fp8_static": QuantKey(torch.float8_e4m3fn, Scheme.STATIC),
-        "fp8_per_token": QuantKey(torch.float8_e4m3fn, Scheme.PER_TOKEN),
-        "fp8_per_group": QuantKey(torch.float8_e4m3fn, Scheme.PER_GROUP, 128),
-        "int8_static": QuantKey(torch.int8, Scheme.STATIC),
-        "int8_per_token": QuantKey(torch.int8, Scheme.PER_TOKEN),
-    }.get(form)
-    return fused_op_name(key, residual) if key else None
+    return fused_op_name(family_key(form), "add+" in name) if form in FAMILIES else None
 
 
 def cmd_inspect(target: str, out: Path, native: str | None, script_args: list[str]) -> int:

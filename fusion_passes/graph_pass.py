@@ -12,14 +12,14 @@ import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import fusion_kernels
 import torch
 import torch.fx as fx
+from fusion_kernels import platform
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
-import fusion_kernels
-from fusion_kernels import platform
 from fusion_passes import fx_utils, policy
-from fusion_passes.patterns import custom_op
+from fusion_passes.patterns import Refusal, custom_op
 from fusion_passes.registry import NORM_OP_NAMES, get_registry
 from fusion_passes.reporting import GraphReport, Report, Site
 
@@ -34,10 +34,12 @@ _created: list[weakref.ref] = []
 _created_lock = threading.Lock()
 
 
-def created_passes() -> list["FusionPass"]:
+def created_passes() -> list[FusionPass]:
     """The FusionPass instances of this process that are still alive, oldest first."""
     with _created_lock:
         return [p for r in _created if (p := r()) is not None]
+
+
 _QUANT_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.int8)
 
 
@@ -156,7 +158,7 @@ class FusionPass(CustomGraphPass):
             where = fx_utils.source_line(qnode)
             try:
                 key = pattern.check(m, self.registry)
-            except custom_op.Refusal as r:
+            except Refusal as r:
                 g.sites.append(Site(g.index, pattern.name, False, r.reason, qnode.name, where, r.detail))
                 continue
             fused = pattern.rewrite(graph, m, key, self.registry)
@@ -176,7 +178,11 @@ class FusionPass(CustomGraphPass):
 
     def _log(self, g: GraphReport) -> None:
         log.info(
-            "fusion_passes: graph %d: %d site(s) fused, %d refused (%.1f ms)", g.index, g.fused, g.refused, g.seconds * 1e3
+            "fusion_passes: graph %d: %d site(s) fused, %d refused (%.1f ms)",
+            g.index,
+            g.fused,
+            g.refused,
+            g.seconds * 1e3,
         )
         for s in g.sites:
             log.debug("fusion_passes: %s", s.line())
@@ -186,8 +192,9 @@ class FusionPass(CustomGraphPass):
                 g.index,
                 g.norms,
                 g.quants,
-                (": " + ", ".join(sorted({s.detail for s in g.sites}))) if g.sites else
-                " (no supported spelling matched; see the README's catalogue)",
+                (": " + ", ".join(sorted({s.detail for s in g.sites})))
+                if g.sites
+                else " (no supported spelling matched; see the README's catalogue)",
             )
 
 
@@ -238,7 +245,10 @@ def _count_norms_and_quants(graph: fx.Graph, include_native: bool) -> tuple[int,
             continue
         if node.target in norm_targets:
             norms += 1
-        elif getattr(node.target, "_schema", None) is not None and node.target._schema.name.split("::")[-1] in quant_names:
+        elif (
+            getattr(node.target, "_schema", None) is not None
+            and node.target._schema.name.split("::")[-1] in quant_names
+        ):
             quants += 1
         elif node.target in (torch.ops.prims.convert_element_type.default, torch.ops.aten._to_copy.default):
             v = node.meta.get("val")

@@ -43,9 +43,7 @@ def quant_fp8_static(y: torch.Tensor, scale: torch.Tensor, fp8: torch.dtype = to
     return (y.to(torch.float32) / scale).clamp(min=finfo.min, max=finfo.max).to(fp8)
 
 
-def quant_fp8_per_token(
-    y: torch.Tensor, fp8: torch.dtype = torch.float8_e4m3fn
-) -> tuple[torch.Tensor, torch.Tensor]:
+def quant_fp8_per_token(y: torch.Tensor, fp8: torch.dtype = torch.float8_e4m3fn) -> tuple[torch.Tensor, torch.Tensor]:
     finfo = torch.finfo(fp8)
     amax = y.abs().amax(dim=-1, keepdim=True).to(torch.float32)
     scale = (amax / finfo.max).clamp(min=1.0 / (finfo.max * 512.0))

@@ -42,7 +42,9 @@ class QuantKey:
             object.__setattr__(self, "scheme", Scheme(self.scheme))
         if self.scheme is Scheme.PER_GROUP:
             if self.group_size not in GROUP_SIZES:
-                raise ValueError(f"QuantKey.group_size must be one of {GROUP_SIZES} for per-group keys, got {self.group_size}")
+                raise ValueError(
+                    f"QuantKey.group_size must be one of {GROUP_SIZES} for per-group keys, got {self.group_size}"
+                )
             if self.dtype == torch.int8:
                 raise ValueError("QuantKey: per-group quantization is FP8 only")
         elif self.group_size is not None:

@@ -14,9 +14,9 @@ import dataclasses
 import threading
 from collections.abc import Iterator, Mapping
 
+import fusion_kernels
 import torch
 
-import fusion_kernels
 from fusion_passes.quant_key import FP8_DTYPES, GROUP_SIZES, INT8_PER_TOKEN, INT8_STATIC, QuantKey, Scheme
 
 NAMESPACE = "fusion_kernels"
@@ -47,6 +47,22 @@ def fused_op_name(key: QuantKey, residual: bool) -> str:
             key.scheme
         ]
     return ("fused_add_" + base) if residual else base
+
+
+#: Quantizer families, each named after its form (the patterns and reports use these names).
+FAMILIES = ("fp8_static", "fp8_per_token", "fp8_per_group", "int8_static", "int8_per_token")
+
+
+def family_key(family: str) -> QuantKey:
+    """A representative key of a family: every key of a family names the same unfused and fused
+    ops (the FP8 flavour and the group size are op arguments)."""
+    return {
+        "fp8_static": QuantKey(torch.float8_e4m3fn, Scheme.STATIC),
+        "fp8_per_token": QuantKey(torch.float8_e4m3fn, Scheme.PER_TOKEN),
+        "fp8_per_group": QuantKey(torch.float8_e4m3fn, Scheme.PER_GROUP, 128),
+        "int8_static": INT8_STATIC,
+        "int8_per_token": INT8_PER_TOKEN,
+    }[family]
 
 
 def all_keys() -> list[QuantKey]:

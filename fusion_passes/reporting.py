@@ -22,7 +22,9 @@ class Site:
     note: str = ""  # extra detail of a refusal
 
     def line(self) -> str:
-        what = f"-> {self.detail}" if self.fused else f"refused: {self.detail}" + (f" ({self.note})" if self.note else "")
+        what = (
+            f"-> {self.detail}" if self.fused else f"refused: {self.detail}" + (f" ({self.note})" if self.note else "")
+        )
         loc = f"  [{self.where}]" if self.where else ""
         return f"graph {self.graph}  {self.pattern:55s} {what}{loc}"
 

@@ -17,8 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fusion_kernels")
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build the op library")
-    b.add_argument("--target", choices=("auto", "cpu", "cuda", "rocm"), default="auto",
-                   help="GPU code to add to the CPU kernels (auto: what this torch and machine support)")
+    b.add_argument(
+        "--target",
+        choices=("auto", "cpu", "cuda", "rocm"),
+        default="auto",
+        help="GPU code to add to the CPU kernels (auto: what this torch and machine support)",
+    )
     b.add_argument("--archs", default="", help="GPU archs, e.g. 'sm_80,sm_89,sm_90' or 'gfx942,gfx90a'")
     b.add_argument("--out", type=Path, help="output directory (default: the JIT cache)")
     b.add_argument("-j", "--jobs", type=int, default=None)

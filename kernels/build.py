@@ -35,7 +35,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-
 from fusion_kernels import platform
 
 log = logging.getLogger("fusion_kernels")
@@ -450,9 +449,7 @@ def ensure_built(target: Target) -> tuple[Path, bool]:
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         if tmp.exists():
             shutil.rmtree(tmp)
-        log.warning(
-            "fusion_kernels: building the op library for %s (first use; cached in %s)...", target.tag, out
-        )
+        log.warning("fusion_kernels: building the op library for %s (first use; cached in %s)...", target.tag, out)
         start = time.perf_counter()
         build(target, tmp)
         if out.exists():

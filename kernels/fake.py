@@ -18,7 +18,9 @@ def _check_group(input: torch.Tensor, group_size: int, column_major_scales: bool
     )
     torch._check(
         hidden % group_size == 0,
-        lambda: f"fusion_kernels: the hidden size (input.size(-1) = {hidden}) must be divisible by group_size = {group_size}",
+        lambda: (
+            f"fusion_kernels: the hidden size (input.size(-1) = {hidden}) must be divisible by group_size = {group_size}"
+        ),
     )
     torch._check(
         not column_major_scales or input.dim() == 2,
@@ -31,7 +33,9 @@ def _check_devices(input: torch.Tensor, **others: torch.Tensor | None) -> None:
     for name, t in others.items():
         torch._check(
             t is None or t.device == input.device,
-            lambda: f"fusion_kernels: {name} must be on the input's device ({input.device}), got {t.device}",
+            lambda name=name, t=t: (
+                f"fusion_kernels: {name} must be on the input's device ({input.device}), got {t.device}"
+            ),
         )
 
 

@@ -83,7 +83,9 @@ def _clamp_cast(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _check_qdtype(dtype: torch.dtype, allow_int8: bool) -> None:
     ok = dtype in FP8_DTYPES or (allow_int8 and dtype == torch.int8)
     if not ok:
-        raise ValueError(f"quant dtype must be float8_e4m3fn/float8_e4m3fnuz{'/int8' if allow_int8 else ''}, got {dtype}")
+        raise ValueError(
+            f"quant dtype must be float8_e4m3fn/float8_e4m3fnuz{'/int8' if allow_int8 else ''}, got {dtype}"
+        )
 
 
 def per_token_min_scale(dtype: torch.dtype) -> float:

@@ -9,7 +9,6 @@ two INT8 values when they differ by one.
 from __future__ import annotations
 
 import torch
-
 from fusion_kernels.reference import FP8_DTYPES
 
 #: Relative tolerance for fp32 dynamic scales: the absmax is taken of the normalized row, which
@@ -80,7 +79,9 @@ def scale_mask(actual_scales: torch.Tensor, expected_scales: torch.Tensor, q_sha
     return eq.repeat_interleave(q_shape[-1] // groups, dim=-1)
 
 
-def assert_scales_close(actual: torch.Tensor, expected: torch.Tensor, input_dtype: torch.dtype, what: str = "scales") -> None:
+def assert_scales_close(
+    actual: torch.Tensor, expected: torch.Tensor, input_dtype: torch.dtype, what: str = "scales"
+) -> None:
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} vs {tuple(expected.shape)}"
     assert actual.stride() == expected.stride() or actual.numel() <= 1, (
         f"{what}: strides {actual.stride()} vs {expected.stride()}"
@@ -138,11 +139,13 @@ def assert_outputs_match(op_name: str, actual, expected, input_dtype: torch.dtyp
         elif kind == "res":
             # The new residual is one rounding of x + residual everywhere: exact.
             assert a.is_contiguous(), f"{what} is not contiguous"
-            torch.testing.assert_close(a, e, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{what}: {m}")
+            torch.testing.assert_close(a, e, rtol=0, atol=0, equal_nan=True, msg=lambda m, what=what: f"{what}: {m}")
         else:
             assert a.is_contiguous(), f"{what} is not contiguous"
             tol = ACT_TOL[input_dtype]
-            torch.testing.assert_close(a, e, rtol=tol, atol=tol, equal_nan=True, msg=lambda m: f"{what}: {m}")
+            torch.testing.assert_close(
+                a, e, rtol=tol, atol=tol, equal_nan=True, msg=lambda m, what=what: f"{what}: {m}"
+            )
 
 
 # --- inputs -------------------------------------------------------------------------------------
@@ -188,11 +191,15 @@ def make_args(
         "weight": lambda: (1.0 + 0.5 * torch.randn(hidden, generator=g, device=device)).to(weight_dtype or dtype),
         "epsilon": lambda: epsilon,
         "scale": lambda: torch.tensor(
-            value_scale * 4.0 / (127.0 if "int8" in op_name else {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0}[fp8]),
+            value_scale
+            * 4.0
+            / (127.0 if "int8" in op_name else {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0}[fp8]),
             dtype=torch.float32,
             device=device,
         ),
-        "scale_ub": lambda: (torch.tensor(value_scale * 2.5, dtype=torch.float32, device=device) if with_scale_ub else None),
+        "scale_ub": lambda: (
+            torch.tensor(value_scale * 2.5, dtype=torch.float32, device=device) if with_scale_ub else None
+        ),
         "fp8_dtype": lambda: fp8,
         "quant_dtype": lambda: qdtype,
         "group_size": lambda: group_size,

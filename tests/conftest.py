@@ -1,10 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 import os
 
+import fusion_kernels
 import pytest
 import torch
-
-import fusion_kernels
 
 # The GPU machine runs the same tests with device "cuda" added; CPU everywhere.
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -28,7 +27,9 @@ def library():
 
 @pytest.fixture(params=DEVICES)
 def device(request):
-    if request.param == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key("fusion_kernels::rms_norm", "CUDA"):
+    if request.param == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key(
+        "fusion_kernels::rms_norm", "CUDA"
+    ):
         pytest.fail("a CUDA device is present but the library has no CUDA kernels")
     return request.param
 

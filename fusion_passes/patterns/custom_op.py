@@ -23,11 +23,12 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-
 from fusion_kernels import platform
+
 from fusion_passes import fx_utils
+from fusion_passes.patterns import Refusal
 from fusion_passes.quant_key import QuantKey, Scheme
-from fusion_passes.registry import NORM_OP_NAMES, Registry, fused_op_name, quant_op_name
+from fusion_passes.registry import NORM_OP_NAMES, Registry, family_key, fused_op_name, quant_op_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,15 +79,6 @@ FAMILIES = (
 )  # fmt: skip
 
 
-class Refusal(Exception):
-    """A site that looks fusable but is not provably equivalent (or has no kernel)."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.detail = detail
-
-
 @dataclasses.dataclass(frozen=True)
 class CustomOpPattern:
     family: Family
@@ -101,14 +93,7 @@ class CustomOpPattern:
         return f"{self.norm_op}+{self.family.quant_op}"
 
     def fused_op_name(self) -> str:
-        # Any key of the family names the same fused op (the dtype is an argument).
-        sample = {
-            "fp8_static": QuantKey(torch.float8_e4m3fn, Scheme.STATIC),
-            "fp8_per_token": QuantKey(torch.float8_e4m3fn, Scheme.PER_TOKEN),
-            "fp8_per_group": QuantKey(torch.float8_e4m3fn, Scheme.PER_GROUP, 128),
-            "int8_static": QuantKey(torch.int8, Scheme.STATIC),
-            "int8_per_token": QuantKey(torch.int8, Scheme.PER_TOKEN),
-        }[self.family.name]
+        sample = family_key(self.family.name)
         assert quant_op_name(sample) == self.family.quant_op
         return fused_op_name(sample, self.residual)
 

@@ -27,12 +27,13 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-
 from fusion_kernels import platform
 from fusion_kernels.reference import GROUP_ABSMAX_FLOOR, per_token_min_scale
+
 from fusion_passes import fx_utils, policy
+from fusion_passes.patterns import Refusal
 from fusion_passes.quant_key import FP8_DTYPES, GROUP_SIZES, QuantKey, Scheme
-from fusion_passes.registry import Registry, fused_op_name
+from fusion_passes.registry import FAMILIES, Registry, family_key, fused_op_name
 from fusion_passes.reporting import GraphReport, Site
 
 aten = torch.ops.aten
@@ -43,14 +44,7 @@ MUL = (aten.mul.Tensor,)
 DIV = (aten.div.Tensor,)
 RESHAPE = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 NORM_SPELLINGS = ("hf", "functional")
-QUANT_FORMS = ("fp8_static", "fp8_per_token", "fp8_per_group", "int8_static", "int8_per_token")
-
-
-class Refusal(Exception):
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.detail = detail
+QUANT_FORMS = FAMILIES
 
 
 def pattern_name(spelling: str, residual: bool, form: str) -> str:
@@ -430,14 +424,7 @@ class NativeMatcher:
         for name in all_pattern_names():
             residual = "add+" in name
             form = name.rsplit("+", 1)[1]
-            sample = {
-                "fp8_static": QuantKey(torch.float8_e4m3fn, Scheme.STATIC),
-                "fp8_per_token": QuantKey(torch.float8_e4m3fn, Scheme.PER_TOKEN),
-                "fp8_per_group": QuantKey(torch.float8_e4m3fn, Scheme.PER_GROUP, 128),
-                "int8_static": QuantKey(torch.int8, Scheme.STATIC),
-                "int8_per_token": QuantKey(torch.int8, Scheme.PER_TOKEN),
-            }[form]
-            op = fused_op_name(sample, residual)
+            op = fused_op_name(family_key(form), residual)
             if wanted is not None and name not in wanted:
                 self.inactive[name] = "not selected (patterns=...)"
             elif native == "never":
@@ -473,7 +460,9 @@ class NativeMatcher:
             where = fx_utils.source_line(quant.q) or fx_utils.source_line(rsqrt)
             if name not in self._active:
                 if name in self.inactive and self.native != "never":
-                    g.sites.append(Site(g.index, name, False, "pattern_inactive", rsqrt.name, where, self.inactive[name]))
+                    g.sites.append(
+                        Site(g.index, name, False, "pattern_inactive", rsqrt.name, where, self.inactive[name])
+                    )
                 elif self.native == "never":
                     g.sites.append(Site(g.index, name, False, "native_policy_never", rsqrt.name, where))
                 continue

@@ -129,7 +129,8 @@ def test_recompiles_on_new_token_counts_keep_fusing(fresh_dynamo):
 @pytest.mark.slow
 def test_tensor_parallel_ranks_fuse_and_match_the_single_process_result(tmp_path):
     script = tmp_path / "tp.py"
-    script.write_text(textwrap.dedent('''
+    script.write_text(
+        textwrap.dedent("""
         import os, sys, torch, torch.distributed as dist
         import torch.distributed._functional_collectives as funcol
         import fusion_passes, fusion_kernels
@@ -160,7 +161,8 @@ def test_tensor_parallel_ranks_fuse_and_match_the_single_process_result(tmp_path
             rep = fusion_passes.report(c)
             torch.save((q.view(torch.uint8), s, r, rep.fused), os.path.join(out_dir, f"rank{rank}.pt"))
             dist.destroy_process_group()
-    '''))
+    """)
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, env=env, timeout=600)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",

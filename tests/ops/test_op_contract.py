@@ -5,10 +5,9 @@ import re
 
 import pytest
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
-
 from fusion_kernels import OP_NAMES
 from fusion_kernels.testing import assert_outputs_match, make_args, reference_of
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 ops = torch.ops.fusion_kernels
 
@@ -166,7 +165,9 @@ def test_bad_quant_dtype(op_name):
 
 @pytest.mark.parametrize("op_name", _ops_with("group_size"))
 def test_bad_group(op_name):
-    with pytest.raises(RuntimeError, match=r"the hidden size \(input.size\(-1\) = 96\) must be divisible by group_size = 64"):
+    with pytest.raises(
+        RuntimeError, match=r"the hidden size \(input.size\(-1\) = 96\) must be divisible by group_size = 64"
+    ):
         _call(op_name, input=lambda x: torch.randn(4, 96, dtype=torch.bfloat16), **(
             {"residual": torch.randn(4, 96, dtype=torch.bfloat16)} if "residual" in op_name or "fused_add" in op_name else {}),
             **({"weight": torch.randn(96, dtype=torch.bfloat16)} if "rms_norm" in op_name else {}))  # fmt: skip

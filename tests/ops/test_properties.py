@@ -5,11 +5,10 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from fusion_kernels import OP_NAMES, reference
 from fusion_kernels.testing import OUTPUT_KINDS, assert_outputs_match, make_args, reference_of
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 ops = torch.ops.fusion_kernels
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -87,7 +86,9 @@ def test_nan_and_inf_follow_the_reference():
     one = torch.tensor(1.0)
     q = ops.static_scaled_fp8_quant(x, one, torch.float8_e4m3fn).float()
     assert math.isnan(q[0, 3]) and q[1, 5] == 448 and q[2, 7] == -448
-    assert torch.equal(ops.static_scaled_int8_quant(x, one)[0:3, [3, 5, 7]].diag(), torch.tensor([0, 127, -128], dtype=torch.int8))
+    assert torch.equal(
+        ops.static_scaled_int8_quant(x, one)[0:3, [3, 5, 7]].diag(), torch.tensor([0, 127, -128], dtype=torch.int8)
+    )
     q, s = ops.dynamic_per_token_scaled_fp8_quant(x, None, torch.float8_e4m3fn)
     assert math.isnan(s[0, 0]) and torch.isnan(q[0].float()).all()
     assert torch.isfinite(s[3]).all()

@@ -11,9 +11,9 @@ import operator
 import pytest
 import torch
 import torch.utils._pytree as pytree
+from fusion_kernels import platform
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from fusion_kernels import platform
 from fusion_passes import FusionPass
 
 ops = torch.ops.fusion_kernels
@@ -28,7 +28,11 @@ def trace(fn, *args):
 def counts(gm):
     out = {}
     for n in gm.graph.nodes:
-        if n.op == "call_function" and hasattr(n.target, "_schema") and n.target._schema.name.startswith("fusion_kernels::"):
+        if (
+            n.op == "call_function"
+            and hasattr(n.target, "_schema")
+            and n.target._schema.name.startswith("fusion_kernels::")
+        ):
             name = n.target._schema.name.split("::")[1]
             out[name] = out.get(name, 0) + 1
     return out
@@ -262,7 +266,9 @@ def test_pattern_selection_and_unknown_names():
 
 def test_fused_node_keeps_source_location_and_metadata():
     def fn(x, r, w, s, ub):
-        return ops.rms_norm_static_fp8_quant(x, w, s, EPS, FP8), ops.static_scaled_fp8_quant(ops.rms_norm(r, w, EPS), s, FP8)
+        return ops.rms_norm_static_fp8_quant(x, w, s, EPS, FP8), ops.static_scaled_fp8_quant(
+            ops.rms_norm(r, w, EPS), s, FP8
+        )
 
     gm = trace(fn, *inputs())
     run_pass(gm)

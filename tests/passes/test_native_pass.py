@@ -5,11 +5,11 @@ the graph the post-grad pass sees, without Inductor's code generation)."""
 import pytest
 import torch
 import torch.utils._pytree as pytree
+from fusion_kernels import platform
+from fusion_kernels.testing import SCALE_RTOL, assert_quant_close, scale_mask
 from torch._dynamo.backends.common import aot_autograd
 from torch._inductor.decomposition import select_decomp_table
 
-from fusion_kernels import platform
-from fusion_kernels.testing import SCALE_RTOL, assert_quant_close, scale_mask
 from fusion_passes import FusionPass
 from fusion_passes import native_forms as nf
 
@@ -48,7 +48,11 @@ def run_pass(fn, args, fusion_pass, **compile_kw):
 def fused_counts(gm):
     out = {}
     for n in gm.graph.nodes:
-        if n.op == "call_function" and hasattr(n.target, "_schema") and n.target._schema.name.startswith("fusion_kernels::"):
+        if (
+            n.op == "call_function"
+            and hasattr(n.target, "_schema")
+            and n.target._schema.name.startswith("fusion_kernels::")
+        ):
             name = n.target._schema.name.split("::")[1]
             out[name] = out.get(name, 0) + 1
     return out
@@ -154,6 +158,7 @@ def test_policy_table_keys_are_well_formed():
 
     for (kind, arch, scheme, residual), tokens in policy.MEASURED_FASTER.items():
         assert kind in ("cuda", "rocm", "cpu") and isinstance(residual, bool) and tokens >= 1
+        assert kind == "cpu" or arch.startswith(("sm_", "gfx"))
         assert scheme.split("_", 1)[0] in ("fp8", "int8")
 
 

@@ -4,13 +4,14 @@ platform module (a fixture, not patched torch), missing ops, non-Inductor backen
 
 import pytest
 import torch
+from fusion_kernels import platform
 from torch._inductor.decomposition import select_decomp_table
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import fusion_passes
-from fusion_kernels import platform
-from fusion_passes import FusionPass, native_forms as nf, registry
+from fusion_passes import FusionPass, registry
+from fusion_passes import native_forms as nf
 from fusion_passes.quant_key import Scheme
 
 ops = torch.ops.fusion_kernels
@@ -115,7 +116,9 @@ def test_rocm_native_quant_uses_the_fnuz_bound_240_not_224():
 
 def test_an_op_missing_from_the_library_removes_only_its_patterns(monkeypatch):
     real = registry._lookup_op
-    monkeypatch.setattr(registry, "_lookup_op", lambda name: None if name == "per_token_group_fp8_quant" else real(name))
+    monkeypatch.setattr(
+        registry, "_lookup_op", lambda name: None if name == "per_token_group_fp8_quant" else real(name)
+    )
     p = FusionPass(native="always")
     inactive = p.report.inactive_patterns
     assert set(inactive) == {"rms_norm+per_token_group_fp8_quant", "fused_add_rms_norm+per_token_group_fp8_quant"}
