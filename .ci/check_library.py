@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 
 import torch
+
 from fusion_kernels import OP_NAMES
 
 

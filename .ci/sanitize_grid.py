@@ -6,8 +6,9 @@ kernel does not write is then an uninitialized read when copied back (initcheck)
 
 import sys
 
-import fusion_kernels
 import torch
+
+import fusion_kernels
 from fusion_kernels import OP_NAMES
 from fusion_kernels.testing import make_args
 

@@ -9,11 +9,11 @@ import sys
 
 os.environ["FUSION_KERNELS_NO_JIT"] = "1"
 
-import fusion_kernels  # noqa: E402
 import torch  # noqa: E402
-from fusion_kernels.testing import assert_outputs_match, make_args, reference_of  # noqa: E402
 
+import fusion_kernels  # noqa: E402
 import fusion_passes  # noqa: E402
+from fusion_kernels.testing import assert_outputs_match, make_args, reference_of  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--cuda", action="store_true")

@@ -8,8 +8,9 @@
 
 import argparse
 
-import fusion_kernels
 import torch
+
+import fusion_kernels
 
 parser = argparse.ArgumentParser()
 parser.add_argument(

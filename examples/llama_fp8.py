@@ -21,12 +21,12 @@ from __future__ import annotations
 import argparse
 import statistics
 
-import fusion_kernels
 import torch
 import torch.nn.functional as F
-from fusion_kernels import platform
 
+import fusion_kernels
 import fusion_passes
+from fusion_kernels import platform
 from fusion_passes import native_forms as nf
 
 ops = torch.ops.fusion_kernels

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-import fusion_kernels
 import torch
-from fusion_kernels import platform
 
+import fusion_kernels
 import fusion_passes
+from fusion_kernels import platform
 
 
 class FP8Linear(torch.nn.Module):

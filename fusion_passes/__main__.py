@@ -28,10 +28,10 @@ def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
 
 
 def cmd_report() -> int:
-    import fusion_kernels
     import torch
-    from fusion_kernels import platform
 
+    import fusion_kernels
+    from fusion_kernels import platform
     from fusion_passes.graph_pass import FusionPass
 
     st = fusion_kernels.load()

@@ -12,12 +12,12 @@ import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import fusion_kernels
 import torch
 import torch.fx as fx
-from fusion_kernels import platform
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
+import fusion_kernels
+from fusion_kernels import platform
 from fusion_passes import fx_utils, policy
 from fusion_passes.patterns import Refusal, custom_op
 from fusion_passes.registry import NORM_OP_NAMES, get_registry

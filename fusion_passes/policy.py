@@ -19,7 +19,6 @@ Source: benchmarks/results/h100-2026-11-22 (BENCHMARKS.md), H100 80GB HBM3, torc
 from __future__ import annotations
 
 from fusion_kernels.platform import DeviceInfo
-
 from fusion_passes.quant_key import QuantKey, Scheme
 
 NATIVE_MODES = ("auto", "always", "never")

@@ -14,9 +14,9 @@ import dataclasses
 import threading
 from collections.abc import Iterator, Mapping
 
-import fusion_kernels
 import torch
 
+import fusion_kernels
 from fusion_passes.quant_key import FP8_DTYPES, GROUP_SIZES, INT8_PER_TOKEN, INT8_STATIC, QuantKey, Scheme
 
 NAMESPACE = "fusion_kernels"

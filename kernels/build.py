@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+
 from fusion_kernels import platform
 
 log = logging.getLogger("fusion_kernels")

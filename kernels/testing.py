@@ -9,6 +9,7 @@ two INT8 values when they differ by one.
 from __future__ import annotations
 
 import torch
+
 from fusion_kernels.reference import FP8_DTYPES
 
 #: Relative tolerance for fp32 dynamic scales: the absmax is taken of the normalized row, which

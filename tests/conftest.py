@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
 import os
 
-import fusion_kernels
 import pytest
 import torch
+
+import fusion_kernels
 
 # The GPU machine runs the same tests with device "cuda" added; CPU everywhere.
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from fusion_kernels import platform
 
+from fusion_kernels import platform
 from fusion_passes import fx_utils
 from fusion_passes.patterns import Refusal
 from fusion_passes.quant_key import QuantKey, Scheme

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+
 from fusion_kernels import platform
 from fusion_kernels.reference import GROUP_ABSMAX_FLOOR, per_token_min_scale
-
 from fusion_passes import fx_utils, policy
 from fusion_passes.patterns import Refusal
 from fusion_passes.quant_key import FP8_DTYPES, GROUP_SIZES, QuantKey, Scheme

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from fusion_kernels import platform
 from torch._inductor.utils import run_and_get_code
 
 import fusion_passes
+from fusion_kernels import platform
 
 ROOT = Path(__file__).resolve().parents[2]
 ops = torch.ops.fusion_kernels

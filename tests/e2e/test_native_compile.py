@@ -4,10 +4,10 @@
 import pytest
 import torch
 import torch.utils._pytree as pytree
-from fusion_kernels import platform
-from fusion_kernels.testing import SCALE_RTOL, assert_quant_close, scale_mask
 
 import fusion_passes
+from fusion_kernels import platform
+from fusion_kernels.testing import SCALE_RTOL, assert_quant_close, scale_mask
 from fusion_passes import native_forms as nf
 
 

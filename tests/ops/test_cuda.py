@@ -4,6 +4,7 @@ invariance, 64-bit indexing. The CPU-and-CUDA numerics live in test_numerics.py.
 
 import pytest
 import torch
+
 from fusion_kernels import OP_NAMES
 from fusion_kernels.testing import assert_outputs_match, make_args, reference_of
 

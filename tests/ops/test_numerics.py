@@ -12,6 +12,7 @@ import itertools
 
 import pytest
 import torch
+
 from fusion_kernels import OP_NAMES, reference
 from fusion_kernels.testing import assert_outputs_match, make_args, quant_steps, reference_of
 

@@ -5,9 +5,10 @@ import re
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
 from fusion_kernels import OP_NAMES
 from fusion_kernels.testing import assert_outputs_match, make_args, reference_of
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 ops = torch.ops.fusion_kernels
 

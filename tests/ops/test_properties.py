@@ -5,10 +5,11 @@ import math
 
 import pytest
 import torch
-from fusion_kernels import OP_NAMES, reference
-from fusion_kernels.testing import OUTPUT_KINDS, assert_outputs_match, make_args, reference_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from fusion_kernels import OP_NAMES, reference
+from fusion_kernels.testing import OUTPUT_KINDS, assert_outputs_match, make_args, reference_of
 
 ops = torch.ops.fusion_kernels
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

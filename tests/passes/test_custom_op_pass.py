@@ -11,9 +11,9 @@ import operator
 import pytest
 import torch
 import torch.utils._pytree as pytree
-from fusion_kernels import platform
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from fusion_kernels import platform
 from fusion_passes import FusionPass
 
 ops = torch.ops.fusion_kernels

@@ -5,11 +5,11 @@ the graph the post-grad pass sees, without Inductor's code generation)."""
 import pytest
 import torch
 import torch.utils._pytree as pytree
-from fusion_kernels import platform
-from fusion_kernels.testing import SCALE_RTOL, assert_quant_close, scale_mask
 from torch._dynamo.backends.common import aot_autograd
 from torch._inductor.decomposition import select_decomp_table
 
+from fusion_kernels import platform
+from fusion_kernels.testing import SCALE_RTOL, assert_quant_close, scale_mask
 from fusion_passes import FusionPass
 from fusion_passes import native_forms as nf
 

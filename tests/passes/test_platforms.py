@@ -4,12 +4,12 @@ platform module (a fixture, not patched torch), missing ops, non-Inductor backen
 
 import pytest
 import torch
-from fusion_kernels import platform
 from torch._inductor.decomposition import select_decomp_table
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import fusion_passes
+from fusion_kernels import platform
 from fusion_passes import FusionPass, registry
 from fusion_passes import native_forms as nf
 from fusion_passes.quant_key import Scheme
