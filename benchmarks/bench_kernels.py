@@ -113,6 +113,32 @@ def native_fn(cell: Cell):
     return fn
 
 
+def composed(cell: Cell, ns):
+    """Norm op then quant op, from ``ns``: torch.ops.fusion_kernels (our unfused pair) or
+    fusion_kernels.reference (the spec); both name their functions alike."""
+    _, scheme, residual, group = cell.spec
+    fp8 = torch.float8_e4m3fn
+
+    def fn(x, r, w, s):
+        if residual:
+            y, r = ns.fused_add_rms_norm(x, r, w, EPS)
+        else:
+            y = ns.rms_norm(x, w, EPS)
+        if scheme == "static":
+            out = (ns.static_scaled_fp8_quant(y, s, fp8),)
+        elif scheme == "per_token":
+            out = ns.dynamic_per_token_scaled_fp8_quant(y, None, fp8)
+        elif scheme == "group":
+            out = ns.per_token_group_fp8_quant(y, group, False, False, fp8)
+        elif scheme == "int8_static":
+            out = (ns.static_scaled_int8_quant(y, s),)
+        else:
+            out = ns.dynamic_scaled_int8_quant(y)
+        return (*out, r) if residual else out
+
+    return fn
+
+
 def ours_fns(cell: Cell):
     ops = torch.ops.fusion_kernels
     _, scheme, residual, group = cell.spec
@@ -141,22 +167,7 @@ def ours_fns(cell: Cell):
             return (ops.rms_norm_static_int8_quant(x, w, s, EPS),)
         return ops.rms_norm_dynamic_per_token_quant(x, w, EPS, torch.int8, None)
 
-    def unfused(x, r, w, s):
-        if residual:
-            y, r = ops.fused_add_rms_norm(x, r, w, EPS)
-        else:
-            y = ops.rms_norm(x, w, EPS)
-        if scheme == "static":
-            out = (ops.static_scaled_fp8_quant(y, s, fp8),)
-        elif scheme == "per_token":
-            out = ops.dynamic_per_token_scaled_fp8_quant(y, None, fp8)
-        elif scheme == "group":
-            out = ops.per_token_group_fp8_quant(y, group, False, False, fp8)
-        elif scheme == "int8_static":
-            out = (ops.static_scaled_int8_quant(y, s),)
-        else:
-            out = ops.dynamic_scaled_int8_quant(y)
-        return (*out, r) if residual else out
+    unfused = composed(cell, ops)
 
     return fused, unfused
 
@@ -192,22 +203,8 @@ def check(cell: Cell, name: str, outs, x, r, w, s) -> None:
     from fusion_kernels import reference as ref
     from fusion_kernels.testing import SCALE_RTOL, assert_quant_close, quant_steps, scale_mask
 
-    _, scheme, residual, group = cell.spec
-    fp8 = torch.float8_e4m3fn
-    if residual:
-        y, r_new = ref.fused_add_rms_norm(x, r, w, EPS)
-    else:
-        y, r_new = ref.rms_norm(x, w, EPS), None
-    if scheme == "static":
-        exp = (ref.static_scaled_fp8_quant(y, s, fp8),)
-    elif scheme == "per_token":
-        exp = ref.dynamic_per_token_scaled_fp8_quant(y, None, fp8)
-    elif scheme == "group":
-        exp = ref.per_token_group_fp8_quant(y, group, False, False, fp8)
-    elif scheme == "int8_static":
-        exp = (ref.static_scaled_int8_quant(y, s),)
-    else:
-        exp = ref.dynamic_scaled_int8_quant(y)
+    residual = cell.spec[2]
+    *exp, r_new = composed(cell, ref)(x, r, w, s) + ((None,) if not residual else ())
     # Our kernels follow the spec's rounding points (1% of elements may sit on the other side of
     # a boundary); plain-torch code rounds elsewhere (checked more loosely below).
     ours = name in ("fused", "unfused")

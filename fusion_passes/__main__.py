@@ -37,22 +37,22 @@ def cmd_report() -> int:
     st = fusion_kernels.load()
     p = FusionPass(native="always")
     print("fusion_passes platform report\n")
+    toolkit = (
+        f"HIP {torch.version.hip}"
+        if platform.is_rocm()
+        else f"CUDA {torch.version.cuda}"
+        if torch.version.cuda
+        else "none"
+    )
     info = [
-        ("torch", torch.__version__),
-        ("build", platform.build_kind() + (f" (HIP {torch.version.hip})" if platform.is_rocm() else
-                                           f" (CUDA {torch.version.cuda})" if torch.version.cuda else "")),
+        ("platform", platform.describe()),
+        ("GPU toolkit", toolkit),
         ("library", f"{st.status}" + (f" from {st.source} ({st.target})" if st.loaded else f": {st.reason}")),
         ("library path", st.path or "-"),
     ]  # fmt: skip
     if st.gpu_note:
         info.append(("GPU kernels", f"not built: {st.gpu_note}"))
-    devices = ["cpu"]
-    if torch.cuda.is_available():
-        d = platform.device_info("cuda")
-        info.append(
-            ("GPU", f"{torch.cuda.get_device_name(0)} ({d.kind}, {d.arch}, warp {d.warp_size}, FP8 {d.fp8_dtype})")
-        )
-        devices.append("cuda")
+    devices = ["cpu"] + (["cuda"] if platform.visible_gpu_arch() is not None else [])
     print(_table(info, ("item", "value")))
     print()
     rows = []

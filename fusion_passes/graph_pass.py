@@ -96,7 +96,7 @@ class FusionPass(CustomGraphPass):
             if unknown:
                 raise ValueError(f"unknown pattern names: {sorted(unknown)}")
         active = [p.name for p in self.custom_patterns] + self.native_matcher.active_names()
-        self.report = Report(active, inactive, self.registry.library, _platform_line(), native)
+        self.report = Report(active, inactive, self.registry.library, platform.describe(), native)
         if not active:
             log.warning("fusion_passes: no pattern is active (%s)", self.registry.library)
         self._uuid: str | None = None
@@ -223,13 +223,6 @@ class ComposedPass(CustomGraphPass):
 
 def _op_name(target) -> str:
     return target._schema.name.split("::")[-1] if hasattr(target, "_schema") else str(target)
-
-
-def _platform_line() -> str:
-    kind = platform.build_kind()
-    return f"torch {torch.__version__}, {kind} build" + (
-        f", cuda available: {torch.cuda.is_available()}" if kind != "cpu" else ""
-    )
 
 
 def _count_norms_and_quants(graph: fx.Graph, include_native: bool) -> tuple[int, int]:

@@ -598,9 +598,7 @@ def _load_unlocked() -> LibraryState:
         return LibraryState(status="loaded", source="already-loaded", reason=None)
 
     kind = platform.build_kind()
-    arch = None
-    if kind in ("cuda", "rocm") and torch.cuda.is_available():
-        arch = platform.device_info("cuda").arch
+    arch = platform.visible_gpu_arch()
     prebuilt, why_not = find_prebuilt(kind, arch)
     if prebuilt is not None and os.environ.get("FUSION_KERNELS_NO_PREBUILT", "") in ("", "0"):
         try:

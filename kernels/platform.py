@@ -27,6 +27,8 @@ __all__ = [
     "fp8_dtype",
     "has_kernel",
     "build_kind",
+    "visible_gpu_arch",
+    "describe",
     "cuda_build_archs",
     "rocm_build_archs",
     "override",
@@ -133,6 +135,26 @@ def device_info(device: torch.device | str | None = None) -> DeviceInfo:
 def _sm_number(arch: str) -> int:
     digits = "".join(ch for ch in arch if ch.isdigit())
     return int(digits) if digits else 0
+
+
+def visible_gpu_arch() -> str | None:
+    """The arch of the current GPU when torch has one (initialises CUDA), else None."""
+    if build_kind() == "cpu" or not torch.cuda.is_available():
+        return None
+    return device_info("cuda").arch
+
+
+def describe() -> str:
+    """One line: torch, its build, and the visible GPU if any."""
+    kind = build_kind()
+    line = f"torch {torch.__version__}, {kind} build"
+    if kind != "cpu":
+        if torch.cuda.is_available():
+            d = device_info("cuda")
+            line += f", {torch.cuda.get_device_name(0)} ({d.kind} {d.arch}, warp {d.warp_size}, FP8 {d.fp8_dtype})"
+        else:
+            line += ", no GPU visible"
+    return line
 
 
 def fp8_dtype(device: torch.device | str | None = None) -> torch.dtype:

@@ -210,6 +210,17 @@ def make_args(
     return tuple(values[a.name]() for a in schema.arguments)
 
 
+def op_counts(graph_module) -> dict[str, int]:
+    """How many nodes of each fusion_kernels op a (rewritten) graph holds."""
+    out: dict[str, int] = {}
+    for n in graph_module.graph.nodes:
+        schema = getattr(n.target, "_schema", None) if n.op == "call_function" else None
+        if schema is not None and schema.name.startswith("fusion_kernels::"):
+            name = schema.name.split("::")[1]
+            out[name] = out.get(name, 0) + 1
+    return out
+
+
 def reference_of(op_name: str):
     from fusion_kernels import reference
 

@@ -14,6 +14,7 @@ import torch.utils._pytree as pytree
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from fusion_kernels import platform
+from fusion_kernels.testing import op_counts
 from fusion_passes import FusionPass
 
 ops = torch.ops.fusion_kernels
@@ -23,19 +24,6 @@ EPS = 1e-6
 
 def trace(fn, *args):
     return make_fx(fn, tracing_mode="fake")(*args)
-
-
-def counts(gm):
-    out = {}
-    for n in gm.graph.nodes:
-        if (
-            n.op == "call_function"
-            and hasattr(n.target, "_schema")
-            and n.target._schema.name.startswith("fusion_kernels::")
-        ):
-            name = n.target._schema.name.split("::")[1]
-            out[name] = out.get(name, 0) + 1
-    return out
 
 
 def bits(t):
@@ -97,7 +85,7 @@ def test_norm_then_quant_is_fused(family, dtype):
     args = inputs(dtype=dtype)
     gm = trace(fn, *args)
     p = run_pass(gm)
-    assert counts(gm) == {fused: 1}
+    assert op_counts(gm) == {fused: 1}
     assert p.report.fused == 1 and p.report.refused == 0
     assert_same(gm(*args), fn(*args))
 
@@ -115,7 +103,7 @@ def test_add_norm_then_quant_is_fused(family, residual_used):
     args = inputs(tokens=(10,) if "colmajor" in family else (2, 5))  # column-major scales are 2-D only
     gm = trace(fn, *args)
     run_pass(gm)
-    assert counts(gm) == {fused: 1}
+    assert op_counts(gm) == {fused: 1}
     assert_same(gm(*args), fn(*args))
 
 
@@ -135,7 +123,7 @@ def test_decoder_stack_fuses_every_site_and_threads_the_residual():
     args = inputs()
     gm = trace(fn, *args)
     p = run_pass(gm)
-    assert counts(gm) == {"fused_add_rms_norm_static_fp8_quant": 4}
+    assert op_counts(gm) == {"fused_add_rms_norm_static_fp8_quant": 4}
     assert p.report.fused == 4
     assert_same(gm(*args), fn(*args))
 
@@ -153,7 +141,7 @@ def test_mixed_schemes_each_get_their_own_fused_op():
     args = inputs()
     gm = trace(fn, *args)
     run_pass(gm)
-    assert counts(gm) == {
+    assert op_counts(gm) == {
         "fused_add_rms_norm_dynamic_per_token_quant": 1,
         "fused_add_rms_norm_per_token_group_quant": 1,
         "rms_norm_static_int8_quant": 1,
@@ -177,7 +165,7 @@ def test_quant_through_a_token_flattening_view_is_fused(family, residual):
     args = inputs(tokens=(3, 4))
     gm = trace(fn, *args)
     run_pass(gm)
-    assert counts(gm) == {fused_res if residual else fused: 1}
+    assert op_counts(gm) == {fused_res if residual else fused: 1}
     assert_same(gm(*args), fn(*args))
 
 
@@ -189,7 +177,7 @@ def test_view_that_changes_the_hidden_dim_is_refused():
     args = inputs()
     gm = trace(fn, *args)
     p = run_pass(gm)
-    assert counts(gm) == {"rms_norm": 1, "static_scaled_fp8_quant": 1}
+    assert op_counts(gm) == {"rms_norm": 1, "static_scaled_fp8_quant": 1}
     assert p.report.refusals_per_reason() == {"view_changes_hidden_dim": 1}
     assert_same(gm(*args), fn(*args))
 
@@ -219,7 +207,7 @@ def test_norm_output_with_another_user_is_left_alone(residual):
     args = inputs()
     gm = trace(fn, *args)
     p = run_pass(gm)
-    assert counts(gm) == {"fused_add_rms_norm" if residual else "rms_norm": 1, "static_scaled_fp8_quant": 1}
+    assert op_counts(gm) == {"fused_add_rms_norm" if residual else "rms_norm": 1, "static_scaled_fp8_quant": 1}
     assert p.report.refusals_per_reason() == {"norm_output_has_other_users": 1}
     assert_same(gm(*args), fn(*args))
 
@@ -235,7 +223,7 @@ def test_group_size_not_dividing_hidden_is_refused_with_its_reason():
     q.args = (q.args[0], 128, *q.args[2:])
     p = run_pass(gm)
     assert p.report.refusals_per_reason() == {"group_size_not_dividing_hidden": 1}
-    assert counts(gm) == {"rms_norm": 1, "per_token_group_fp8_quant": 1}
+    assert op_counts(gm) == {"rms_norm": 1, "per_token_group_fp8_quant": 1}
 
 
 def test_no_kernel_for_the_device_is_refused():
@@ -246,7 +234,7 @@ def test_no_kernel_for_the_device_is_refused():
     with platform.override(kernels_for=("cuda",)):  # a library without CPU kernels
         p = run_pass(gm)
     assert p.report.refusals_per_reason() == {"no_kernel_for_device": 1}
-    assert counts(gm) == {"rms_norm": 1, "static_scaled_fp8_quant": 1}
+    assert op_counts(gm) == {"rms_norm": 1, "static_scaled_fp8_quant": 1}
 
 
 def test_pattern_selection_and_unknown_names():
@@ -258,7 +246,7 @@ def test_pattern_selection_and_unknown_names():
     args = inputs()
     gm = trace(fn, *args)
     p = run_pass(gm, patterns=["rms_norm+static_scaled_int8_quant"])
-    assert counts(gm) == {"rms_norm": 1, "static_scaled_fp8_quant": 1, "rms_norm_static_int8_quant": 1}
+    assert op_counts(gm) == {"rms_norm": 1, "static_scaled_fp8_quant": 1, "rms_norm_static_int8_quant": 1}
     assert "rms_norm+static_scaled_fp8_quant" in p.report.inactive_patterns
     with pytest.raises(ValueError, match="unknown pattern names"):
         FusionPass(patterns=["no_such_pattern"])

@@ -9,7 +9,7 @@ from torch._dynamo.backends.common import aot_autograd
 from torch._inductor.decomposition import select_decomp_table
 
 from fusion_kernels import platform
-from fusion_kernels.testing import SCALE_RTOL, assert_quant_close, scale_mask
+from fusion_kernels.testing import SCALE_RTOL, assert_quant_close, op_counts, scale_mask
 from fusion_passes import FusionPass
 from fusion_passes import native_forms as nf
 
@@ -43,19 +43,6 @@ def run_pass(fn, args, fusion_pass, **compile_kw):
     torch._dynamo.reset()
     assert len(graphs) == 1
     return graphs[0], out
-
-
-def fused_counts(gm):
-    out = {}
-    for n in gm.graph.nodes:
-        if (
-            n.op == "call_function"
-            and hasattr(n.target, "_schema")
-            and n.target._schema.name.startswith("fusion_kernels::")
-        ):
-            name = n.target._schema.name.split("::")[1]
-            out[name] = out.get(name, 0) + 1
-    return out
 
 
 def model_fn(norm, quant, residual, eps=1e-6):
@@ -112,12 +99,12 @@ def test_catalogue_entry_is_fused_and_equivalent(quant, norm, residual, dtype):
     gm, got = run_pass(fn, args, p)
     if norm == "functional" and "int8" in quant and dtype != torch.float32:
         # Not equivalent in the README's sense (F.rms_norm rounds once): refused, left as written.
-        assert fused_counts(gm) == {}
+        assert op_counts(gm) == {}
         assert p.report.refusals_per_reason() == {"int8_rounding_points_differ": 1}
         torch.testing.assert_close(got[0].float(), fn(*args)[0].float(), rtol=0, atol=0)
         return
     expected_op = ("fused_add_rms_norm_" if residual else "rms_norm_") + QUANTS[quant][1] + "_quant"
-    assert fused_counts(gm) == {expected_op: 1}, p.report
+    assert op_counts(gm) == {expected_op: 1}, p.report
     assert not any(n.target is torch.ops.aten.rsqrt.default for n in gm.graph.nodes)
     assert p.report.fused == 1 and p.report.refused == 0
     assert_equivalent(got, fn(*args), dtype)
@@ -128,7 +115,7 @@ def test_native_never_leaves_native_code_alone(quant):
     fn = model_fn("hf", quant, True)
     p = FusionPass(native="never")
     gm, _ = run_pass(fn, inputs(torch.bfloat16, 2), p)
-    assert fused_counts(gm) == {}
+    assert op_counts(gm) == {}
     assert p.report.fused == 0
 
 
@@ -139,7 +126,7 @@ def test_auto_policy_rewrites_only_measured_cases(monkeypatch):
     monkeypatch.setattr(policy, "MEASURED_FASTER", {})
     p = FusionPass(native="auto")
     gm, _ = run_pass(fn, inputs(torch.bfloat16, 2), p)
-    assert fused_counts(gm) == {}
+    assert op_counts(gm) == {}
     assert p.report.refusals_per_reason() == {"native_policy_not_faster": 1}
     # Measured faster from 16 tokens on: the 15-token site stays with Inductor ...
     monkeypatch.setattr(policy, "MEASURED_FASTER", {("cpu", "", "fp8_static", False): 16})
@@ -150,7 +137,7 @@ def test_auto_policy_rewrites_only_measured_cases(monkeypatch):
     monkeypatch.setattr(policy, "MEASURED_FASTER", {("cpu", "", "fp8_static", False): 8})
     p = FusionPass(native="auto")
     gm, _ = run_pass(fn, inputs(torch.bfloat16, 2), p)
-    assert fused_counts(gm) == {"rms_norm_static_fp8_quant": 1}
+    assert op_counts(gm) == {"rms_norm_static_fp8_quant": 1}
 
 
 def test_policy_table_keys_are_well_formed():
@@ -168,7 +155,7 @@ def test_policy_table_keys_are_well_formed():
 def _refused(fn, args, reason=None):
     p = FusionPass(native="always")
     gm, got = run_pass(fn, args, p)
-    assert fused_counts(gm) == {}, p.report
+    assert op_counts(gm) == {}, p.report
     if reason is not None:
         assert reason in p.report.refusals_per_reason(), p.report
     # Left alone: the graph computes what the function computes.
@@ -209,7 +196,7 @@ def test_gemma_one_plus_weight_is_a_supported_variant():
     args = inputs(torch.bfloat16, 2)
     p = FusionPass(native="always")
     gm, got = run_pass(fn, args, p)
-    assert fused_counts(gm) == {"rms_norm_static_fp8_quant": 1}
+    assert op_counts(gm) == {"rms_norm_static_fp8_quant": 1}
     assert_equivalent(got, fn(*args))
 
 
@@ -287,6 +274,6 @@ def test_fnuz_bound_on_a_rocm_platform():
     with platform.override(kind="rocm", arch="gfx942"):
         p = FusionPass(native="always")
         gm, _ = run_pass(fn, inputs(torch.bfloat16, 2), p)
-    assert fused_counts(gm) == {"rms_norm_static_fp8_quant": 1}
+    assert op_counts(gm) == {"rms_norm_static_fp8_quant": 1}
     (node,) = [n for n in gm.graph.nodes if n.op == "call_function" and "rms_norm_static_fp8_quant" in str(n.target)]
     assert node.args[-1] == torch.float8_e4m3fnuz
