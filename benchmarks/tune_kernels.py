@@ -7,7 +7,8 @@ CUDA-graph timer. Used to choose the defaults in csrc/cuda/row_op_kernels.cuh; t
 recorded in BENCHMARKS.md.
 
     python benchmarks/tune_kernels.py --out tune/ \
-        --variant base: --variant nopipe:FK_PIPELINE=0 --variant s2:FK_CACHED_SLOTS=2
+        --variant base: --variant nopipe:FK_PIPELINE=0 --variant s2:FK_CACHED_SLOTS=2 \
+        --cells static:4096:16,group128:7168:16384
 """
 
 from __future__ import annotations
@@ -32,7 +33,16 @@ CELLS = [
 ]  # fmt: skip
 
 
-def time_library(lib: str) -> list[dict]:
+def parse_cells(text: str) -> list[tuple[str, int, int]]:
+    """``case:H:T,case:H:T`` (the kernel benchmark's case names)."""
+    out = []
+    for item in filter(None, text.split(",")):
+        case, hidden, tokens = item.split(":")
+        out.append((case, int(hidden), int(tokens)))
+    return out
+
+
+def time_library(lib: str, cells: list[tuple[str, int, int]]) -> list[dict]:
     import math
 
     import torch
@@ -44,7 +54,7 @@ def time_library(lib: str) -> list[dict]:
     bw = bk.copy_bandwidth()
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     out = []
-    for case, hidden, tokens in CELLS:
+    for case, hidden, tokens in cells:
         cell = bk.Cell(case, hidden, tokens)
         input_bytes = tokens * hidden * 2 * (2 if cell.spec[2] else 1)
         sets = int(min(1000, max(2, math.ceil(3 * l2 / input_bytes))))
@@ -63,10 +73,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("tune"))
     parser.add_argument("--variant", action="append", default=[], help="name:DEF=V,DEF=V")
     parser.add_argument("--arch", default="sm_90")
+    parser.add_argument("--cells", default="", help="case:H:T,... (default: a fixed set of 14)")
     parser.add_argument("--time", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    cells = parse_cells(args.cells) if args.cells else CELLS
     if args.time:
-        print(json.dumps(time_library(args.time)))
+        print(json.dumps(time_library(args.time, cells)))
         return
 
     from fusion_kernels import build
@@ -85,7 +97,8 @@ def main() -> None:
         libs = dict(pool.map(build_one, variants.items()))
     results = {}
     for name, lib in libs.items():
-        proc = subprocess.run([sys.executable, __file__, "--time", str(lib)], capture_output=True, text=True)
+        cmd = [sys.executable, __file__, "--time", str(lib), "--cells", ",".join(f"{c}:{h}:{t}" for c, h, t in cells)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{name}: timing failed\n{proc.stderr[-3000:]}")
             continue
@@ -93,7 +106,7 @@ def main() -> None:
     (args.out / "tune.json").write_text(json.dumps({"variants": variants, "results": results}, indent=1))
     names = list(results)
     print(f"{'case':15s} {'H':>5s} {'T':>6s} " + " ".join(f"{n:>16s}" for n in names))
-    for i, (case, hidden, tokens) in enumerate(CELLS):
+    for i, (case, hidden, tokens) in enumerate(cells):
         row = " ".join(f"{results[n][i]['us']:8.2f}us {results[n][i]['pct']:5.1f}%" for n in names)
         print(f"{case:15s} {hidden:5d} {tokens:6d} {row}")
 

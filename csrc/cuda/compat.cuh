@@ -47,6 +47,35 @@ __device__ __forceinline__ float shfl_xor(float v, int lane_mask) {
 #endif
 }
 
+// The same butterfly step on 32 raw bits (a packed pair of 16-bit floats).
+__device__ __forceinline__ uint32_t shfl_xor_u32(uint32_t v, int lane_mask) {
+#if FK_HIP
+#if defined(HIP_ENABLE_WARP_SYNC_BUILTINS)
+  return static_cast<uint32_t>(__shfl_xor_sync(~0ull, static_cast<int>(v), lane_mask, kWarpSize));
+#else
+  return static_cast<uint32_t>(__shfl_xor(static_cast<int>(v), lane_mask, kWarpSize));
+#endif
+#else
+  return __shfl_xor_sync(0xffffffffu, v, lane_mask, kWarpSize);
+#endif
+}
+
+// Lets the next kernel on the stream start launching while this one runs (programmatic
+// dependent launch, sm_90+). `grid_dependency_wait` must come before the kernel's first global
+// memory access: it returns once the grids this one depends on have finished and their writes
+// are visible. Both are no-ops when the kernel was launched without the attribute, and compile
+// to nothing for older architectures and on HIP.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if !FK_HIP && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void grid_dependents_launch() {
+#if !FK_HIP && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // max(a, b) that propagates NaN (fmaxf would drop it): one instruction on sm_80+.
 __device__ __forceinline__ float max_nan(float a, float b) {
 #if FK_HIP

@@ -5,6 +5,8 @@
 #pragma once
 
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -51,12 +53,41 @@ inline int sm_count(int device) {
   return v;
 }
 
+#ifndef FK_PDL
+#define FK_PDL 1
+#endif
+// Programmatic dependent launch (see grid_dependency_wait): on sm_90+ unless built with
+// FK_PDL=0 or turned off at run time with FUSION_KERNELS_PDL=0.
+inline bool pdl_enabled(int device) {
+#if FK_HIP || !FK_PDL
+  (void)device;
+  return false;
+#else
+  static const bool env_on = [] {
+    const char* v = std::getenv("FUSION_KERNELS_PDL");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  if (!env_on) return false;
+  static std::atomic<int> cache[64];  // 0 unknown, 1 no, 2 yes
+  if (device < 0 || device >= 64) device = 0;
+  int v = cache[device].load(std::memory_order_relaxed);
+  if (v == 0) {
+    int major = 0;
+    check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "query compute capability");
+    v = major >= 9 ? 2 : 1;
+    cache[device].store(v, std::memory_order_relaxed);
+  }
+  return v == 2;
+#endif
+}
+
 template <typename Kernel>
 int resident_blocks_per_sm(Kernel kernel, int threads, int device) {
-  // Per kernel instantiation, per device, per block size (256 or 512 threads).
-  static std::atomic<int> cache[64][2];
+  // Per kernel instantiation, per device, per block size (a power of two, 32 to 512 threads).
+  static std::atomic<int> cache[64][5];
   if (device < 0 || device >= 64) device = 0;
-  const int slot = threads > kRowsBlockThreads ? 1 : 0;
+  int slot = 0;
+  while (slot < 4 && (kWarpSize << slot) < threads) ++slot;
   int v = cache[device][slot].load(std::memory_order_relaxed);
   if (v == 0) {
     check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, kernel, threads, 0), "occupancy query");
@@ -66,19 +97,49 @@ int resident_blocks_per_sm(Kernel kernel, int threads, int device) {
   return v;
 }
 
-template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES, bool ALIGNED, bool CACHED>
+#ifndef FK_LATENCY_GRID
+#define FK_LATENCY_GRID 2
+#endif
+// The latency variant of the kernel runs grids of at most this many blocks per SM (one wave).
+constexpr int kLatencyGridPerSm = FK_LATENCY_GRID;
+
+template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES, bool ALIGNED, bool CACHED,
+          bool WREGS = false>
 void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t stream, int device) {
-  auto kernel = row_op_kernel<T, W, OUT, Q, NORM, RES, ALIGNED, CACHED>;
-  const dim3 block(shape.tpr, shape.rows_per_block);
-  const int threads = shape.tpr * shape.rows_per_block;
-  const int64_t row_groups = (p.rows + shape.rows_per_block - 1) / shape.rows_per_block;
+  auto kernel = row_op_kernel<T, W, OUT, Q, NORM, RES, ALIGNED, CACHED, WREGS>;
+  // Rows per block only groups rows (a row's reduction order depends on tpr alone), so it may
+  // follow the row count: when the rows would not fill the SMs anyway, one row per block
+  // spreads them over more SMs.
+  int rpb = shape.rows_per_block;
+  if (rpb > 1 && p.rows < static_cast<int64_t>(rpb) * sm_count(device)) rpb = 1;
+  const dim3 block(shape.tpr, rpb);
+  const int64_t row_groups = (p.rows + rpb - 1) / rpb;
 #ifndef FK_PERSISTENT
 #define FK_PERSISTENT 0
 #endif
   // One block per row group by default (measured fastest, see BENCHMARKS.md); a persistent
   // grid (as many blocks as fit at once, each looping over row groups) is a tuning option.
-  const int64_t resident = static_cast<int64_t>(sm_count(device)) * resident_blocks_per_sm(kernel, threads, device);
-  const int64_t grid = (FK_PERSISTENT && row_groups > resident) ? resident : row_groups;
+  int64_t grid = row_groups;
+  if constexpr (FK_PERSISTENT) {
+    const int64_t resident = static_cast<int64_t>(sm_count(device)) * resident_blocks_per_sm(kernel, shape.tpr * rpb, device);
+    if (row_groups > resident) grid = resident;
+  }
+#if !FK_HIP
+  if (pdl_enabled(device)) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(static_cast<unsigned>(grid));
+    config.blockDim = block;
+    config.dynamicSmemBytes = 0;
+    config.stream = stream;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    check_cuda(cudaLaunchKernelEx(&config, kernel, p), "kernel launch");
+    return;
+  }
+#endif
   kernel<<<static_cast<unsigned>(grid), block, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "kernel launch");
 }
@@ -92,6 +153,11 @@ void launch_row_op(const RowOpParams& p, cudaStream_t stream, int device) {
   if (RES) aligned = aligned && aligned16(p.residual) && p.residual_row_stride % V == 0;
   if (NORM) aligned = aligned && aligned16(p.weight);
   if (aligned) {
+    if constexpr (NORM) {
+      if (shape.cached && kLatencyGridPerSm > 0 &&
+          p.rows <= static_cast<int64_t>(kLatencyGridPerSm) * sm_count(device) * shape.rows_per_block)
+        return launch_variant<T, W, OUT, Q, NORM, RES, true, true, true>(p, shape, stream, device);
+    }
     if (shape.cached)
       launch_variant<T, W, OUT, Q, NORM, RES, true, true>(p, shape, stream, device);
     else

@@ -35,6 +35,9 @@ namespace dev {
 #ifndef FK_PIPELINE
 #define FK_PIPELINE 0
 #endif
+#ifndef FK_MIN_BLOCKS  // throughput variant: __launch_bounds__ minimum blocks of kMaxThreads per SM
+#define FK_MIN_BLOCKS 2
+#endif
 constexpr int kMaxThreads = 512;  // per block; also the largest threads-per-row
 constexpr int kCachedSlots = FK_CACHED_SLOTS;  // 16-byte slots per thread kept in registers
 constexpr int kRowsBlockThreads = 256;  // block size when several rows share a block
@@ -275,10 +278,57 @@ __device__ __forceinline__ Pack<uint8_t, V> quantize(const Pack<T, V>& y, float 
   return q;
 }
 
+// Group absmax of every slot a thread holds: a butterfly over aligned groups of `width` lanes,
+// the S chains interleaved. For 16-bit inputs the per-slot maxima are values of T, so two of
+// them travel in one packed pair per shuffle (max commutes with the pairing: exact).
+template <typename T, int S>
+__device__ __forceinline__ void group_absmax(float (&v)[S], int width) {
+  if constexpr (kIs16<T> && S % 2 == 0) {
+    using P = typename Pair<T>::type;
+    P m[S / 2];
+#pragma unroll
+    for (int k = 0; k < S / 2; ++k) m[k] = from_float2<P>(make_float2(v[2 * k], v[2 * k + 1]));
+#pragma unroll
+    for (int o = kWarpSize / 2; o > 0; o >>= 1) {
+      if (o < width) {
+#pragma unroll
+        for (int k = 0; k < S / 2; ++k) {
+          uint32_t bits;
+          __builtin_memcpy(&bits, &m[k], sizeof(bits));
+          bits = shfl_xor_u32(bits, o);
+          P other;
+          __builtin_memcpy(&other, &bits, sizeof(bits));
+          m[k] = abs_max_nan(other, m[k]);
+        }
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < S / 2; ++k) {
+      const float2 f = to_float2(m[k]);
+      v[2 * k] = f.x;
+      v[2 * k + 1] = f.y;
+    }
+  } else {
+#pragma unroll
+    for (int o = kWarpSize / 2; o > 0; o >>= 1) {
+      if (o < width) {
+#pragma unroll
+        for (int k = 0; k < S; ++k) v[k] = combine<true>(v[k], shfl_xor(v[k], o));
+      }
+    }
+  }
+}
+
 // --- the kernel ---------------------------------------------------------------------------
 
-template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES, bool ALIGNED, bool CACHED>
-__global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p) {
+// Two variants of the register-cached normalizing kernel, identical in arithmetic (so in
+// results): the latency variant (WREGS) loads the norm weight into registers together with the
+// row, which saves a dependent round trip when there are few rows; the throughput variant re-reads
+// the weight after the reduction (from L1/L2) and is capped at 64 registers, so more blocks, and
+// more rows' loads, are in flight per SM. The launcher picks by the size of the grid.
+template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES, bool ALIGNED, bool CACHED,
+          bool WREGS = false>
+__global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op_kernel(const RowOpParams p) {
   constexpr int V = 16 / sizeof(T);
   constexpr int S = CACHED ? kCachedSlots : 1;  // slots held in registers
   using TPack = Pack<T, V>;
@@ -301,16 +351,15 @@ __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p
   const W* __restrict__ w_base = static_cast<const W*>(p.weight);
   constexpr float qmax = QuantTraits<OUT>::kMax;
 
-  float static_inv_scale = 1.0f;
-  if constexpr (Q == QuantMode::kStatic) static_inv_scale = __frcp_rn(*p.scale);
-  float ub = 0.0f;
-  if constexpr (Q == QuantMode::kPerToken) {
-    if (p.scale_ub != nullptr) ub = *p.scale_ub;
-  }
+  // Nothing is read before the previous kernel on the stream has finished; the next one may
+  // start launching now (it waits the same way before touching memory).
+  grid_dependency_wait();
+  grid_dependents_launch();
 
   // The norm weight, loaded once per block and reused for every row it handles.
-  WPack wc[CACHED && NORM ? S : 1];
-  if constexpr (CACHED && NORM) {
+  static_assert(!WREGS || (CACHED && NORM), "the latency variant is the register-cached norm kernel");
+  WPack wc[WREGS ? S : 1];
+  if constexpr (WREGS) {
 #pragma unroll
     for (int i = 0; i < S; ++i) {
       const int64_t slot = lane + static_cast<int64_t>(i) * tpr;
@@ -419,7 +468,15 @@ __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p
 #pragma unroll
       for (int i = 0; i < S; ++i) {
         const int64_t slot = lane + static_cast<int64_t>(i) * tpr;
-        if (valid && slot < nslots) normalize(rows_cache[i], inv, wc[i]);
+        if (valid && slot < nslots) {
+          if constexpr (WREGS) {
+            normalize(rows_cache[i], inv, wc[i]);
+          } else {
+            WPack w;
+            load_pack<ALIGNED>(w_base, slot * V, H, w);
+            normalize(rows_cache[i], inv, w);
+          }
+        }
       }
     }
     auto get_y = [&](int i, int64_t slot, TPack& y) {
@@ -442,7 +499,9 @@ __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p
           }
         }
     } else if constexpr (Q == QuantMode::kStatic || Q == QuantMode::kPerToken) {
-      float inv_scale = static_inv_scale;
+      // Scalars are read here, after the row's loads were issued, so their latency overlaps.
+      float inv_scale = 1.0f;
+      if constexpr (Q == QuantMode::kStatic) inv_scale = __frcp_rn(*p.scale);
       if constexpr (Q == QuantMode::kPerToken) {
         AbsMax<T> am;
 #pragma unroll
@@ -456,6 +515,7 @@ __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p
             }
           }
         const float amax = row_reduce<true>(am.value(), red_max);
+        const float ub = p.scale_ub != nullptr ? *p.scale_ub : 0.0f;
         const float a = (p.scale_ub != nullptr && amax > ub) ? ub : amax;
         const float min_scale = __frcp_rn(qmax * kPerTokenMinScaleFactor);
         float scale = __fdiv_rn(a, qmax);
@@ -473,6 +533,37 @@ __global__ void __launch_bounds__(kMaxThreads) row_op_kernel(const RowOpParams p
             store_pack<ALIGNED>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H, quantize<OUT>(y, inv_scale));
           }
         }
+    } else if constexpr (CACHED) {  // kPerGroup, row in registers: all slots' groups at once
+      const int lanes_per_group = static_cast<int>(p.group_size / V);  // a power of two
+      const int group_shift = __ffs(lanes_per_group) - 1;
+      float amax[S];
+#pragma unroll
+      for (int i = 0; i < S; ++i) {
+        const int64_t slot = lane + static_cast<int64_t>(i) * tpr;
+        AbsMax<T> am;
+        if (valid && slot < nslots) am.add(rows_cache[i]);
+        amax[i] = am.value();
+      }
+      // The butterflies of the S slots interleaved (independent chains), two slots per shuffle
+      // for 16-bit inputs: a 16-bit absmax is exact in the packed pair.
+      group_absmax<T, S>(amax, lanes_per_group);
+      float scale[S];
+#pragma unroll
+      for (int i = 0; i < S; ++i) {
+        const float a = amax[i] < kGroupAbsmaxFloor ? kGroupAbsmaxFloor : amax[i];
+        scale[i] = __fdiv_rn(a, qmax);
+        if (p.scale_ue8m0) scale[i] = ue8m0_ceil(scale[i]);
+      }
+#pragma unroll
+      for (int i = 0; i < S; ++i) {
+        const int64_t slot = lane + static_cast<int64_t>(i) * tpr;
+        if (valid && slot < nslots) {
+          if ((slot & (lanes_per_group - 1)) == 0)
+            p.scales[row * p.scale_row_stride + (slot >> group_shift) * p.scale_group_stride] = scale[i];
+          store_pack<ALIGNED>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H,
+                              quantize<OUT>(rows_cache[i], __frcp_rn(scale[i])));
+        }
+      }
     } else {  // kPerGroup: a group is G / V consecutive slots, owned by aligned consecutive lanes
       const int lanes_per_group = static_cast<int>(p.group_size / V);  // a power of two
       const int group_shift = __ffs(lanes_per_group) - 1;
