@@ -36,7 +36,20 @@ while time.time() - start < args.seconds:
     a = make_args(name, lead, hidden, dtype, "cuda", row_padding=rng.choice([0, 0, 8]),
                   value_scale=rng.choice([1e-2, 1.0, 50.0]), generator=torch.Generator(device="cuda").manual_seed(count),
                   **kw)  # fmt: skip
-    assert_outputs_match(name, getattr(torch.ops.fusion_kernels, name)(*a), reference_of(name)(*a), dtype)
+    try:
+        assert_outputs_match(name, getattr(torch.ops.fusion_kernels, name)(*a), reference_of(name)(*a), dtype)
+    except AssertionError as exc:
+        shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else t for t in a]
+        torch.cuda.synchronize()
+        again = getattr(torch.ops.fusion_kernels, name)(*a)
+        torch.cuda.synchronize()
+        try:
+            assert_outputs_match(name, again, reference_of(name)(*a), dtype)
+            verdict = "the same call passes when repeated after a synchronize"
+        except AssertionError:
+            verdict = "the same call fails again when repeated"
+        raise AssertionError(f"call {count}: {name} {dtype} lead={lead} hidden={hidden} {kw} args={shapes}: "
+                             f"{exc}; {verdict}") from None  # fmt: skip
     count += 1
 torch.cuda.synchronize()
 print(f"stress: {count} random op calls matched the reference in {time.time() - start:.0f} s")

@@ -29,6 +29,15 @@ def rms_norm_functional(x: torch.Tensor, weight: torch.Tensor, eps: float) -> to
     return F.rms_norm(x, (x.shape[-1],), weight, eps)
 
 
+def rms_norm_fp32_output(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm computed in fp32 and returned unrounded (fp32) for the quantizer: models write it,
+    and it is what Inductor in torch <= 2.11 leaves of ``F.rms_norm`` followed by
+    ``.to(torch.float32)`` (the fp32 -> 16-bit -> fp32 round trip is removed). The catalogue
+    reports it as the functional spelling."""
+    xf = x.to(torch.float32)
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)) * weight
+
+
 def add_residual(x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The pre-norm residual stream: ``h = x + residual``; ``h`` is both the new residual and the norm input."""
     h = x + residual

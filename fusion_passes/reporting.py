@@ -126,3 +126,5 @@ class Report:
             out.append(f"  inactive patterns: {len(self.inactive_patterns)}")
             out += [f"    {p}: {why}" for p, why in sorted(self.inactive_patterns.items())]
         return "\n".join(out)
+
+    __repr__ = __str__  # readable in a REPL and in assertion messages

@@ -187,10 +187,13 @@ def match_norm(rsqrt: fx.Node) -> NormMatch | None:
         spelling = "functional"
         if x_dtype != torch.float32:
             cast = _user(weight_mul, lambda u: _is_cast_to(u, x_dtype))
-            if cast is None:
-                return None
-            internal.append(weight_mul)
-            y = cast
+            if cast is not None:
+                internal.append(weight_mul)
+                y = cast
+            # else: the fp32 product is quantized unrounded. Models write that, and Inductor
+            # (torch <= 2.11) leaves it of F.rms_norm followed by `.to(torch.float32)`: it removes
+            # the fp32 -> 16-bit -> fp32 round trip. Same class of difference as the cast-once
+            # form (checked in FusionPass._check); y is the fp32 product.
     else:
         return None
     w_val = fx_utils.val(weight)
@@ -497,9 +500,10 @@ class NativeMatcher:
         if w_dtype not in (x_val.dtype, torch.float32):
             raise Refusal("unsupported_weight_dtype", str(w_dtype))
         if norm.spelling == "functional" and x_val.dtype != torch.float32 and quant.key.dtype == torch.int8:
-            # F.rms_norm rounds once (after the weight); our op rounds where the Hugging Face
-            # RMSNorm does. INT8 steps are fine enough that this moves more than 5% of the values
-            # by one step (measured 6.5% in bf16): not equivalent, so not rewritten.
+            # F.rms_norm rounds once (after the weight), or not at all when its fp32 result is
+            # quantized directly; our op rounds where the Hugging Face RMSNorm does. INT8 steps
+            # are fine enough that this moves more than 5% of the values by one step (measured
+            # 6.5% in bf16): not equivalent, so not rewritten.
             raise Refusal("int8_rounding_points_differ", "F.rms_norm in a 16-bit model followed by INT8")
         if quant.key.scheme is Scheme.PER_GROUP and x_val.shape[-1] % quant.key.group_size:
             raise Refusal("group_size_not_dividing_hidden")
