@@ -179,3 +179,33 @@ def test_fused_equals_unfused_bit_for_bit(device):
             same(got[1], exp[1])
             assert got[1].stride() == exp[1].stride()
             same(got[2], r2)
+
+
+def test_comparison_of_groups_whose_ue8m0_scale_flipped():
+    """A group whose absmax / qmax sits at a power of two may round its UE8M0 scale up one binade
+    in one implementation and not in the other (both within the scale tolerance): its q values
+    are then a binade (8 FP8 steps) apart and are compared dequantized. A q that does not follow
+    its scale, or a flip where the group is not at the boundary, is still caught."""
+    from fusion_kernels.testing import assert_outputs_match
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 256, generator=g).to(torch.bfloat16)
+    x[1, :128] = x[1, :128].clamp(-50, 50)
+    x[1, 7] = 56.0  # absmax 56 = 448 / 8: scale exactly 2^-3
+    name = "per_token_group_fp8_quant"
+    args = (x, 128, False, True, torch.float8_e4m3fn)
+    q, s = reference_of(name)(*args)
+    assert s[1, 0] == 0.125
+    flipped_s = s.clone()
+    flipped_s[1, 0] = 0.25  # an absmax a hair above 56 elsewhere: one binade up
+    flipped_q = q.clone()
+    flipped_q[1, :128] = (x[1, :128].float() / 0.25).to(torch.float8_e4m3fn)
+    assert_outputs_match(name, (flipped_q, flipped_s), (q, s), torch.bfloat16)
+    with pytest.raises(AssertionError, match="dequantized"):  # the scale flipped, q did not follow
+        assert_outputs_match(name, (q.clone(), flipped_s), (q, s), torch.bfloat16)
+    off_boundary_s = s.clone()
+    off_boundary_s[2, 1] *= 2  # a group far from the boundary: not a rounding flip
+    off_boundary_q = q.clone()
+    off_boundary_q[2, 128:] = (x[2, 128:].float() / off_boundary_s[2, 1]).to(torch.float8_e4m3fn)
+    with pytest.raises(AssertionError, match="scales"):
+        assert_outputs_match(name, (off_boundary_q, off_boundary_s), (q, s), torch.bfloat16)
