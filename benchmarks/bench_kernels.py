@@ -444,6 +444,28 @@ def merge(dirs: list[Path], out: Path) -> None:
     print(json.dumps(summary, indent=1))
 
 
+POLICY_SCHEMES = {"static": "fp8_static", "per_token": "fp8_per_token", "group128": "fp8_group128",
+                  "group64": "fp8_group64", "int8_static": "int8_static", "int8_per_token": "int8_per_token"}  # fmt: skip
+
+
+def policy_table(bench_json: Path, kind: str = "cuda", arch: str = "sm_90") -> str:
+    """The native policy table (fusion_passes/policy.py) a run's results imply."""
+    from fusion_passes.policy import ranges_from_speedups
+
+    rows = json.loads(bench_json.read_text())["results"]
+    worst: dict[str, dict[int, float]] = {}
+    for r in rows:
+        per_t = worst.setdefault(r["case"], {})
+        per_t[r["tokens"]] = min(per_t.get(r["tokens"], math.inf), r["speedup_vs_inductor"])
+    lines = []
+    for case, per_t in worst.items():
+        base, residual = case.removesuffix("+res"), case.endswith("+res")
+        ranges = ranges_from_speedups(per_t)
+        key = (kind, arch, POLICY_SCHEMES[base], residual)
+        lines.append(f"    {key!r}: {ranges!r}," if ranges else f"    # {key!r}: never at least as fast")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
@@ -455,7 +477,12 @@ def main() -> None:
     parser.add_argument("--merge", nargs="+", type=Path, metavar="DIR",
                         help="combine the bench.json of runs over disjoint cases (same device, back to back) "
                              "into --out: table, summary, plot; later runs win for a cell in several")  # fmt: skip
+    parser.add_argument("--policy", type=Path, metavar="BENCH_JSON",
+                        help="print the native policy table that a run's bench.json implies")  # fmt: skip
     args = parser.parse_args()
+    if args.policy:
+        print(policy_table(args.policy))
+        return
     if args.merge:
         merge(args.merge, args.out)
         return

@@ -8,10 +8,13 @@ least as fast as Inductor's on that device. ``"always"`` skips this check (tests
 fuse opaque ops.
 
 Keys: (device kind, arch, scheme, residual), scheme as in :func:`scheme_label`. Values: the
-smallest token count from which our fused op measured at least as fast as the best of Inductor's
-default and max-autotune modes at every benchmarked token count and hidden size (H 4096 and
-8192, and 7168 for groups). A missing key means "not measured, or never faster": not rewritten.
-A site whose token count is symbolic uses its size hint.
+token ranges ``(lo, hi)`` (inclusive; ``hi`` None: no upper bound) over which our fused op
+measured at least as fast as the best of Inductor's default and max-autotune modes at every
+benchmarked token count inside the range and every hidden size (H 4096 and 8192, and 7168 for
+groups). A token count between two benchmarked ones inside a range takes their verdict; a range
+reaching the largest benchmarked count (16384) stays open above. A missing key means "never
+faster": not rewritten. A site whose token count is symbolic uses its size hint.
+``benchmarks/bench_kernels.py --policy`` derives this table from a run's ``bench.json``.
 
 Source: benchmarks/results/h100-2026-11-22 (BENCHMARKS.md), H100 80GB HBM3, torch 2.11.0+cu130.
 """
@@ -23,17 +26,39 @@ from fusion_passes.quant_key import QuantKey, Scheme
 
 NATIVE_MODES = ("auto", "always", "never")
 
-MEASURED_FASTER: dict[tuple[str, str, str, bool], int] = {
-    ("cuda", "sm_90", "fp8_static", False): 4096,
-    ("cuda", "sm_90", "fp8_static", True): 4096,
-    ("cuda", "sm_90", "fp8_per_token", False): 1024,
-    ("cuda", "sm_90", "fp8_per_token", True): 1024,
-    ("cuda", "sm_90", "fp8_group128", False): 128,
-    ("cuda", "sm_90", "fp8_group128", True): 16,
-    ("cuda", "sm_90", "fp8_group64", False): 128,
-    ("cuda", "sm_90", "int8_per_token", False): 1024,
-    # int8_static: Inductor's kernel was faster at 16384 tokens (0.86-0.93x): never rewritten.
+TokenRanges = tuple[tuple[int, int | None], ...]
+
+MEASURED_FASTER: dict[tuple[str, str, str, bool], TokenRanges] = {
+    ("cuda", "sm_90", "fp8_static", False): ((1, 4096),),
+    ("cuda", "sm_90", "fp8_static", True): ((128, 128), (16384, None)),
+    ("cuda", "sm_90", "fp8_per_token", False): ((1, None),),
+    ("cuda", "sm_90", "fp8_per_token", True): ((1, 1024),),
+    ("cuda", "sm_90", "fp8_group128", False): ((1, None),),
+    ("cuda", "sm_90", "fp8_group128", True): ((1, None),),
+    ("cuda", "sm_90", "fp8_group64", False): ((1, None),),
+    ("cuda", "sm_90", "int8_static", False): ((16, 4096),),
+    ("cuda", "sm_90", "int8_per_token", False): ((1, None),),
 }
+
+
+def ranges_from_speedups(speedups: dict[int, float], at_least: float = 1.0) -> TokenRanges:
+    """Token ranges from {benchmarked token count: worst speedup over hidden sizes}."""
+    counts = sorted(speedups)
+    ranges: list[tuple[int, int | None]] = []
+    start = None
+    for i, t in enumerate(counts):
+        if speedups[t] >= at_least:
+            start = t if start is None else start
+            if i == len(counts) - 1:
+                ranges.append((start, None))
+        elif start is not None:
+            ranges.append((start, counts[i - 1]))
+            start = None
+    return tuple(ranges)
+
+
+def _in_ranges(tokens: int, ranges: TokenRanges) -> bool:
+    return any(lo <= tokens and (hi is None or tokens <= hi) for lo, hi in ranges)
 
 
 def scheme_label(key: QuantKey) -> str:
@@ -51,9 +76,9 @@ def native_rewrite_allowed(
         return False, "native_policy_never"
     if native == "always":
         return True, ""
-    min_tokens = MEASURED_FASTER.get((info.kind, info.arch or "", scheme_label(key), residual))
-    if min_tokens is None:
+    ranges = MEASURED_FASTER.get((info.kind, info.arch or "", scheme_label(key), residual))
+    if not ranges:
         return False, "native_policy_not_faster"
-    if tokens is None or tokens < min_tokens:
+    if tokens is None or not _in_ranges(tokens, ranges):
         return False, "native_policy_not_faster_at_this_size"
     return True, ""

@@ -129,22 +129,37 @@ def test_auto_policy_rewrites_only_measured_cases(monkeypatch):
     assert op_counts(gm) == {}
     assert p.report.refusals_per_reason() == {"native_policy_not_faster": 1}
     # Measured faster from 16 tokens on: the 15-token site stays with Inductor ...
-    monkeypatch.setattr(policy, "MEASURED_FASTER", {("cpu", "", "fp8_static", False): 16})
+    monkeypatch.setattr(policy, "MEASURED_FASTER", {("cpu", "", "fp8_static", False): ((16, None),)})
     p = FusionPass(native="auto")
     gm, _ = run_pass(fn, inputs(torch.bfloat16, 2), p)
     assert p.report.refusals_per_reason() == {"native_policy_not_faster_at_this_size": 1}
-    # ... and from 8 tokens on, it is rewritten.
-    monkeypatch.setattr(policy, "MEASURED_FASTER", {("cpu", "", "fp8_static", False): 8})
+    # ... and so it does where ours was faster only up to 8 tokens ...
+    monkeypatch.setattr(policy, "MEASURED_FASTER", {("cpu", "", "fp8_static", False): ((1, 8),)})
+    p = FusionPass(native="auto")
+    gm, _ = run_pass(fn, inputs(torch.bfloat16, 2), p)
+    assert p.report.refusals_per_reason() == {"native_policy_not_faster_at_this_size": 1}
+    # ... and inside a range (8 to 16 tokens), it is rewritten.
+    monkeypatch.setattr(policy, "MEASURED_FASTER", {("cpu", "", "fp8_static", False): ((1, 4), (8, 16))})
     p = FusionPass(native="auto")
     gm, _ = run_pass(fn, inputs(torch.bfloat16, 2), p)
     assert op_counts(gm) == {"rms_norm_static_fp8_quant": 1}
 
 
+def test_policy_ranges_from_measured_speedups():
+    from fusion_passes.policy import ranges_from_speedups
+
+    assert ranges_from_speedups({1: 1.1, 16: 1.0, 128: 0.9, 1024: 1.2, 16384: 1.3}) == ((1, 16), (1024, None))
+    assert ranges_from_speedups({1: 0.9, 16: 0.99}) == ()
+    assert ranges_from_speedups({1: 1.0, 4096: 0.96}) == ((1, 1),)
+
+
 def test_policy_table_keys_are_well_formed():
     from fusion_passes import policy
 
-    for (kind, arch, scheme, residual), tokens in policy.MEASURED_FASTER.items():
-        assert kind in ("cuda", "rocm", "cpu") and isinstance(residual, bool) and tokens >= 1
+    for (kind, arch, scheme, residual), ranges in policy.MEASURED_FASTER.items():
+        assert kind in ("cuda", "rocm", "cpu") and isinstance(residual, bool) and ranges
+        for lo, hi in ranges:
+            assert lo >= 1 and (hi is None or hi >= lo)
         assert kind == "cpu" or arch.startswith(("sm_", "gfx"))
         assert scheme.split("_", 1)[0] in ("fp8", "int8")
 
