@@ -100,8 +100,15 @@ class FP8Linear(torch.nn.Module):
         else:
             s = x_scale.reshape(q2.shape[0], -1)
             if scaled_mm_supports(q.device, "blockwise"):
+                # cuBLAS's blockwise kernels want the row count (and so the column-major scale's
+                # leading dimension) a multiple of 16: pad with zero rows, drop them after.
+                rows = q2.shape[0]
+                pad = -rows % 16
+                if pad:
+                    q2 = torch.cat([q2, q2.new_zeros(pad, q2.shape[1])])
+                    s = torch.cat([s, s.new_ones(pad, s.shape[1])])
                 out = torch._scaled_mm(q2, self.weight.t(), scale_a=s.t().contiguous().t(),
-                                       scale_b=self.weight_scale.t(), out_dtype=torch.bfloat16)  # fmt: skip
+                                       scale_b=self.weight_scale.t(), out_dtype=torch.bfloat16)[:rows]  # fmt: skip
             else:
                 x = (q2.float().reshape(q2.shape[0], -1, 128) * s[..., None]).reshape(q2.shape).to(torch.bfloat16)
                 out = x @ self.weight_deq.t()
