@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// Host side of the CUDA row op: picks the launch configuration (from H only), the aligned or
-// element-wise access path, the register-cached or re-reading variant, and launches on the
-// caller's stream. Included by one .cu per quant mode so the instantiations compile in parallel.
+// Host side of the CUDA row op: picks the thread mapping (from H only), the aligned or
+// element-wise access path, the register-cached or re-reading variant, the latency or throughput
+// variant and the rows per block (from the number of rows: neither changes a row's arithmetic),
+// and launches on the caller's stream. Included by one .cu per quant mode so the instantiations compile in parallel.
 #pragma once
 
 #include <atomic>
@@ -26,8 +27,9 @@ struct LaunchShape {
   bool cached;
 };
 
-// The configuration depends on the hidden size and the element width only: never on the
+// The thread mapping depends on the hidden size and the element width only: never on the
 // number of rows (batch invariance) and never on the quant mode (fused == unfused bit for bit).
+// `rows_per_block` is the default grouping of rows; launch_variant may lower it for few rows.
 inline LaunchShape launch_shape(int64_t hidden, int elem_bytes) {
   const int64_t V = 16 / elem_bytes;
   const int64_t nslots = (hidden + V - 1) / V;

@@ -7,7 +7,10 @@
 //   - a row is cut into 16-byte "slots" of V = 16 / sizeof(T) elements;
 //   - `tpr` threads (blockDim.x, a power of two >= the warp size) own a row; thread t owns
 //     slots t, t + tpr, t + 2 tpr, ...; blockDim.y rows share a block when H is small;
-//   - the block loops over row groups (grid-stride), keeping the norm weight in registers.
+//   - the block loops over row groups (grid-stride); the latency variant (WREGS, few rows)
+//     keeps the norm weight in registers, the throughput variant re-reads it per row.
+// How many rows share a block, and which variant runs, may depend on the number of rows: the
+// per-row arithmetic and reduction order are the same in all of them.
 // The row is read from memory once and kept in registers (CACHED) when it fits in
 // kCachedSlots slots per thread; otherwise each pass re-reads it (L2-resident) in the same order.
 //
