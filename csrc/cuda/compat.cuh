@@ -76,6 +76,25 @@ __device__ __forceinline__ void grid_dependents_launch() {
 #endif
 }
 
+// Loads of data read once and stores of data written once, with the cache-streaming hint
+// (evict first from L1/L2). C is a 1-16 byte vector chunk type. Plain accesses on HIP.
+template <typename C>
+__device__ __forceinline__ C load_streaming(const C* p) {
+#if FK_HIP
+  return *p;
+#else
+  return __ldcs(p);
+#endif
+}
+template <typename C>
+__device__ __forceinline__ void store_streaming(C* p, const C& v) {
+#if FK_HIP
+  *p = v;
+#else
+  __stcs(p, v);
+#endif
+}
+
 // max(a, b) that propagates NaN (fmaxf would drop it): one instruction on sm_80+.
 __device__ __forceinline__ float max_nan(float a, float b) {
 #if FK_HIP

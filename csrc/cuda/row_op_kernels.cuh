@@ -38,6 +38,9 @@ namespace dev {
 #ifndef FK_PIPELINE
 #define FK_PIPELINE 0
 #endif
+#ifndef FK_STREAMING  // throughput variant: cache-streaming hints on the row's loads and the stores
+#define FK_STREAMING 1
+#endif
 #ifndef FK_MIN_BLOCKS  // throughput variant: __launch_bounds__ minimum blocks of kMaxThreads per SM
 #define FK_MIN_BLOCKS 2
 #endif
@@ -66,8 +69,9 @@ template <>
 struct ChunkOf<1> { using type = uint8_t; };
 
 // Copies N elements at element offset `start`: 16-byte (or narrower) vector accesses when the
-// caller proved alignment, else element by element within `limit`.
-template <bool ALIGNED, typename U, int N>
+// caller proved alignment, else element by element within `limit`. STREAM: data touched once
+// (cache-streaming hint).
+template <bool ALIGNED, bool STREAM = false, typename U, int N>
 __device__ __forceinline__ void load_pack(const U* base, int64_t start, int64_t limit, Pack<U, N>& dst) {
   if constexpr (ALIGNED) {
     constexpr int BYTES = N * sizeof(U);
@@ -76,14 +80,14 @@ __device__ __forceinline__ void load_pack(const U* base, int64_t start, int64_t 
     const C* src = reinterpret_cast<const C*>(base + start);
     C* d = reinterpret_cast<C*>(dst.v);
 #pragma unroll
-    for (int c = 0; c < BYTES / CB; ++c) d[c] = src[c];
+    for (int c = 0; c < BYTES / CB; ++c) d[c] = STREAM ? load_streaming(src + c) : src[c];
   } else {
 #pragma unroll
     for (int k = 0; k < N; ++k) dst.v[k] = (start + k < limit) ? base[start + k] : U{};
   }
 }
 
-template <bool ALIGNED, typename U, int N>
+template <bool ALIGNED, bool STREAM = false, typename U, int N>
 __device__ __forceinline__ void store_pack(U* base, int64_t start, int64_t limit, const Pack<U, N>& src) {
   if constexpr (ALIGNED) {
     constexpr int BYTES = N * sizeof(U);
@@ -92,7 +96,13 @@ __device__ __forceinline__ void store_pack(U* base, int64_t start, int64_t limit
     C* dst = reinterpret_cast<C*>(base + start);
     const C* s = reinterpret_cast<const C*>(src.v);
 #pragma unroll
-    for (int c = 0; c < BYTES / CB; ++c) dst[c] = s[c];
+    for (int c = 0; c < BYTES / CB; ++c) {
+      if constexpr (STREAM) {
+        store_streaming(dst + c, s[c]);
+      } else {
+        dst[c] = s[c];
+      }
+    }
   } else {
 #pragma unroll
     for (int k = 0; k < N; ++k)
@@ -361,6 +371,10 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
 
   // The norm weight, loaded once per block and reused for every row it handles.
   static_assert(!WREGS || (CACHED && NORM), "the latency variant is the register-cached norm kernel");
+  // Many rows (the throughput variant): the row is read once and q written once, so neither
+  // should displace other data from the caches. Few rows (the latency variant) keep the default,
+  // so the next kernel (the FP8 matmul) finds q in L2.
+  constexpr bool STRM = FK_STREAMING && CACHED && !WREGS;
   WPack wc[WREGS ? S : 1];
   if constexpr (WREGS) {
 #pragma unroll
@@ -424,8 +438,8 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
         for (int i = 0; i < S; ++i) {
           const int64_t slot = lane + static_cast<int64_t>(i) * tpr;
           if (valid && slot < nslots) {
-            load_pack<ALIGNED>(x, slot * V, H, rows_cache[i]);
-            if constexpr (RES) load_pack<ALIGNED>(res, slot * V, H, res_cache[i]);
+            load_pack<ALIGNED, STRM>(x, slot * V, H, rows_cache[i]);
+            if constexpr (RES) load_pack<ALIGNED, STRM>(res, slot * V, H, res_cache[i]);
           }
         }
       }
@@ -436,7 +450,7 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
         if (valid && slot < nslots) {
           if constexpr (RES) {
             add_residual(rows_cache[i], res_cache[i]);
-            store_pack<ALIGNED>(res_out, slot * V, H, rows_cache[i]);
+            store_pack<ALIGNED, STRM>(res_out, slot * V, H, rows_cache[i]);
           }
           if constexpr (NORM) accumulate_squares(rows_cache[i], acc0, acc1);
         }
@@ -498,7 +512,7 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
           if (valid && slot < nslots) {
             TPack y;
             get_y(i, slot, y);
-            store_pack<ALIGNED>(static_cast<T*>(p.out) + row * H, slot * V, H, y);
+            store_pack<ALIGNED, STRM>(static_cast<T*>(p.out) + row * H, slot * V, H, y);
           }
         }
     } else if constexpr (Q == QuantMode::kStatic || Q == QuantMode::kPerToken) {
@@ -533,7 +547,7 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
           if (valid && slot < nslots) {
             TPack y;
             get_y(i, slot, y);
-            store_pack<ALIGNED>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H, quantize<OUT>(y, inv_scale));
+            store_pack<ALIGNED, STRM>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H, quantize<OUT>(y, inv_scale));
           }
         }
     } else if constexpr (CACHED) {  // kPerGroup, row in registers: all slots' groups at once
@@ -563,8 +577,8 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
         if (valid && slot < nslots) {
           if ((slot & (lanes_per_group - 1)) == 0)
             p.scales[row * p.scale_row_stride + (slot >> group_shift) * p.scale_group_stride] = scale[i];
-          store_pack<ALIGNED>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H,
-                              quantize<OUT>(rows_cache[i], __frcp_rn(scale[i])));
+          store_pack<ALIGNED, STRM>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H,
+                                    quantize<OUT>(rows_cache[i], __frcp_rn(scale[i])));
         }
       }
     } else {  // kPerGroup: a group is G / V consecutive slots, owned by aligned consecutive lanes
