@@ -39,7 +39,7 @@ namespace dev {
 #define FK_PIPELINE 0
 #endif
 #ifndef FK_STREAMING  // throughput variant: cache-streaming hints on the row's loads and the stores
-#define FK_STREAMING 1
+#define FK_STREAMING 0  // measured mixed (BENCHMARKS.md, item 11): off
 #endif
 #ifndef FK_MIN_BLOCKS  // throughput variant: __launch_bounds__ minimum blocks of kMaxThreads per SM
 #define FK_MIN_BLOCKS 2
