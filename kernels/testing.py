@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from fusion_kernels.reference import FP8_DTYPES
+from fusion_kernels.reference import FP8_DTYPES, ue8m0_ceil
 
 #: Relative tolerance for fp32 dynamic scales: the absmax is taken of the normalized row, which
 #: may differ from the reference's by two roundings of the input dtype (see ACT_TOL).
@@ -54,7 +54,8 @@ def assert_quant_close(
     """Every element within one step of ``expected``; at most ``max_fraction`` of them off.
 
     ``scales`` (actual, expected; broadcastable to the output): elements whose dynamic scales
-    differ are compared dequantized, within a step of each grid (see below).
+    differ are compared dequantized, within a step of each grid (see below); ``same_scale``
+    then defaults to where they are equal.
 
     ``same_scale`` (bool, broadcastable to the output) restricts the fraction bound to elements
     whose dynamic scale equals the reference's exactly: where the scale itself differs (within
@@ -64,11 +65,13 @@ def assert_quant_close(
     if d.numel() == 0:
         return
     if scales is not None:
+        if same_scale is None:
+            same_scale = _equal_or_both_nan(*scales)
         # Where the scales differ the two q grids differ (with UE8M0 scales by a factor of two:
         # a whole binade of FP8 steps), so those elements are compared dequantized instead: each
         # is within half a step of its own grid from (almost) the same value.
         sa, se = (t.float().expand(actual.shape) for t in scales)
-        differ = (sa != se) & ~(torch.isnan(sa) & torch.isnan(se))
+        differ = ~_equal_or_both_nan(sa, se)
         if bool(differ.any()):
             qa, qe = actual[differ].float(), expected[differ].float()
             da, de = qa * sa[differ], qe * se[differ]
@@ -107,23 +110,22 @@ def _grid_step(q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The spacing of ``dtype``'s grid at the (float) values ``q``."""
     if dtype == torch.int8:
         return torch.ones_like(q)
-    min_normal_exp = -6 if dtype == torch.float8_e4m3fn else -7  # e4m3fnuz: bias 8
-    e = torch.floor(torch.log2(q.abs().clamp(min=2.0**min_normal_exp)))
-    return torch.exp2(e - 3)  # three mantissa bits
+    fi = torch.finfo(dtype)
+    return torch.exp2(torch.floor(torch.log2(q.abs().clamp(min=fi.smallest_normal)))) * fi.eps
+
+
+def _equal_or_both_nan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a == b) | (torch.isnan(a) & torch.isnan(b))
 
 
 def scale_mask(actual_scales: torch.Tensor, expected_scales: torch.Tensor, q_shape: torch.Size) -> torch.Tensor:
     """Per quantized element: does its scale equal the reference's bit for bit?"""
-    eq = (actual_scales == expected_scales) | (torch.isnan(actual_scales) & torch.isnan(expected_scales))
-    groups = eq.shape[-1]
-    if groups == 1:
-        return eq
-    return eq.repeat_interleave(q_shape[-1] // groups, dim=-1)
+    return _equal_or_both_nan(*(_scale_per_element(t, q_shape) for t in (actual_scales, expected_scales)))
 
 
 def _is_pow2(t: torch.Tensor) -> torch.Tensor:
-    m, _ = torch.frexp(t)
-    return (m == 0.5) & torch.isfinite(t)
+    """Positive finite powers of two: the values UE8M0 rounding leaves alone."""
+    return torch.isfinite(t) & (t > 0) & (ue8m0_ceil(t) == t)
 
 
 def _accept_ue8m0_flips(
@@ -195,10 +197,9 @@ def assert_outputs_match(op_name: str, actual, expected, input_dtype: torch.dtyp
     if isinstance(expected, torch.Tensor):
         actual, expected = (actual,), (expected,)
     assert len(actual) == len(expected) == len(kinds), f"{op_name}: {len(actual)} outputs, expected {len(kinds)}"
-    same_scale = scales = None
+    scales = None
     if "scales" in kinds:
         si = kinds.index("scales")
-        same_scale = scale_mask(actual[si], expected[si], expected[0].shape)
         scales = tuple(_scale_per_element(t, expected[0].shape) for t in (actual[si], expected[si]))
     for i, (a, e, kind) in enumerate(zip(actual, expected, kinds)):
         what = f"{op_name} output {i} ({kind})"
@@ -206,7 +207,7 @@ def assert_outputs_match(op_name: str, actual, expected, input_dtype: torch.dtyp
         assert a.shape == e.shape, f"{what}: shape {tuple(a.shape)} vs {tuple(e.shape)}"
         if kind == "q":
             assert a.is_contiguous(), f"{what} is not contiguous"
-            assert_quant_close(a, e, max_fraction, what=what, same_scale=same_scale, scales=scales)
+            assert_quant_close(a, e, max_fraction, what=what, scales=scales)
         elif kind == "scales":
             a = _accept_ue8m0_flips(a, e, actual[0], expected[0], input_dtype)
             assert_scales_close(a, e, input_dtype, what=what)
