@@ -16,7 +16,7 @@ reaching the largest benchmarked count (16384) stays open above. A missing key m
 faster": not rewritten. A site whose token count is symbolic uses its size hint.
 ``benchmarks/bench_kernels.py --policy`` derives this table from a run's ``bench.json``.
 
-Source: benchmarks/results/h100-2026-11-22 (BENCHMARKS.md), H100 80GB HBM3, torch 2.11.0+cu130.
+Source: benchmarks/results/h100-2026-11-22-warm (BENCHMARKS.md), H100 80GB HBM3, torch 2.11.0+cu130.
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ NATIVE_MODES = ("auto", "always", "never")
 TokenRanges = tuple[tuple[int, int | None], ...]
 
 MEASURED_FASTER: dict[tuple[str, str, str, bool], TokenRanges] = {
-    ("cuda", "sm_90", "fp8_static", False): ((1, 4096),),
-    ("cuda", "sm_90", "fp8_static", True): ((128, 128), (16384, None)),
+    ("cuda", "sm_90", "fp8_static", False): ((16, None),),
+    ("cuda", "sm_90", "fp8_static", True): ((16, 128), (16384, None)),
     ("cuda", "sm_90", "fp8_per_token", False): ((1, None),),
-    ("cuda", "sm_90", "fp8_per_token", True): ((1, 1024),),
+    ("cuda", "sm_90", "fp8_per_token", True): ((1, 1024), (16384, None)),
     ("cuda", "sm_90", "fp8_group128", False): ((1, None),),
     ("cuda", "sm_90", "fp8_group128", True): ((1, None),),
     ("cuda", "sm_90", "fp8_group64", False): ((1, None),),
-    ("cuda", "sm_90", "int8_static", False): ((16, 4096),),
+    ("cuda", "sm_90", "int8_static", False): ((16, 128), (4096, 4096)),
     ("cuda", "sm_90", "int8_per_token", False): ((1, None),),
 }
 

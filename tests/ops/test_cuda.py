@@ -79,11 +79,12 @@ def test_every_output_element_is_written(op_name):
             assert torch.equal(a, b), f"{op_name} {tokens}x{hidden}: an output element was not written"
 
 
-@pytest.mark.parametrize("hidden", [4096, 7168])
+@pytest.mark.parametrize("hidden", [4096, 7168, 16384])
 @pytest.mark.parametrize("op_name", [n for n in OP_NAMES if "quant" in n])
 def test_batch_invariance(op_name, hidden):
-    """A row's outputs do not depend on the batch it is computed in: alone, among 7, among 16384
-    (few rows and many rows run different kernel variants: same arithmetic, same bits)."""
+    """A row's outputs do not depend on the batch it is computed in: alone, among 7, among 200,
+    among 16384 (few rows and many rows run different kernel variants, and change the rows per
+    block: same arithmetic, same bits)."""
     kw = _kw(op_name, hidden)
     big = make_args(op_name, (16384,), hidden, torch.bfloat16, "cuda", **kw)
     picks = [0, 3, 6]
@@ -98,10 +99,13 @@ def test_batch_invariance(op_name, hidden):
 
     full = rows_of(getattr(ops, op_name)(*big), picks)
     seven = rows_of(getattr(ops, op_name)(*take(big, slice(0, 7))), picks)
+    mid = rows_of(getattr(ops, op_name)(*take(big, slice(0, 200))), picks)
     for i, row in enumerate(picks):
         alone = rows_of(getattr(ops, op_name)(*take(big, slice(row, row + 1))), [0])
-        for a, b, c in zip(full, seven, alone):
-            assert torch.equal(a[i], b[i]) and torch.equal(a[i], c[0]), f"{op_name}: row {row} depends on the batch"
+        for a, b, c, d in zip(full, seven, alone, mid):
+            assert torch.equal(a[i], b[i]) and torch.equal(a[i], c[0]) and torch.equal(a[i], d[i]), (
+                f"{op_name}: row {row} depends on the batch"
+            )
 
 
 def test_more_than_2_pow_31_elements():
