@@ -188,6 +188,14 @@ def min_bytes(cell: Cell) -> int:
 # --- inputs and checks --------------------------------------------------------------------------
 
 
+def input_sets(cell: Cell) -> int:
+    """How many input sets the timer rotates over: enough that together they are 3x the L2, so
+    no call finds its inputs there (at most 1000: T = 1 inputs stay L2-resident)."""
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    input_bytes = cell.tokens * cell.hidden * DTYPE.itemsize * (2 if cell.spec[2] else 1)
+    return int(min(1000, max(2, math.ceil(3 * l2 / max(input_bytes, 1)))))
+
+
 def make_inputs(cell: Cell, sets: int, seed: int = 0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     t, h = cell.tokens, cell.hidden
@@ -335,13 +343,10 @@ def warm_inductor(cell_list: list[Cell], modes, workers: int, autotune_tokens=No
 
 
 def run(cell_list: list[Cell], modes, bandwidth: float, log, autotune_tokens=None, on_row=None) -> list[dict]:
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
     results = []
     for cell in cell_list:
         nbytes = min_bytes(cell)
-        input_bytes = cell.tokens * cell.hidden * DTYPE.itemsize * (2 if cell.spec[2] else 1)
-        sets = int(min(1000, max(2, math.ceil(3 * l2 / max(input_bytes, 1)))))
-        xs, rs, w, s = make_inputs(cell, sets)
+        xs, rs, w, s = make_inputs(cell, input_sets(cell))
         est = nbytes / bandwidth + 2e-6
         fused, unfused = ours_fns(cell)
         variants = {"fused": fused, "unfused": unfused, "eager": native_fn(cell)}

@@ -6,7 +6,6 @@
     python benchmarks/roofline.py
 """
 
-import math
 import sys
 from pathlib import Path
 
@@ -24,7 +23,6 @@ def main() -> None:
     fusion_kernels.load(strict=True)
     bw = bk.copy_bandwidth()
     print(f"copy bandwidth {bw / 1e12:.3f} TB/s")
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
     inv = torch.tensor(448.0 / 4.0, device="cuda")
 
     def cast_scaled(x, r, w, s):
@@ -40,8 +38,7 @@ def main() -> None:
             for residual in (False, True):
                 cell = bk.Cell("static+res" if residual else "static", hidden, tokens)
                 n = tokens * hidden
-                sets = int(min(1000, max(2, math.ceil(3 * l2 / (n * 2 * (2 if residual else 1))))))
-                xs, rs, w, s = bk.make_inputs(cell, sets)
+                xs, rs, w, s = bk.make_inputs(cell, bk.input_sets(cell))
                 if residual:
                     variants = {"Inductor add + cast (r4 w3)": (compiled["add"], 7 * n),
                                 "aten add (r4 w2)": (lambda x, r, w, s: (x + r,), 6 * n)}  # fmt: skip

@@ -43,8 +43,6 @@ def parse_cells(text: str) -> list[tuple[str, int, int]]:
 
 
 def time_library(lib: str, cells: list[tuple[str, int, int]]) -> list[dict]:
-    import math
-
     import torch
 
     sys.path.insert(0, str(HERE))
@@ -52,13 +50,10 @@ def time_library(lib: str, cells: list[tuple[str, int, int]]) -> list[dict]:
 
     torch.ops.load_library(lib)
     bw = bk.copy_bandwidth()
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
     out = []
     for case, hidden, tokens in cells:
         cell = bk.Cell(case, hidden, tokens)
-        input_bytes = tokens * hidden * 2 * (2 if cell.spec[2] else 1)
-        sets = int(min(1000, max(2, math.ceil(3 * l2 / input_bytes))))
-        xs, rs, w, s = bk.make_inputs(cell, sets)
+        xs, rs, w, s = bk.make_inputs(cell, bk.input_sets(cell))
         fused, _ = bk.ours_fns(cell)
         bk.check(cell, "fused", fused(xs[0], rs[0], w, s), xs[0], rs[0], w, s)
         t = bk.time_graph(fused, xs, rs, w, s, bk.min_bytes(cell) / bw + 2e-6)
