@@ -80,6 +80,8 @@ void check_input(const char* op, const Tensor& input) {
            "input must be float32, float16 or bfloat16, got ", name_of(st));
   FK_CHECK(input.dim() >= 1, op, "input must have at least one dimension (the hidden dim), got a 0-dim tensor");
   FK_CHECK(input.size(-1) > 0, op, "input's hidden size (last dim) must be > 0, got 0");
+  FK_CHECK(input.size(-1) <= kMaxHidden, op, "input's hidden size (last dim) must be at most ", kMaxHidden, ", got ",
+           input.size(-1));
   FK_CHECK(input.stride(-1) == 1 || input.size(-1) == 1, op,
            "input's last dim must be contiguous (stride 1), got stride ", input.stride(-1));
 }

@@ -50,9 +50,12 @@ inline int element_size(DType d) {
   }
 }
 
+// The largest hidden size: offsets within a row are 32-bit in the GPU kernels.
+constexpr int64_t kMaxHidden = int64_t{1} << 30;
+
 struct RowOpParams {
   int64_t rows = 0;
-  int64_t hidden = 0;
+  int64_t hidden = 0;  // 1 .. kMaxHidden
   DType in_dtype = DType::kFloat32;
 
   const void* input = nullptr;  // [rows, hidden], last dim contiguous

@@ -146,6 +146,26 @@ __device__ __forceinline__ bf162_t mul_round(bf162_t a, bf162_t b) {
 }
 __device__ __forceinline__ fp162_t mul_round(fp162_t a, fp162_t b) { return __hmul2(a, b); }
 
+// max(a, b) per lane, NaN-propagating.
+__device__ __forceinline__ bf162_t max_nan(bf162_t a, bf162_t b) {
+#if FK_HIP
+  const float2 fa = __bfloat1622float2(a), fb = __bfloat1622float2(b);
+  auto m = [](float x, float y) { return (x != x || x > y) ? x : y; };
+  return __float22bfloat162_rn(make_float2(m(fa.x, fb.x), m(fa.y, fb.y)));
+#else
+  return __hmax2_nan(a, b);
+#endif
+}
+__device__ __forceinline__ fp162_t max_nan(fp162_t a, fp162_t b) {
+#if FK_HIP
+  const float2 fa = __half22float2(a), fb = __half22float2(b);
+  auto m = [](float x, float y) { return (x != x || x > y) ? x : y; };
+  return __float22half2_rn(make_float2(m(fa.x, fb.x), m(fa.y, fb.y)));
+#else
+  return __hmax2_nan(a, b);
+#endif
+}
+
 // max(|a|, acc) per lane, NaN-propagating (a NaN in the row makes the row's scale NaN).
 __device__ __forceinline__ bf162_t abs_max_nan(bf162_t a, bf162_t acc) {
 #if FK_HIP
@@ -163,6 +183,21 @@ __device__ __forceinline__ fp162_t abs_max_nan(fp162_t a, fp162_t acc) {
   return __float22half2_rn(make_float2(m(fa.x, fc.x), m(fa.y, fc.y)));
 #else
   return __hmax2_nan(__habs2(a), acc);
+#endif
+}
+
+// 1 / s correctly rounded, for s in [2^-126, 2^126] or +Inf or NaN (a quantization scale):
+// the hardware approximation and one Newton step, the fast path of rcp.rn without its range
+// check and slow-path call (checked against rcp.rn for every such float).
+__device__ __forceinline__ float rcp_scale(float s) {
+#if FK_HIP
+  return __frcp_rn(s);
+#else
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(s));
+  const float e = __fmaf_rn(r, s, -1.0f);
+  const float r1 = __fmaf_rn(-e, r, r);
+  return s == INFINITY ? 0.0f : r1;
 #endif
 }
 
@@ -211,20 +246,46 @@ __device__ __forceinline__ uint16_t to_e4m3fnuz_x2(float2 v) {
 #endif
 }
 
-// Round to nearest even and saturate to [-128, 127]; NaN -> 0.
-__device__ __forceinline__ uint8_t to_int8(float v) {
+// Round to nearest even and saturate to [-128, 127]; NaN -> 0. The result is in the low byte.
+__device__ __forceinline__ uint32_t to_int8(float v) {
 #if FK_HIP
   const float c = v > 127.0f ? 127.0f : (v < -128.0f ? -128.0f : v);
-  return (c != c) ? uint8_t(0) : static_cast<uint8_t>(static_cast<int8_t>(__float2int_rn(c)));
+  return (c != c) ? 0u : static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(__float2int_rn(c))));
 #else
-  uint16_t r;
-  asm("cvt.rni.sat.s8.f32 %0, %1;" : "=h"(r) : "f"(v));
-  return static_cast<uint8_t>(r);
+  uint32_t r;  // a register wider than the instruction type is allowed for cvt
+  asm("cvt.rni.sat.s8.f32 %0, %1;" : "=r"(r) : "f"(v));
+  return r;
 #endif
 }
 
-__device__ __forceinline__ uint16_t to_int8_x2(float2 v) {
-  return static_cast<uint16_t>(to_int8(v.x) | (uint16_t(to_int8(v.y)) << 8));
+// Byte packing with one byte permute per step (building the word through 8- or 16-bit stores
+// lets the compiler emit masks and shifts per byte).
+__device__ __forceinline__ uint32_t pack_low_halves(uint32_t lo, uint32_t hi) { return __byte_perm(lo, hi, 0x5410); }
+__device__ __forceinline__ uint32_t pack_low_bytes(uint32_t b0, uint32_t b1, uint32_t b2, uint32_t b3) {
+  return pack_low_halves(__byte_perm(b0, b1, 0x0040), __byte_perm(b2, b3, 0x0040));
+}
+
+// Four values converted and packed into one word (byte k = value k).
+__device__ __forceinline__ uint32_t to_e4m3fn_x4(float a, float b, float c, float d) {
+#if !FK_HIP && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  // Two packed conversions joined in registers (the intrinsic's 16-bit result gets masked first).
+  uint32_t r;
+  asm("{ .reg .b16 lo, hi;\n"
+      "  cvt.rn.satfinite.e4m3x2.f32 lo, %2, %1;\n"
+      "  cvt.rn.satfinite.e4m3x2.f32 hi, %4, %3;\n"
+      "  mov.b32 %0, {lo, hi}; }"
+      : "=r"(r)
+      : "f"(a), "f"(b), "f"(c), "f"(d));
+  return r;
+#else
+  return pack_low_halves(to_e4m3fn_x2(make_float2(a, b)), to_e4m3fn_x2(make_float2(c, d)));
+#endif
+}
+__device__ __forceinline__ uint32_t to_e4m3fnuz_x4(float a, float b, float c, float d) {
+  return pack_low_halves(to_e4m3fnuz_x2(make_float2(a, b)), to_e4m3fnuz_x2(make_float2(c, d)));
+}
+__device__ __forceinline__ uint32_t to_int8_x4(float a, float b, float c, float d) {
+  return pack_low_bytes(to_int8(a), to_int8(b), to_int8(c), to_int8(d));
 }
 
 }  // namespace dev

@@ -130,7 +130,10 @@ void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t
 #if !FK_HIP
   // Programmatic dependent launch for the latency variant only: it takes ~0.5 µs off a call of a
   // few rows; on grids of many waves it measured no gain (and a loss with a residual).
-  if (WREGS && pdl_enabled(device)) {
+#ifndef FK_PDL_ALL  // programmatic dependent launch for the throughput variant too
+#define FK_PDL_ALL 1
+#endif
+  if ((WREGS || FK_PDL_ALL) && pdl_enabled(device)) {
     cudaLaunchConfig_t config = {};
     config.gridDim = dim3(static_cast<unsigned>(grid));
     config.blockDim = block;

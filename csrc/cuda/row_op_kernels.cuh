@@ -41,12 +41,27 @@ namespace dev {
 #ifndef FK_STREAMING  // throughput variant: cache-streaming hints on the row's loads and the stores
 #define FK_STREAMING 0  // measured mixed (BENCHMARKS.md, item 11): off
 #endif
+#ifndef FK_WEIGHT_LOADS  // throughput variant's norm weight: 0 per slot as used, 1 all slots at once after
+#define FK_WEIGHT_LOADS 0  // the row's reduction, 2 all at once before the block reduction
+#endif
 #ifndef FK_MIN_BLOCKS  // throughput variant: __launch_bounds__ minimum blocks of kMaxThreads per SM
-#define FK_MIN_BLOCKS 2
+#define FK_MIN_BLOCKS 2  // (2: 64 registers), for a residual or the static quant
+#endif
+#ifndef FK_MIN_BLOCKS_DYN  // the same for a dynamic quant (per-token, group) without a residual
+#define FK_MIN_BLOCKS_DYN 3  // (3: 40 registers)
+#endif
+#ifndef FK_WEIGHT_LOADS_STATIC  // FK_WEIGHT_LOADS for the static quant and the plain norm
+#define FK_WEIGHT_LOADS_STATIC 1
+#endif
+#ifndef FK_ROWS_BLOCK_THREADS  // block size when several rows share a block
+#define FK_ROWS_BLOCK_THREADS 128
+#endif
+#ifndef FK_FAST_SCALE_DIV  // dynamic scales: amax / qmax by a multiply and one fma correction
+#define FK_FAST_SCALE_DIV 1
 #endif
 constexpr int kMaxThreads = 512;  // per block; also the largest threads-per-row
 constexpr int kCachedSlots = FK_CACHED_SLOTS;  // 16-byte slots per thread kept in registers
-constexpr int kRowsBlockThreads = 256;  // block size when several rows share a block
+constexpr int kRowsBlockThreads = FK_ROWS_BLOCK_THREADS;
 
 enum class OutKind { kPlain, kE4m3fn, kE4m3fnuz, kInt8 };
 
@@ -72,7 +87,7 @@ struct ChunkOf<1> { using type = uint8_t; };
 // caller proved alignment, else element by element within `limit`. STREAM: data touched once
 // (cache-streaming hint).
 template <bool ALIGNED, bool STREAM = false, typename U, int N>
-__device__ __forceinline__ void load_pack(const U* base, int64_t start, int64_t limit, Pack<U, N>& dst) {
+__device__ __forceinline__ void load_pack(const U* base, int start, int limit, Pack<U, N>& dst) {
   if constexpr (ALIGNED) {
     constexpr int BYTES = N * sizeof(U);
     constexpr int CB = BYTES >= 16 ? 16 : BYTES;
@@ -88,7 +103,7 @@ __device__ __forceinline__ void load_pack(const U* base, int64_t start, int64_t 
 }
 
 template <bool ALIGNED, bool STREAM = false, typename U, int N>
-__device__ __forceinline__ void store_pack(U* base, int64_t start, int64_t limit, const Pack<U, N>& src) {
+__device__ __forceinline__ void store_pack(U* base, int start, int limit, const Pack<U, N>& src) {
   if constexpr (ALIGNED) {
     constexpr int BYTES = N * sizeof(U);
     constexpr int CB = BYTES >= 16 ? 16 : BYTES;
@@ -158,22 +173,22 @@ struct QuantTraits;
 template <>
 struct QuantTraits<OutKind::kE4m3fn> {
   static constexpr float kMax = kFp8E4m3fnMax;
-  __device__ static uint16_t convert2(float2 v) { return to_e4m3fn_x2(v); }
+  __device__ static uint32_t convert4(float a, float b, float c, float d) { return to_e4m3fn_x4(a, b, c, d); }
 };
 template <>
 struct QuantTraits<OutKind::kE4m3fnuz> {
   static constexpr float kMax = kFp8E4m3fnuzMax;
-  __device__ static uint16_t convert2(float2 v) { return to_e4m3fnuz_x2(v); }
+  __device__ static uint32_t convert4(float a, float b, float c, float d) { return to_e4m3fnuz_x4(a, b, c, d); }
 };
 template <>
 struct QuantTraits<OutKind::kInt8> {
   static constexpr float kMax = kInt8Max;
-  __device__ static uint16_t convert2(float2 v) { return to_int8_x2(v); }
+  __device__ static uint32_t convert4(float a, float b, float c, float d) { return to_int8_x4(a, b, c, d); }
 };
 template <>
 struct QuantTraits<OutKind::kPlain> {
   static constexpr float kMax = 0.0f;
-  __device__ static uint16_t convert2(float2) { return 0; }
+  __device__ static uint32_t convert4(float, float, float, float) { return 0; }
 };
 
 // --- per-slot arithmetic ------------------------------------------------------------------
@@ -273,21 +288,25 @@ struct AbsMax<float> {
 
 template <OutKind OUT, typename T, int V>
 __device__ __forceinline__ Pack<uint8_t, V> quantize(const Pack<T, V>& y, float inv_scale) {
-  Pack<uint8_t, V> q;
-  uint16_t* q2 = reinterpret_cast<uint16_t*>(q.v);
+  static_assert(V % 4 == 0, "a slot quantizes into whole 32-bit words");
+  float f[V];
   if constexpr (kIs16<T>) {
     using P = typename Pair<T>::type;
     const P* y2 = reinterpret_cast<const P*>(y.v);
 #pragma unroll
     for (int p = 0; p < V / 2; ++p) {
-      const float2 f = to_float2(y2[p]);
-      q2[p] = QuantTraits<OUT>::convert2(make_float2(f.x * inv_scale, f.y * inv_scale));
+      const float2 g = to_float2(y2[p]);
+      f[2 * p] = g.x * inv_scale;
+      f[2 * p + 1] = g.y * inv_scale;
     }
   } else {
 #pragma unroll
-    for (int p = 0; p < V / 2; ++p)
-      q2[p] = QuantTraits<OUT>::convert2(make_float2(y.v[2 * p] * inv_scale, y.v[2 * p + 1] * inv_scale));
+    for (int k = 0; k < V; ++k) f[k] = y.v[k] * inv_scale;
   }
+  Pack<uint8_t, V> q;
+  uint32_t* q4 = reinterpret_cast<uint32_t*>(q.v);
+#pragma unroll
+  for (int k = 0; k < V / 4; ++k) q4[k] = QuantTraits<OUT>::convert4(f[4 * k], f[4 * k + 1], f[4 * k + 2], f[4 * k + 3]);
   return q;
 }
 
@@ -311,7 +330,7 @@ __device__ __forceinline__ void group_absmax(float (&v)[S], int width) {
           bits = shfl_xor_u32(bits, o);
           P other;
           __builtin_memcpy(&other, &bits, sizeof(bits));
-          m[k] = abs_max_nan(other, m[k]);
+          m[k] = max_nan(other, m[k]);  // both are absolute values already
         }
       }
     }
@@ -334,6 +353,34 @@ __device__ __forceinline__ void group_absmax(float (&v)[S], int width) {
 
 // --- the kernel ---------------------------------------------------------------------------
 
+// Register budget of each variant, as the minimum number of resident blocks of kMaxThreads
+// threads per SM in __launch_bounds__ (measured, BENCHMARKS.md): a residual row, and the static
+// quant with its weight loads batched, need 64 registers; per-token and group without a residual
+// fit in 40 with more blocks in flight.
+template <QuantMode Q, bool RES, bool WREGS>
+constexpr int min_blocks() {
+  if (WREGS) return 1;
+  if (RES || Q == QuantMode::kStatic || Q == QuantMode::kNone) return FK_MIN_BLOCKS;
+  return FK_MIN_BLOCKS_DYN;
+}
+
+// a / qmax, correctly rounded, for the scales (a >= kGroupAbsmaxFloor, +Inf or NaN): the
+// product with the rounded reciprocal is within an ulp of the quotient, and one fma correction
+// step (Markstein) rounds it correctly; checked against div.rn for every such float.
+template <OutKind OUT>
+__device__ __forceinline__ float div_by_qmax(float a) {
+#if FK_FAST_SCALE_DIV
+  constexpr float c = QuantTraits<OUT>::kMax;
+  constexpr float y = 1.0f / c;
+  const float q = __fmul_rn(a, y);
+  const float r = fmaf(-q, c, a);
+  const float q1 = fmaf(r, y, q);
+  return a == INFINITY ? a : q1;
+#else
+  return __fdiv_rn(a, QuantTraits<OUT>::kMax);
+#endif
+}
+
 // Two variants of the register-cached normalizing kernel, identical in arithmetic (so in
 // results): the latency variant (WREGS) loads the norm weight into registers together with the
 // row, which saves a dependent round trip when there are few rows; the throughput variant re-reads
@@ -341,7 +388,7 @@ __device__ __forceinline__ void group_absmax(float (&v)[S], int width) {
 // more rows' loads, are in flight per SM. The launcher picks by the size of the grid.
 template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES, bool ALIGNED, bool CACHED,
           bool WREGS = false>
-__global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op_kernel(const RowOpParams p) {
+__global__ void __launch_bounds__(kMaxThreads, min_blocks<Q, RES, WREGS>()) row_op_kernel(const RowOpParams p) {
   constexpr int V = 16 / sizeof(T);
   constexpr int S = CACHED ? kCachedSlots : 1;  // slots held in registers
   using TPack = Pack<T, V>;
@@ -353,10 +400,10 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
 
   const int tpr = blockDim.x;
   const int lane = threadIdx.x;
-  const int64_t H = p.hidden;
-  const int64_t nslots = (H + V - 1) / V;
-  const int loops = CACHED ? S : static_cast<int>((nslots + tpr - 1) / tpr);
-  constexpr bool has_res = RES;
+  // In-row offsets are 32-bit (the host checks H <= kMaxHidden): fewer registers per slot.
+  const int H = static_cast<int>(p.hidden);
+  const int nslots = (H + V - 1) / V;
+  const int loops = CACHED ? S : (nslots + tpr - 1) / tpr;
   // Only the aligned register-cached path prefetches (the element-wise path would spill).
   constexpr bool PIPE = CACHED && ALIGNED && FK_PIPELINE;
   const T* __restrict__ in_base = static_cast<const T*>(p.input);
@@ -379,7 +426,7 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
   if constexpr (WREGS) {
 #pragma unroll
     for (int i = 0; i < S; ++i) {
-      const int64_t slot = lane + static_cast<int64_t>(i) * tpr;
+      const int slot = lane + i * tpr;
       if (slot < nslots) load_pack<ALIGNED>(w_base, slot * V, H, wc[i]);
     }
   }
@@ -394,7 +441,7 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
     const T* rr = res_base + row_ * p.residual_row_stride;
 #pragma unroll
     for (int i = 0; i < S; ++i) {
-      const int64_t slot = lane + static_cast<int64_t>(i) * tpr;
+      const int slot = lane + i * tpr;
       if (slot < nslots) {
         load_pack<ALIGNED>(xr, slot * V, H, xd[i]);
         if constexpr (RES) load_pack<ALIGNED>(rr, slot * V, H, rd[i]);
@@ -411,7 +458,7 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
     T* res_out = static_cast<T*>(p.residual_out) + row * H;
 
     // r = T(x + residual), optionally written out as the new residual.
-    auto load_row_slot = [&](int64_t slot, TPack& r, bool write_res) {
+    auto load_row_slot = [&](int slot, TPack& r, bool write_res) {
       load_pack<ALIGNED>(x, slot * V, H, r);
       if constexpr (RES) {
         TPack rs;
@@ -423,6 +470,17 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
 
     TPack rows_cache[S];
     float inv = 1.0f;
+    // The throughput variant's norm weight: all of a thread's slots requested at once (one round
+    // trip, not one per slot), before (FK_WEIGHT_EARLY) or after the row's reduction.
+    constexpr int kWeightLoads = (Q == QuantMode::kStatic || Q == QuantMode::kNone) ? FK_WEIGHT_LOADS_STATIC : FK_WEIGHT_LOADS;
+    WPack wv[CACHED && NORM && !WREGS && kWeightLoads ? S : 1];
+    auto load_weights = [&]() {
+#pragma unroll
+      for (int i = 0; i < S; ++i) {
+        const int slot = lane + i * tpr;
+        if (slot < nslots) load_pack<ALIGNED>(w_base, slot * V, H, wv[i]);
+      }
+    };
     if constexpr (CACHED) {
       TPack res_cache[RES ? S : 1];
       if constexpr (PIPE) {
@@ -436,7 +494,7 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
         // Issue every load of the row before using any of it (one memory latency per row).
 #pragma unroll
         for (int i = 0; i < S; ++i) {
-          const int64_t slot = lane + static_cast<int64_t>(i) * tpr;
+          const int slot = lane + i * tpr;
           if (valid && slot < nslots) {
             load_pack<ALIGNED, STRM>(x, slot * V, H, rows_cache[i]);
             if constexpr (RES) load_pack<ALIGNED, STRM>(res, slot * V, H, res_cache[i]);
@@ -446,7 +504,7 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
       float acc0 = 0.0f, acc1 = 0.0f;
 #pragma unroll
       for (int i = 0; i < S; ++i) {
-        const int64_t slot = lane + static_cast<int64_t>(i) * tpr;
+        const int slot = lane + i * tpr;
         if (valid && slot < nslots) {
           if constexpr (RES) {
             add_residual(rows_cache[i], res_cache[i]);
@@ -456,13 +514,14 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
         }
       }
       if constexpr (NORM) {
+        if constexpr (!WREGS && kWeightLoads == 2) load_weights();
         const float sumsq = row_reduce<false>(acc0 + acc1, red_sum);
         inv = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, static_cast<float>(H)), p.epsilon)));
       }
     } else if constexpr (NORM) {
       float acc0 = 0.0f, acc1 = 0.0f;
       for (int j = 0; j < loops; ++j) {
-        const int64_t slot = lane + static_cast<int64_t>(j) * tpr;
+        const int slot = lane + j * tpr;
         if (valid && slot < nslots) {
           load_row_slot(slot, rows_cache[0], true);
           accumulate_squares(rows_cache[0], acc0, acc1);
@@ -473,7 +532,7 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
     }
 
     // y of a slot: in the cached path computed once into rows_cache, else recomputed from memory.
-    auto y_slot_uncached = [&](int64_t slot, TPack& y) {
+    auto y_slot_uncached = [&](int slot, TPack& y) {
       load_row_slot(slot, y, !NORM);
       if constexpr (NORM) {
         WPack w;
@@ -482,12 +541,15 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
       }
     };
     if constexpr (CACHED && NORM) {
+      if constexpr (!WREGS && kWeightLoads == 1) load_weights();
 #pragma unroll
       for (int i = 0; i < S; ++i) {
-        const int64_t slot = lane + static_cast<int64_t>(i) * tpr;
+        const int slot = lane + i * tpr;
         if (valid && slot < nslots) {
           if constexpr (WREGS) {
             normalize(rows_cache[i], inv, wc[i]);
+          } else if constexpr (kWeightLoads) {
+            normalize(rows_cache[i], inv, wv[i]);
           } else {
             WPack w;
             load_pack<ALIGNED>(w_base, slot * V, H, w);
@@ -496,7 +558,7 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
         }
       }
     }
-    auto get_y = [&](int i, int64_t slot, TPack& y) {
+    auto get_y = [&](int i, int slot, TPack& y) {
       if constexpr (CACHED) {
         y = rows_cache[i];
       } else {
@@ -508,7 +570,7 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
 #pragma unroll
       for (int i = 0; i < (CACHED ? S : 1); ++i)
         for (int j = CACHED ? i : 0; j < (CACHED ? i + 1 : loops); ++j) {
-          const int64_t slot = lane + static_cast<int64_t>(j) * tpr;
+          const int slot = lane + j * tpr;
           if (valid && slot < nslots) {
             TPack y;
             get_y(i, slot, y);
@@ -524,7 +586,7 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
 #pragma unroll
         for (int i = 0; i < (CACHED ? S : 1); ++i)
           for (int j = CACHED ? i : 0; j < (CACHED ? i + 1 : loops); ++j) {
-            const int64_t slot = lane + static_cast<int64_t>(j) * tpr;
+            const int slot = lane + j * tpr;
             if (valid && slot < nslots) {
               TPack y;
               get_y(i, slot, y);
@@ -534,16 +596,18 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
         const float amax = row_reduce<true>(am.value(), red_max);
         const float ub = p.scale_ub != nullptr ? *p.scale_ub : 0.0f;
         const float a = (p.scale_ub != nullptr && amax > ub) ? ub : amax;
-        const float min_scale = __frcp_rn(qmax * kPerTokenMinScaleFactor);
-        float scale = __fdiv_rn(a, qmax);
+        constexpr float min_scale = 1.0f / (qmax * kPerTokenMinScaleFactor);  // qmax * 512 is exact
+        // a / qmax is exact-rounded by div_by_qmax for a >= 1e-10; below that the quotient is far
+        // under min_scale either way. The scale is then within rcp_scale's range (or Inf / NaN).
+        float scale = div_by_qmax<OUT>(a);
         scale = scale < min_scale ? min_scale : scale;
         if (valid && lane == 0) p.scales[row * p.scale_row_stride] = scale;
-        inv_scale = __frcp_rn(scale);
+        inv_scale = rcp_scale(scale);
       }
 #pragma unroll
       for (int i = 0; i < (CACHED ? S : 1); ++i)
         for (int j = CACHED ? i : 0; j < (CACHED ? i + 1 : loops); ++j) {
-          const int64_t slot = lane + static_cast<int64_t>(j) * tpr;
+          const int slot = lane + j * tpr;
           if (valid && slot < nslots) {
             TPack y;
             get_y(i, slot, y);
@@ -556,7 +620,7 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
       float amax[S];
 #pragma unroll
       for (int i = 0; i < S; ++i) {
-        const int64_t slot = lane + static_cast<int64_t>(i) * tpr;
+        const int slot = lane + i * tpr;
         AbsMax<T> am;
         if (valid && slot < nslots) am.add(rows_cache[i]);
         amax[i] = am.value();
@@ -568,17 +632,21 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
 #pragma unroll
       for (int i = 0; i < S; ++i) {
         const float a = amax[i] < kGroupAbsmaxFloor ? kGroupAbsmaxFloor : amax[i];
-        scale[i] = __fdiv_rn(a, qmax);
-        if (p.scale_ue8m0) scale[i] = ue8m0_ceil(scale[i]);
+        scale[i] = div_by_qmax<OUT>(a);
       }
+      if (p.scale_ue8m0) {
+#pragma unroll
+        for (int i = 0; i < S; ++i) scale[i] = ue8m0_ceil(scale[i]);
+      }
+      float* const row_scales = p.scales + row * p.scale_row_stride;
 #pragma unroll
       for (int i = 0; i < S; ++i) {
-        const int64_t slot = lane + static_cast<int64_t>(i) * tpr;
+        const int slot = lane + i * tpr;
         if (valid && slot < nslots) {
           if ((slot & (lanes_per_group - 1)) == 0)
-            p.scales[row * p.scale_row_stride + (slot >> group_shift) * p.scale_group_stride] = scale[i];
+            row_scales[(slot >> group_shift) * p.scale_group_stride] = scale[i];
           store_pack<ALIGNED, STRM>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H,
-                                    quantize<OUT>(rows_cache[i], __frcp_rn(scale[i])));
+                                    quantize<OUT>(rows_cache[i], rcp_scale(scale[i])));
         }
       }
     } else {  // kPerGroup: a group is G / V consecutive slots, owned by aligned consecutive lanes
@@ -587,7 +655,7 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
 #pragma unroll
       for (int i = 0; i < (CACHED ? S : 1); ++i)
         for (int j = CACHED ? i : 0; j < (CACHED ? i + 1 : loops); ++j) {
-          const int64_t slot = lane + static_cast<int64_t>(j) * tpr;
+          const int slot = lane + j * tpr;
           const bool active = valid && slot < nslots;
           TPack y;
           AbsMax<T> am;
@@ -598,11 +666,11 @@ __global__ void __launch_bounds__(kMaxThreads, WREGS ? 1 : FK_MIN_BLOCKS) row_op
           const float amax = lanes_reduce<true>(am.value(), lanes_per_group);  // the whole warp takes part
           if (active) {
             const float a = amax < kGroupAbsmaxFloor ? kGroupAbsmaxFloor : amax;
-            float scale = __fdiv_rn(a, qmax);
+            float scale = div_by_qmax<OUT>(a);
             if (p.scale_ue8m0) scale = ue8m0_ceil(scale);
             if ((slot & (lanes_per_group - 1)) == 0)
               p.scales[row * p.scale_row_stride + (slot >> group_shift) * p.scale_group_stride] = scale;
-            store_pack<ALIGNED>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H, quantize<OUT>(y, __frcp_rn(scale)));
+            store_pack<ALIGNED>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H, quantize<OUT>(y, rcp_scale(scale)));
           }
         }
     }

@@ -172,8 +172,8 @@ def test_back_to_back_dependent_calls(tokens):
 
 
 def test_plain_launch_matches(tmp_path):
-    """FUSION_KERNELS_PDL=0 (ordinary launches) gives the same bits as the default (200 rows: a
-    launch of few rows, the one that uses programmatic dependent launch)."""
+    """FUSION_KERNELS_PDL=0 (ordinary launches) gives the same bits as the default programmatic
+    dependent launch (200 rows: the latency variant; 8192 rows: the throughput variant)."""
     import os
     import subprocess
     import sys
@@ -182,9 +182,11 @@ def test_plain_launch_matches(tmp_path):
         "import sys, torch, fusion_kernels\n"
         "fusion_kernels.load(strict=True)\n"
         "g = torch.Generator(device='cuda').manual_seed(3)\n"
-        "x = torch.randn(200, 7168, device='cuda', dtype=torch.bfloat16, generator=g)\n"
-        "w = torch.randn(7168, device='cuda', dtype=torch.bfloat16, generator=g)\n"
-        "out = torch.ops.fusion_kernels.rms_norm_per_token_group_quant(x, w, 1e-6, 128, False, False, torch.float8_e4m3fn)\n"
+        "out = []\n"
+        "for rows in (200, 8192):\n"
+        "    x = torch.randn(rows, 7168, device='cuda', dtype=torch.bfloat16, generator=g)\n"
+        "    w = torch.randn(7168, device='cuda', dtype=torch.bfloat16, generator=g)\n"
+        "    out += torch.ops.fusion_kernels.rms_norm_per_token_group_quant(x, w, 1e-6, 128, False, False, torch.float8_e4m3fn)\n"
         "torch.save([o.cpu() for o in out], sys.argv[1])\n"
     )
     results = []
@@ -196,3 +198,59 @@ def test_plain_launch_matches(tmp_path):
     for a, b in zip(*results):
         assert torch.equal(a.view(torch.uint8) if a.element_size() == 1 else a,
                            b.view(torch.uint8) if b.element_size() == 1 else b)  # fmt: skip
+
+
+def _positive_values(dtype):
+    """Every positive finite value of a 16-bit float and +Inf; for float32 a spread of 2^20."""
+    if dtype == torch.float32:
+        g = torch.Generator().manual_seed(5)
+        bits = torch.randint(1, 0x7F800000, (1 << 20,), generator=g, dtype=torch.int64)
+        edges = torch.tensor([1, 0x007FFFFF, 0x00800000, 0x2EDBE6FF, 0x2EDBE700, 0x7F7FFFFF, 0x7F800000])
+        return torch.cat([edges, bits]).to(torch.int32).view(torch.float32)
+    inf = torch.tensor([float("inf")], dtype=dtype)
+    top = 0x7F7F if dtype == torch.bfloat16 else 0x7BFF
+    return torch.cat([torch.arange(1, top + 1, dtype=torch.int16).view(dtype), inf])
+
+
+SCALE_OPS = {
+    # op: (arguments after the input, elements per scale)
+    "per_token_group_fp8_quant": (lambda qd: (64, False, False, qd), 64),
+    "dynamic_per_token_scaled_fp8_quant": (lambda qd: (None, qd), 4096),
+    "dynamic_scaled_int8_quant": (lambda qd: (), 4096),
+}
+
+
+@pytest.mark.parametrize(
+    "op_name, qdtype",
+    [
+        ("per_token_group_fp8_quant", torch.float8_e4m3fn),
+        ("per_token_group_fp8_quant", torch.float8_e4m3fnuz),
+        ("dynamic_per_token_scaled_fp8_quant", torch.float8_e4m3fn),
+        ("dynamic_scaled_int8_quant", torch.int8),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_scale_of_every_absmax(op_name, qdtype, dtype):
+    """A dynamic scale amax / qmax (computed by a multiply and an fma correction) and its
+    reciprocal (an approximation and a Newton step) round as div.rn and rcp.rn do for every absmax
+    a 16-bit input can have, and a spread of float32 ones; q follows from them."""
+    values = _positive_values(dtype)
+    args, per_scale = SCALE_OPS[op_name]
+    if per_scale == 4096:  # per-token: rows of 4096 with one absmax each
+        values = values[: 1 << 15]
+    width = 4096
+    slots = -(-values.numel() * per_scale // width) * (width // per_scale)
+    x = torch.zeros(slots, per_scale, dtype=dtype)
+    x[: values.numel(), 0] = values
+    x[: values.numel(), 1] = -values / 3  # a smaller second element of the other sign
+    x = x.reshape(-1, width).cuda()
+    out = getattr(ops, op_name)(x, *args(qdtype))
+    q, s = (t.cpu() for t in out)
+    # The reference on the CPU: there, a tensor divided by a number is divided (on CUDA, torch
+    # multiplies by the reciprocal instead, which is not the spec's rounding).
+    ref_q, ref_s = reference_of(op_name)(x.cpu(), *args(qdtype))
+    assert torch.equal(s.view(torch.int32), ref_s.view(torch.int32))
+    finite = torch.zeros(slots, dtype=torch.bool)  # an Inf quantizes to NaN
+    finite[: values.numel()] = torch.isfinite(values)
+    q, ref_q = (t.view(torch.uint8).reshape(-1, per_scale)[finite] for t in (q, ref_q))
+    assert torch.equal(q, ref_q)

@@ -98,13 +98,20 @@ BAD_INPUTS = [
     ("input", lambda x: x.to(torch.int32), "input must be float32, float16 or bfloat16"),
     ("input", lambda x: x.to(torch.float64), "input must be float32, float16 or bfloat16"),
     ("input", lambda x: torch.empty(4, 0, dtype=torch.bfloat16), "hidden size (last dim) must be > 0"),
+    (
+        "input",
+        lambda x: torch.empty(1, dtype=torch.bfloat16).expand(2, 2**30 + 1),  # no memory behind it
+        "hidden size (last dim) must be at most 1073741824",
+    ),
     ("input", lambda x: torch.randn(128, 4).to(torch.bfloat16).t(), "last dim must be contiguous"),
     ("input", lambda x: torch.tensor(1.0, dtype=torch.bfloat16), "at least one dimension"),
 ]
 
 
 @pytest.mark.parametrize("op_name", OP_NAMES)
-@pytest.mark.parametrize("replace, make, message", BAD_INPUTS, ids=["int32", "float64", "H0", "noncontig", "0dim"])
+@pytest.mark.parametrize(
+    "replace, make, message", BAD_INPUTS, ids=["int32", "float64", "H0", "Hhuge", "noncontig", "0dim"]
+)
 def test_bad_input_tensor(op_name, replace, make, message):
     with pytest.raises(RuntimeError, match=f"fusion_kernels.{op_name}: .*{re.escape(message)}"):
         _call(op_name, **{replace: make})
