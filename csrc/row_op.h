@@ -80,10 +80,6 @@ struct RowOpParams {
   int64_t scale_group_stride = 0;
   int64_t group_size = 0;
   bool scale_ue8m0 = false;  // kPerGroup: round scales up to a power of two
-
-  // Set by the GPU launcher: a block handling row r asks for the input (and residual) lines of
-  // row r + prefetch_rows to be brought into L2 (0: none).
-  int64_t prefetch_rows = 0;
 };
 
 }  // namespace fusion_kernels

@@ -95,15 +95,6 @@ __device__ __forceinline__ void store_streaming(C* p, const C& v) {
 #endif
 }
 
-// Asks for the cache line holding p to be brought into L2 (no register, no wait).
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-#if FK_HIP
-  (void)p;
-#else
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-#endif
-}
-
 // max(a, b) that propagates NaN (fmaxf would drop it): one instruction on sm_80+.
 __device__ __forceinline__ float max_nan(float a, float b) {
 #if FK_HIP

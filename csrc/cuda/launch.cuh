@@ -127,18 +127,6 @@ void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t
     const int64_t resident = static_cast<int64_t>(sm_count(device)) * resident_blocks_per_sm(kernel, shape.tpr * rpb, device);
     if (row_groups > resident) grid = resident;
   }
-#ifndef FK_DYN_SMEM  // tuning only: unused dynamic shared memory per block, to cap the blocks per SM
-#define FK_DYN_SMEM 0
-#endif
-#ifndef FK_PREFETCH_WAVES
-#define FK_PREFETCH_WAVES 1
-#endif
-  RowOpParams q = p;
-  if constexpr (FK_L2_PREFETCH && !WREGS && CACHED) {
-    // A block's successors run about one wave of resident blocks later.
-    const int64_t wave = static_cast<int64_t>(sm_count(device)) * resident_blocks_per_sm(kernel, shape.tpr * rpb, device);
-    if (row_groups > wave) q.prefetch_rows = FK_PREFETCH_WAVES * wave * rpb;
-  }
 #if !FK_HIP
   // Programmatic dependent launch for the latency variant only: it takes ~0.5 µs off a call of a
   // few rows; on grids of many waves it measured no gain (and a loss with a residual).
@@ -149,18 +137,18 @@ void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t
     cudaLaunchConfig_t config = {};
     config.gridDim = dim3(static_cast<unsigned>(grid));
     config.blockDim = block;
-    config.dynamicSmemBytes = WREGS ? 0 : FK_DYN_SMEM;
+    config.dynamicSmemBytes = 0;
     config.stream = stream;
     cudaLaunchAttribute attribute[1];
     attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attribute[0].val.programmaticStreamSerializationAllowed = 1;
     config.attrs = attribute;
     config.numAttrs = 1;
-    check_cuda(cudaLaunchKernelEx(&config, kernel, q), "kernel launch");
+    check_cuda(cudaLaunchKernelEx(&config, kernel, p), "kernel launch");
     return;
   }
 #endif
-  kernel<<<static_cast<unsigned>(grid), block, WREGS ? 0 : FK_DYN_SMEM, stream>>>(q);
+  kernel<<<static_cast<unsigned>(grid), block, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "kernel launch");
 }
 

@@ -56,9 +56,6 @@ namespace dev {
 #ifndef FK_ROWS_BLOCK_THREADS  // block size when several rows share a block
 #define FK_ROWS_BLOCK_THREADS 128
 #endif
-#ifndef FK_L2_PREFETCH  // throughput variant: request a later wave's rows into L2 (launch.cuh)
-#define FK_L2_PREFETCH 0
-#endif
 #ifndef FK_FAST_SCALE_DIV  // dynamic scales: amax / qmax by a multiply and one fma correction
 #define FK_FAST_SCALE_DIV 1
 #endif
@@ -501,21 +498,6 @@ __global__ void __launch_bounds__(kMaxThreads, min_blocks<Q, RES, WREGS>()) row_
           if (valid && slot < nslots) {
             load_pack<ALIGNED, STRM>(x, slot * V, H, rows_cache[i]);
             if constexpr (RES) load_pack<ALIGNED, STRM>(res, slot * V, H, res_cache[i]);
-          }
-        }
-        // The lines of the row a later wave of blocks will handle, requested into L2 now, so
-        // memory stays busy across wave boundaries and the last wave finds its rows in L2.
-        if constexpr (FK_L2_PREFETCH && !WREGS) {
-          const int64_t ahead = row + p.prefetch_rows;
-          if (p.prefetch_rows > 0 && ahead < p.rows) {
-            constexpr int kLine = 128;
-            const int row_bytes = H * static_cast<int>(sizeof(T));
-            const char* xa = reinterpret_cast<const char*>(in_base + ahead * p.input_row_stride);
-            const char* ra = reinterpret_cast<const char*>(res_base + ahead * p.residual_row_stride);
-            for (int b = lane * kLine; b < row_bytes; b += tpr * kLine) {
-              prefetch_l2(xa + b);
-              if constexpr (RES) prefetch_l2(ra + b);
-            }
           }
         }
       }
