@@ -465,11 +465,12 @@ POLICY_SCHEMES = {"static": "fp8_static", "per_token": "fp8_per_token", "group12
                   "group64": "fp8_group64", "int8_static": "int8_static", "int8_per_token": "int8_per_token"}  # fmt: skip
 
 
-def policy_table(bench_json: Path, kind: str = "cuda", arch: str = "sm_90") -> str:
-    """The native policy table (fusion_passes/policy.py) a run's results imply."""
+def policy_table(bench_jsons: list[Path], kind: str = "cuda", arch: str = "sm_90") -> str:
+    """The native policy table (fusion_passes/policy.py) that runs' results imply: a cell counts
+    as faster only if ours was at least as fast in every run given."""
     from fusion_passes.policy import ranges_from_speedups
 
-    rows = json.loads(bench_json.read_text())["results"]
+    rows = [r for path in bench_jsons for r in json.loads(path.read_text())["results"]]
     worst: dict[str, dict[int, float]] = {}
     for r in rows:
         per_t = worst.setdefault(r["case"], {})
@@ -494,8 +495,8 @@ def main() -> None:
     parser.add_argument("--merge", nargs="+", type=Path, metavar="DIR",
                         help="combine the bench.json of runs over disjoint cases (same device, back to back) "
                              "into --out: table, summary, plot; later runs win for a cell in several")  # fmt: skip
-    parser.add_argument("--policy", type=Path, metavar="BENCH_JSON",
-                        help="print the native policy table that a run's bench.json implies")  # fmt: skip
+    parser.add_argument("--policy", type=Path, nargs="+", metavar="BENCH_JSON",
+                        help="print the native policy table that runs' bench.json files imply (the worst of them per cell)")  # fmt: skip
     args = parser.parse_args()
     if args.policy:
         print(policy_table(args.policy))

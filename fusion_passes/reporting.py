@@ -112,6 +112,12 @@ class Report:
             f"  native:   {self.native}",
             f"  graphs: {len(self.graphs)}   sites fused: {self.fused}   refused: {self.refused}",
         ]
+        if not self.graphs:
+            out += [
+                "  no graph reached the pass yet: a graph served from Inductor's FX graph cache skips it",
+                "  (its code, fused or not, comes from the cache). To see the sites, compile with",
+                "  torch._inductor.config.force_disable_caches = True or use fusion_passes.inspect().",
+            ]
         if self.sites:
             out.append("  sites:")
             out += ["    " + s.line() for s in self.sites]

@@ -80,6 +80,12 @@ def _clamp_cast(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return v.clamp(-qmax, qmax).to(dtype).contiguous()
 
 
+def _div_by_qmax(amax: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # A correctly rounded quotient on every device: on CUDA, torch divides a tensor by a Python
+    # number by multiplying with its reciprocal, which rounds differently.
+    return amax / torch.full_like(amax, QMAX[dtype])
+
+
 def _check_qdtype(dtype: torch.dtype, allow_int8: bool) -> None:
     ok = dtype in FP8_DTYPES or (allow_int8 and dtype == torch.int8)
     if not ok:
@@ -118,7 +124,7 @@ def _per_token(input: torch.Tensor, dtype: torch.dtype, scale_ub: torch.Tensor |
     amax = x.abs().amax(dim=-1, keepdim=True)
     if scale_ub is not None:
         amax = torch.clamp(amax, max=scale_ub.float().reshape(()))
-    scales = (amax / QMAX[dtype]).clamp(min=per_token_min_scale(dtype))
+    scales = _div_by_qmax(amax, dtype).clamp(min=per_token_min_scale(dtype))
     return _clamp_cast(_scaled(x, scales), dtype), scales.contiguous()
 
 
@@ -142,7 +148,7 @@ def per_token_group_fp8_quant(
         raise ValueError(f"hidden size {hidden} is not divisible by group_size {group_size}")
     x = input.float().reshape(*input.shape[:-1], hidden // group_size, group_size)
     amax = x.abs().amax(dim=-1, keepdim=True).clamp(min=GROUP_ABSMAX_FLOOR)
-    scales = amax / QMAX[fp8_dtype]
+    scales = _div_by_qmax(amax, fp8_dtype)
     if scale_ue8m0:
         scales = ue8m0_ceil(scales)
     q = _clamp_cast(_scaled(x, scales), fp8_dtype).reshape(input.shape)

@@ -246,8 +246,7 @@ def test_scale_of_every_absmax(op_name, qdtype, dtype):
     x = x.reshape(-1, width).cuda()
     out = getattr(ops, op_name)(x, *args(qdtype))
     q, s = (t.cpu() for t in out)
-    # The reference on the CPU: there, a tensor divided by a number is divided (on CUDA, torch
-    # multiplies by the reciprocal instead, which is not the spec's rounding).
+    # The reference on the CPU: an independent device for the exact quotients and reciprocals.
     ref_q, ref_s = reference_of(op_name)(x.cpu(), *args(qdtype))
     assert torch.equal(s.view(torch.int32), ref_s.view(torch.int32))
     finite = torch.zeros(slots, dtype=torch.bool)  # an Inf quantizes to NaN

@@ -272,3 +272,12 @@ def test_uuid_tracks_options_and_is_stable():
     assert FusionPass(native="always", patterns=["rms_norm+static_scaled_fp8_quant"]).uuid() != a.uuid()
     with pytest.raises(ValueError, match="native must be one of"):
         FusionPass(native="sometimes")
+
+
+def test_report_of_a_pass_that_saw_no_graph_says_why():
+    p = FusionPass(native="never")
+    text = str(p.report)
+    assert "graphs: 0" in text and "FX graph cache" in text and "force_disable_caches" in text
+    gm = trace(lambda x, r, w, s, ub: ops.static_scaled_fp8_quant(ops.rms_norm(x, w, EPS), s, FP8), *inputs())
+    p(gm.graph)
+    assert "FX graph cache" not in str(p.report) and p.report.fused == 1
