@@ -128,9 +128,9 @@ void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t
     if (row_groups > resident) grid = resident;
   }
 #if !FK_HIP
-  // Programmatic dependent launch for the latency variant only: it takes ~0.5 µs off a call of a
-  // few rows; on grids of many waves it measured no gain (and a loss with a residual).
-#ifndef FK_PDL_ALL  // programmatic dependent launch for the throughput variant too
+  // Programmatic dependent launch: ~0.5 µs off a call of a few rows, and on grids of many waves
+  // each call's ramp-up overlaps the previous kernel's end (BENCHMARKS.md, items 6 and 18).
+#ifndef FK_PDL_ALL  // tuning: 0 keeps it to the latency variant
 #define FK_PDL_ALL 1
 #endif
   if ((WREGS || FK_PDL_ALL) && pdl_enabled(device)) {
