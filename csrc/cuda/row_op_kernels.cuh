@@ -389,7 +389,7 @@ __device__ __forceinline__ float div_by_qmax(float a) {
 // the grid.
 template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES, bool ALIGNED, bool CACHED,
           bool WREGS = false>
-__global__ void __launch_bounds__(kMaxThreads, min_blocks<Q, RES, WREGS>()) row_op_kernel(const RowOpParams p) {
+__global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>())) row_op_kernel(const RowOpParams p) {
   constexpr int V = 16 / sizeof(T);
   constexpr int S = CACHED ? kCachedSlots : 1;  // slots held in registers
   using TPack = Pack<T, V>;
