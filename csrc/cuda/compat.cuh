@@ -146,21 +146,12 @@ __device__ __forceinline__ bf162_t mul_round(bf162_t a, bf162_t b) {
 }
 __device__ __forceinline__ fp162_t mul_round(fp162_t a, fp162_t b) { return __hmul2(a, b); }
 
-// max(a, b) per lane, NaN-propagating.
-__device__ __forceinline__ bf162_t max_nan(bf162_t a, bf162_t b) {
+// max(a, b) per lane of a packed pair of 16-bit floats, NaN-propagating.
+template <typename P>
+__device__ __forceinline__ P max_nan_pair(P a, P b) {
 #if FK_HIP
-  const float2 fa = __bfloat1622float2(a), fb = __bfloat1622float2(b);
-  auto m = [](float x, float y) { return (x != x || x > y) ? x : y; };
-  return __float22bfloat162_rn(make_float2(m(fa.x, fb.x), m(fa.y, fb.y)));
-#else
-  return __hmax2_nan(a, b);
-#endif
-}
-__device__ __forceinline__ fp162_t max_nan(fp162_t a, fp162_t b) {
-#if FK_HIP
-  const float2 fa = __half22float2(a), fb = __half22float2(b);
-  auto m = [](float x, float y) { return (x != x || x > y) ? x : y; };
-  return __float22half2_rn(make_float2(m(fa.x, fb.x), m(fa.y, fb.y)));
+  const float2 fa = to_float2(a), fb = to_float2(b);
+  return from_float2<P>(make_float2(max_nan(fa.x, fb.x), max_nan(fa.y, fb.y)));
 #else
   return __hmax2_nan(a, b);
 #endif

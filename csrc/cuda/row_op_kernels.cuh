@@ -330,7 +330,7 @@ __device__ __forceinline__ void group_absmax(float (&v)[S], int width) {
           bits = shfl_xor_u32(bits, o);
           P other;
           __builtin_memcpy(&other, &bits, sizeof(bits));
-          m[k] = max_nan(other, m[k]);  // both are absolute values already
+          m[k] = max_nan_pair(other, m[k]);  // both are absolute values already
         }
       }
     }
