@@ -14,7 +14,7 @@ benchmarked token count inside the range and every hidden size (H 4096 and 8192,
 groups). A token count between two benchmarked ones inside a range takes their verdict; a range
 reaching the largest benchmarked count (16384) stays open above. A missing key means "never
 faster": not rewritten. A site whose token count is symbolic uses its size hint.
-``benchmarks/bench_kernels.py --policy`` derives this table from a run's ``bench.json``.
+``benchmarks/bench_kernels.py --policy`` derives this table from runs' ``bench.json`` files.
 
 Source: benchmarks/results/h100-2026-11-22-pdl (BENCHMARKS.md), H100 80GB HBM3, torch 2.11.0+cu130:
 the worst of two runs, one with our default launches (programmatic dependent launch, which in the
