@@ -76,6 +76,88 @@ __device__ __forceinline__ void grid_dependents_launch() {
 #endif
 }
 
+// Bulk copies into shared memory completed on an mbarrier (sm_90+, the staged kernel variant).
+// Only the CUDA build for sm_90+ has them; elsewhere they are never called (the host launches
+// the staged variant on sm_90+ CUDA devices only) and compile to a trap.
+#if !FK_HIP && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define FK_HAS_BULK_COPY 1
+#else
+#define FK_HAS_BULK_COPY 0
+#endif
+__device__ __forceinline__ void device_trap() {
+#if FK_HIP
+  __builtin_trap();
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ uint32_t smem_address(const void* p) {
+#if FK_HAS_BULK_COPY
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+#else
+  (void)p;
+  return 0;
+#endif
+}
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar, uint32_t count) {
+#if FK_HAS_BULK_COPY
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_address(bar)), "r"(count) : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#else
+  (void)bar, (void)count;
+  device_trap();
+#endif
+}
+// One arrival that also expects `bytes` of bulk-copy transactions on the barrier.
+__device__ __forceinline__ void mbarrier_arrive_expect(uint64_t* bar, uint32_t bytes) {
+#if FK_HAS_BULK_COPY
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_address(bar)), "r"(bytes)
+               : "memory");
+#else
+  (void)bar, (void)bytes;
+  device_trap();
+#endif
+}
+// Waits until the barrier's phase with this parity has completed.
+__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
+#if FK_HAS_BULK_COPY
+  const uint32_t addr = smem_address(bar);
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{ .reg .pred p;\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p; }"
+        : "=r"(done)
+        : "r"(addr), "r"(parity)
+        : "memory");
+  } while (!done);
+#else
+  (void)bar, (void)parity;
+  device_trap();
+#endif
+}
+// Copies `bytes` (a multiple of 16; both addresses 16-byte aligned) from global to shared
+// memory; completion is counted on `bar`.
+__device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+#if FK_HAS_BULK_COPY
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+          smem_address(dst)),
+      "l"(src), "r"(bytes), "r"(smem_address(bar))
+      : "memory");
+#else
+  (void)dst, (void)src, (void)bytes, (void)bar;
+  device_trap();
+#endif
+}
+// Orders this thread's earlier shared-memory accesses before later bulk copies into it.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+#if FK_HAS_BULK_COPY
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+
 // Loads of data read once and stores of data written once, with the cache-streaming hint
 // (evict first from L1/L2). C is a 1-16 byte vector chunk type. Plain accesses on HIP.
 template <typename C>

@@ -359,7 +359,7 @@ __device__ __forceinline__ void group_absmax(float (&v)[S], int width) {
 // fit in 40 with more blocks in flight.
 template <QuantMode Q, bool RES, bool WREGS>
 constexpr int min_blocks() {
-  if (WREGS) return 1;
+  if (WREGS) return 1;  // also the staged variant: few blocks per SM, bounded by shared memory
   if (RES || Q == QuantMode::kStatic || Q == QuantMode::kNone) return FK_MIN_BLOCKS;
   return FK_MIN_BLOCKS_DYN;
 }
@@ -387,9 +387,18 @@ __device__ __forceinline__ float div_by_qmax(float a) {
 // the weight after the reduction (from L1/L2) under a register budget per variant (min_blocks),
 // so more blocks, and more rows' loads, are in flight per SM. The launcher picks by the size of
 // the grid.
+//
+// The staged variant (STAGED, sm_90+, aligned register-cached rows, one row per block) runs a
+// persistent grid: each block keeps the rows it will handle next in a ring of `stages`
+// shared-memory buffers filled by bulk copies (one per row, issued by one thread, completed on an
+// mbarrier), so a block's next rows are in flight while it reduces and stores the current one,
+// without holding them in registers. A row's slots are then read from shared memory into the
+// same registers in the same order: the arithmetic, hence every result, is the other variants'.
+// Dynamic shared memory: [stages mbarriers | pad to 128 B][weight row][stages x (row [+ residual row])].
 template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES, bool ALIGNED, bool CACHED,
-          bool WREGS = false>
-__global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>())) row_op_kernel(const RowOpParams p) {
+          bool WREGS = false, bool STAGED = false>
+__global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS || STAGED>()))
+    row_op_kernel(const RowOpParams p, const int stages) {
   constexpr int V = 16 / sizeof(T);
   constexpr int S = CACHED ? kCachedSlots : 1;  // slots held in registers
   using TPack = Pack<T, V>;
@@ -419,6 +428,33 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>())) ro
 
   // The norm weight, loaded once per block and reused for every row it handles.
   static_assert(!WREGS || (CACHED && NORM), "the latency variant is the register-cached norm kernel");
+  static_assert(!STAGED || (CACHED && NORM && ALIGNED && !WREGS && !FK_PIPELINE), "the staged variant");
+  extern __shared__ __align__(128) unsigned char staged_smem[];
+  uint64_t* const bars = reinterpret_cast<uint64_t*>(staged_smem);
+  const W* const w_smem = reinterpret_cast<const W*>(staged_smem + 128);
+  const uint32_t row_bytes = static_cast<uint32_t>(H) * sizeof(T);
+  const uint32_t w_bytes = static_cast<uint32_t>(H) * sizeof(W);
+  const uint32_t stage_bytes = RES ? 2 * row_bytes : row_bytes;
+  unsigned char* const ring = staged_smem + 128 + ((w_bytes + 127) / 128) * 128;
+  // Requests row group `rg_` into ring buffer `stage_` (and the weight with the first).
+  auto stage_row = [&](int stage_, int64_t rg_, bool with_weight) {
+    if (rg_ >= p.rows) return;
+    mbarrier_arrive_expect(bars + stage_, stage_bytes + (with_weight ? w_bytes : 0));
+    unsigned char* dst = ring + static_cast<size_t>(stage_) * stage_bytes;
+    bulk_copy_to_shared(dst, in_base + rg_ * p.input_row_stride, row_bytes, bars + stage_);
+    if constexpr (RES) bulk_copy_to_shared(dst + row_bytes, res_base + rg_ * p.residual_row_stride, row_bytes, bars + stage_);
+    if (with_weight) bulk_copy_to_shared(const_cast<W*>(w_smem), w_base, w_bytes, bars + stage_);
+  };
+  int iter = 0;  // this block's row groups handled so far
+  if constexpr (STAGED) {
+    if (threadIdx.x == 0) {
+      for (int s = 0; s < stages; ++s) mbarrier_init(bars + s, 1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (int s = 0; s < stages; ++s) stage_row(s, blockIdx.x + static_cast<int64_t>(s) * gridDim.x, s == 0);
+    }
+  }
   // Many rows (the throughput variant): the row is read once and q written once, so neither
   // should displace other data from the caches. Few rows (the latency variant) keep the default,
   // so the next kernel (the FP8 matmul) finds q in L2.
@@ -474,12 +510,18 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>())) ro
     // The throughput variant's norm weight: all of a thread's slots requested at once (one round
     // trip, not one per slot), before (FK_WEIGHT_EARLY) or after the row's reduction.
     constexpr int kWeightLoads = (Q == QuantMode::kStatic || Q == QuantMode::kNone) ? FK_WEIGHT_LOADS_STATIC : FK_WEIGHT_LOADS;
-    WPack wv[CACHED && NORM && !WREGS && kWeightLoads ? S : 1];
+    WPack wv[CACHED && NORM && !WREGS && (kWeightLoads || STAGED) ? S : 1];
     auto load_weights = [&]() {
 #pragma unroll
       for (int i = 0; i < S; ++i) {
         const int slot = lane + i * tpr;
-        if (slot < nslots) load_pack<ALIGNED>(w_base, slot * V, H, wv[i]);
+        if (slot < nslots) {
+          if constexpr (STAGED) {
+            wv[i] = *reinterpret_cast<const WPack*>(w_smem + slot * V);
+          } else {
+            load_pack<ALIGNED>(w_base, slot * V, H, wv[i]);
+          }
+        }
       }
     };
     if constexpr (CACHED) {
@@ -491,6 +533,18 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>())) ro
           if constexpr (RES) res_cache[i] = next_r[i];
         }
         issue_loads(rg + gridDim.x, next_x, next_r);
+      } else if constexpr (STAGED) {
+        const int stage = iter % stages;
+        mbarrier_wait(bars + stage, static_cast<uint32_t>(iter / stages) & 1u);
+        const T* xs = reinterpret_cast<const T*>(ring + static_cast<size_t>(stage) * stage_bytes);
+#pragma unroll
+        for (int i = 0; i < S; ++i) {
+          const int slot = lane + i * tpr;
+          if (slot < nslots) {
+            rows_cache[i] = *reinterpret_cast<const TPack*>(xs + slot * V);
+            if constexpr (RES) res_cache[i] = *reinterpret_cast<const TPack*>(xs + H + slot * V);
+          }
+        }
       } else {
         // Issue every load of the row before using any of it (one memory latency per row).
 #pragma unroll
@@ -515,9 +569,17 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>())) ro
         }
       }
       if constexpr (NORM) {
-        if constexpr (!WREGS && kWeightLoads == 2) load_weights();
+        if constexpr (!WREGS && !STAGED && kWeightLoads == 2) load_weights();
         const float sumsq = row_reduce<false>(acc0 + acc1, red_sum);
         inv = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, static_cast<float>(H)), p.epsilon)));
+        if constexpr (STAGED) {
+          // Every thread has read its slots of this buffer (the reduction synchronized the
+          // block): refill it with the row group `stages` iterations ahead.
+          if (threadIdx.x == 0) {
+            fence_proxy_async_shared();
+            stage_row(iter % stages, rg + static_cast<int64_t>(stages) * gridDim.x, false);
+          }
+        }
       }
     } else if constexpr (NORM) {
       float acc0 = 0.0f, acc1 = 0.0f;
@@ -542,14 +604,14 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>())) ro
       }
     };
     if constexpr (CACHED && NORM) {
-      if constexpr (!WREGS && kWeightLoads == 1) load_weights();
+      if constexpr (!WREGS && (kWeightLoads == 1 || STAGED)) load_weights();
 #pragma unroll
       for (int i = 0; i < S; ++i) {
         const int slot = lane + i * tpr;
         if (valid && slot < nslots) {
           if constexpr (WREGS) {
             normalize(rows_cache[i], inv, wc[i]);
-          } else if constexpr (kWeightLoads) {
+          } else if constexpr (kWeightLoads || STAGED) {
             normalize(rows_cache[i], inv, wv[i]);
           } else {
             WPack w;
@@ -677,6 +739,7 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>())) ro
     }
     // The reduction buffers are reused by the next row group.
     if (tpr > kWarpSize) __syncthreads();
+    ++iter;
   }
 }
 
