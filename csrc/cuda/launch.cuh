@@ -5,7 +5,6 @@
 // and launches on the caller's stream. Included by one .cu per quant mode so the instantiations compile in parallel.
 #pragma once
 
-#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -100,6 +99,9 @@ int resident_blocks_per_sm(Kernel kernel, int threads, int device) {
   return v;
 }
 
+#ifndef FK_SPLIT_MAX  // the latency variant's blocks per row, at most (a power of two)
+#define FK_SPLIT_MAX 4
+#endif
 #ifndef FK_LATENCY_GRID
 #define FK_LATENCY_GRID 2
 #endif
@@ -110,7 +112,7 @@ constexpr int kLatencyGridPerSm = FK_LATENCY_GRID;
 template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES, bool ALIGNED, bool CACHED,
           bool WREGS = false>
 void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t stream, int device) {
-  auto kernel = row_op_kernel<T, W, OUT, Q, NORM, RES, ALIGNED, CACHED, WREGS, false>;
+  auto kernel = row_op_kernel<T, W, OUT, Q, NORM, RES, ALIGNED, CACHED, WREGS>;
   // Rows per block only groups rows (a row's reduction order depends on tpr alone), so it may
   // follow the row count: when the rows would not fill the SMs anyway, one row per block
   // spreads them over more SMs.
@@ -118,12 +120,18 @@ void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t
   if (rpb > 1 && p.rows < static_cast<int64_t>(rpb) * sm_count(device)) rpb = 1;
   const dim3 block(shape.tpr, rpb);
   const int64_t row_groups = (p.rows + rpb - 1) / rpb;
+  // The latency variant splits a row over up to FK_SPLIT_MAX blocks while they fit in one
+  // wave on the SMs (the kernel's `split`: same reduction, each block stores a share).
+  int split = 1;
+  if constexpr (WREGS) {
+    while (split < FK_SPLIT_MAX && split * 2 <= kCachedSlots && row_groups * split * 2 <= sm_count(device)) split *= 2;
+  }
 #ifndef FK_PERSISTENT
 #define FK_PERSISTENT 0
 #endif
   // One block per row group by default (measured fastest, see BENCHMARKS.md); a persistent
   // grid (as many blocks as fit at once, each looping over row groups) is a tuning option.
-  int64_t grid = row_groups;
+  int64_t grid = row_groups * split;
   if constexpr (FK_PERSISTENT) {
     const int64_t resident = static_cast<int64_t>(sm_count(device)) * resident_blocks_per_sm(kernel, shape.tpr * rpb, device);
     if (row_groups > resident) grid = resident;
@@ -145,92 +153,12 @@ void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t
     attribute[0].val.programmaticStreamSerializationAllowed = 1;
     config.attrs = attribute;
     config.numAttrs = 1;
-    check_cuda(cudaLaunchKernelEx(&config, kernel, p, 0), "kernel launch");
+    check_cuda(cudaLaunchKernelEx(&config, kernel, p, split), "kernel launch");
     return;
   }
 #endif
-  kernel<<<static_cast<unsigned>(grid), block, 0, stream>>>(p, 0);
+  kernel<<<static_cast<unsigned>(grid), block, 0, stream>>>(p, split);
   check_cuda(cudaGetLastError(), "kernel launch");
-}
-
-#ifndef FK_STAGED  // the staged variant (sm_90+): 0 off (measured slower), else from this many rows up
-#define FK_STAGED 0
-#endif
-#ifndef FK_STAGES  // its ring buffers per block (at most; fewer when shared memory is short)
-#define FK_STAGES 3
-#endif
-#ifndef FK_STAGED_BLOCKS  // its blocks per SM (at most)
-#define FK_STAGED_BLOCKS 4
-#endif
-#ifndef FK_STAGED_SMEM  // the shared memory it may use per SM, bytes
-#define FK_STAGED_SMEM (200 * 1024)
-#endif
-
-inline bool bulk_copy_supported(int device) {
-#if FK_HIP
-  (void)device;
-  return false;
-#else
-  static std::atomic<int> cache[64];  // 0 unknown, 1 no, 2 yes
-  if (device < 0 || device >= 64) device = 0;
-  int v = cache[device].load(std::memory_order_relaxed);
-  if (v == 0) {
-    int major = 0;
-    check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "query compute capability");
-    v = major >= 9 ? 2 : 1;
-    cache[device].store(v, std::memory_order_relaxed);
-  }
-  return v == 2;
-#endif
-}
-
-// The staged variant when it applies (see row_op_kernel): returns false to fall back.
-template <typename T, typename W, OutKind OUT, QuantMode Q, bool RES>
-bool launch_staged(const RowOpParams& p, const LaunchShape& shape, cudaStream_t stream, int device) {
-#if FK_HIP || !FK_STAGED
-  (void)p, (void)shape, (void)stream, (void)device;
-  return false;
-#else
-  if (p.rows < FK_STAGED || shape.rows_per_block != 1 || !bulk_copy_supported(device)) return false;
-  if (reinterpret_cast<uintptr_t>(p.weight) % 16 != 0) return false;
-  const int64_t row_bytes = p.hidden * static_cast<int64_t>(sizeof(T));
-  const int64_t w_bytes = (p.hidden * static_cast<int64_t>(sizeof(W)) + 127) / 128 * 128;
-  const int64_t stage_bytes = RES ? 2 * row_bytes : row_bytes;
-  // As many blocks per SM (up to FK_STAGED_BLOCKS) as have at least two buffers each.
-  int blocks = FK_STAGED_BLOCKS, stages = 0;
-  for (; blocks >= 1; --blocks) {
-    const int64_t per_block = FK_STAGED_SMEM / blocks - 128 - w_bytes;
-    stages = static_cast<int>(std::min<int64_t>(FK_STAGES, per_block / stage_bytes));
-    if (stages >= 2) break;
-  }
-  if (blocks < 1 || stages < 2) return false;
-  const int64_t smem = 128 + w_bytes + stages * stage_bytes;
-  auto kernel = row_op_kernel<T, W, OUT, Q, true, RES, true, true, false, true>;
-  static std::atomic<int64_t> smem_set[64];  // the largest dynamic shared memory allowed so far
-  const int dev = device >= 0 && device < 64 ? device : 0;
-  if (smem_set[dev].load(std::memory_order_relaxed) < smem) {
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-               "allow the staged kernel's shared memory");
-    smem_set[dev].store(smem, std::memory_order_relaxed);
-  }
-  int resident = 0;
-  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, shape.tpr, static_cast<size_t>(smem)),
-             "occupancy query");
-  if (resident < 1) return false;
-  const int64_t grid = std::min<int64_t>(p.rows, static_cast<int64_t>(sm_count(device)) * std::min(resident, blocks));
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(grid));
-  config.blockDim = dim3(shape.tpr, 1);
-  config.dynamicSmemBytes = static_cast<size_t>(smem);
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = pdl_enabled(device) ? 1 : 0;
-  check_cuda(cudaLaunchKernelEx(&config, kernel, p, stages), "kernel launch");
-  return true;
-#endif
 }
 
 template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES>
@@ -246,7 +174,6 @@ void launch_row_op(const RowOpParams& p, cudaStream_t stream, int device) {
       if (shape.cached && kLatencyGridPerSm > 0 &&
           p.rows <= static_cast<int64_t>(kLatencyGridPerSm) * sm_count(device) * shape.rows_per_block)
         return launch_variant<T, W, OUT, Q, NORM, RES, true, true, true>(p, shape, stream, device);
-      if (shape.cached && launch_staged<T, W, OUT, Q, RES>(p, shape, stream, device)) return;
     }
     if (shape.cached)
       launch_variant<T, W, OUT, Q, NORM, RES, true, true>(p, shape, stream, device);

@@ -8,7 +8,9 @@
 //   - `tpr` threads (blockDim.x, a power of two >= the warp size) own a row; thread t owns
 //     slots t, t + tpr, t + 2 tpr, ...; blockDim.y rows share a block when H is small;
 //   - the block loops over row groups (grid-stride); the latency variant (WREGS, few rows)
-//     keeps the norm weight in registers, the throughput variant reads it after the reduction.
+//     keeps the norm weight in registers and may split a row over several blocks (each reduces
+//     the whole row, then stores a share of it), the throughput variant reads the weight after
+//     the reduction.
 // How many rows share a block, and which variant runs, may depend on the number of rows: the
 // per-row arithmetic and reduction order are the same in all of them.
 // The row is read from memory once and kept in registers (CACHED) when it fits in
@@ -55,6 +57,9 @@ namespace dev {
 #endif
 #ifndef FK_ROWS_BLOCK_THREADS  // block size when several rows share a block
 #define FK_ROWS_BLOCK_THREADS 128
+#endif
+#ifndef FK_WEIGHT_AFTER_ROW  // latency variant: the norm weight requested after the row (1) or before (0)
+#define FK_WEIGHT_AFTER_ROW 1
 #endif
 #ifndef FK_FAST_SCALE_DIV  // dynamic scales: amax / qmax by a multiply and one fma correction
 #define FK_FAST_SCALE_DIV 1
@@ -359,7 +364,7 @@ __device__ __forceinline__ void group_absmax(float (&v)[S], int width) {
 // fit in 40 with more blocks in flight.
 template <QuantMode Q, bool RES, bool WREGS>
 constexpr int min_blocks() {
-  if (WREGS) return 1;  // also the staged variant: few blocks per SM, bounded by shared memory
+  if (WREGS) return 1;
   if (RES || Q == QuantMode::kStatic || Q == QuantMode::kNone) return FK_MIN_BLOCKS;
   return FK_MIN_BLOCKS_DYN;
 }
@@ -387,18 +392,10 @@ __device__ __forceinline__ float div_by_qmax(float a) {
 // the weight after the reduction (from L1/L2) under a register budget per variant (min_blocks),
 // so more blocks, and more rows' loads, are in flight per SM. The launcher picks by the size of
 // the grid.
-//
-// The staged variant (STAGED, sm_90+, aligned register-cached rows, one row per block) runs a
-// persistent grid: each block keeps the rows it will handle next in a ring of `stages`
-// shared-memory buffers filled by bulk copies (one per row, issued by one thread, completed on an
-// mbarrier), so a block's next rows are in flight while it reduces and stores the current one,
-// without holding them in registers. A row's slots are then read from shared memory into the
-// same registers in the same order: the arithmetic, hence every result, is the other variants'.
-// Dynamic shared memory: [stages mbarriers | pad to 128 B][weight row][stages x (row [+ residual row])].
 template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES, bool ALIGNED, bool CACHED,
-          bool WREGS = false, bool STAGED = false>
-__global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS || STAGED>()))
-    row_op_kernel(const RowOpParams p, const int stages) {
+          bool WREGS = false>
+__global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>()))
+    row_op_kernel(const RowOpParams p, const int split_arg) {
   constexpr int V = 16 / sizeof(T);
   constexpr int S = CACHED ? kCachedSlots : 1;  // slots held in registers
   using TPack = Pack<T, V>;
@@ -410,6 +407,15 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS || STAG
 
   const int tpr = blockDim.x;
   const int lane = threadIdx.x;
+  // Latency variant, a row split over `split` blocks (on different SMs): each block reads the
+  // whole row and reduces it exactly as one block would (so the same bits), then normalizes,
+  // quantizes and stores only its share of the slots: every thread's slots i with
+  // i * split / S == part. Less of the per-element work and of the writes per SM.
+  const int split = WREGS ? split_arg : 1;
+  const int part = WREGS ? static_cast<int>(blockIdx.x % split) : 0;
+  auto mine = [&](int i) { return !WREGS || (i * split) / (CACHED ? kCachedSlots : 1) == part; };
+  const int64_t first_rg = WREGS ? blockIdx.x / split : blockIdx.x;
+  const int64_t rg_stride = WREGS ? gridDim.x / split : gridDim.x;
   // In-row offsets are 32-bit (the host checks H <= kMaxHidden): fewer registers per slot.
   const int H = static_cast<int>(p.hidden);
   const int nslots = (H + V - 1) / V;
@@ -426,47 +432,22 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS || STAG
   grid_dependency_wait();
   grid_dependents_launch();
 
-  // The norm weight, loaded once per block and reused for every row it handles.
   static_assert(!WREGS || (CACHED && NORM), "the latency variant is the register-cached norm kernel");
-  static_assert(!STAGED || (CACHED && NORM && ALIGNED && !WREGS && !FK_PIPELINE), "the staged variant");
-  extern __shared__ __align__(128) unsigned char staged_smem[];
-  uint64_t* const bars = reinterpret_cast<uint64_t*>(staged_smem);
-  const W* const w_smem = reinterpret_cast<const W*>(staged_smem + 128);
-  const uint32_t row_bytes = static_cast<uint32_t>(H) * sizeof(T);
-  const uint32_t w_bytes = static_cast<uint32_t>(H) * sizeof(W);
-  const uint32_t stage_bytes = RES ? 2 * row_bytes : row_bytes;
-  unsigned char* const ring = staged_smem + 128 + ((w_bytes + 127) / 128) * 128;
-  // Requests row group `rg_` into ring buffer `stage_` (and the weight with the first).
-  auto stage_row = [&](int stage_, int64_t rg_, bool with_weight) {
-    if (rg_ >= p.rows) return;
-    mbarrier_arrive_expect(bars + stage_, stage_bytes + (with_weight ? w_bytes : 0));
-    unsigned char* dst = ring + static_cast<size_t>(stage_) * stage_bytes;
-    bulk_copy_to_shared(dst, in_base + rg_ * p.input_row_stride, row_bytes, bars + stage_);
-    if constexpr (RES) bulk_copy_to_shared(dst + row_bytes, res_base + rg_ * p.residual_row_stride, row_bytes, bars + stage_);
-    if (with_weight) bulk_copy_to_shared(const_cast<W*>(w_smem), w_base, w_bytes, bars + stage_);
-  };
-  int iter = 0;  // this block's row groups handled so far
-  if constexpr (STAGED) {
-    if (threadIdx.x == 0) {
-      for (int s = 0; s < stages; ++s) mbarrier_init(bars + s, 1);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      for (int s = 0; s < stages; ++s) stage_row(s, blockIdx.x + static_cast<int64_t>(s) * gridDim.x, s == 0);
-    }
-  }
   // Many rows (the throughput variant): the row is read once and q written once, so neither
   // should displace other data from the caches. Few rows (the latency variant) keep the default,
   // so the next kernel (the FP8 matmul) finds q in L2.
   constexpr bool STRM = FK_STREAMING && CACHED && !WREGS;
+  // The latency variant's norm weight: requested after the first row's loads (which the
+  // reduction needs first), only the slots this block normalizes.
   WPack wc[WREGS ? S : 1];
-  if constexpr (WREGS) {
+  auto load_weight_regs = [&]() {
 #pragma unroll
     for (int i = 0; i < S; ++i) {
       const int slot = lane + i * tpr;
-      if (slot < nslots) load_pack<ALIGNED>(w_base, slot * V, H, wc[i]);
+      if (slot < nslots && (Q == QuantMode::kPerToken || mine(i))) load_pack<ALIGNED>(w_base, slot * V, H, wc[i]);
     }
-  }
+  };
+  if constexpr (WREGS && !FK_WEIGHT_AFTER_ROW) load_weight_regs();
 
   // Software pipelining (register-cached path): the next row group's loads are issued before
   // this one is processed, so every block keeps a row of loads in flight while it computes.
@@ -487,7 +468,7 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS || STAG
   };
   if constexpr (PIPE) issue_loads(blockIdx.x, next_x, next_r);
 
-  for (int64_t rg = blockIdx.x; rg * blockDim.y < p.rows; rg += gridDim.x) {
+  for (int64_t rg = first_rg; rg * blockDim.y < p.rows; rg += rg_stride) {
     const int64_t row = rg * blockDim.y + threadIdx.y;
     const bool valid = row < p.rows;
     const T* x = in_base + row * p.input_row_stride;
@@ -510,18 +491,12 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS || STAG
     // The throughput variant's norm weight: all of a thread's slots requested at once (one round
     // trip, not one per slot), before (FK_WEIGHT_EARLY) or after the row's reduction.
     constexpr int kWeightLoads = (Q == QuantMode::kStatic || Q == QuantMode::kNone) ? FK_WEIGHT_LOADS_STATIC : FK_WEIGHT_LOADS;
-    WPack wv[CACHED && NORM && !WREGS && (kWeightLoads || STAGED) ? S : 1];
+    WPack wv[CACHED && NORM && !WREGS && kWeightLoads ? S : 1];
     auto load_weights = [&]() {
 #pragma unroll
       for (int i = 0; i < S; ++i) {
         const int slot = lane + i * tpr;
-        if (slot < nslots) {
-          if constexpr (STAGED) {
-            wv[i] = *reinterpret_cast<const WPack*>(w_smem + slot * V);
-          } else {
-            load_pack<ALIGNED>(w_base, slot * V, H, wv[i]);
-          }
-        }
+        if (slot < nslots) load_pack<ALIGNED>(w_base, slot * V, H, wv[i]);
       }
     };
     if constexpr (CACHED) {
@@ -533,18 +508,6 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS || STAG
           if constexpr (RES) res_cache[i] = next_r[i];
         }
         issue_loads(rg + gridDim.x, next_x, next_r);
-      } else if constexpr (STAGED) {
-        const int stage = iter % stages;
-        mbarrier_wait(bars + stage, static_cast<uint32_t>(iter / stages) & 1u);
-        const T* xs = reinterpret_cast<const T*>(ring + static_cast<size_t>(stage) * stage_bytes);
-#pragma unroll
-        for (int i = 0; i < S; ++i) {
-          const int slot = lane + i * tpr;
-          if (slot < nslots) {
-            rows_cache[i] = *reinterpret_cast<const TPack*>(xs + slot * V);
-            if constexpr (RES) res_cache[i] = *reinterpret_cast<const TPack*>(xs + H + slot * V);
-          }
-        }
       } else {
         // Issue every load of the row before using any of it (one memory latency per row).
 #pragma unroll
@@ -555,6 +518,9 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS || STAG
             if constexpr (RES) load_pack<ALIGNED, STRM>(res, slot * V, H, res_cache[i]);
           }
         }
+        if constexpr (WREGS && FK_WEIGHT_AFTER_ROW) {
+          if (rg == first_rg) load_weight_regs();
+        }
       }
       float acc0 = 0.0f, acc1 = 0.0f;
 #pragma unroll
@@ -563,23 +529,15 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS || STAG
         if (valid && slot < nslots) {
           if constexpr (RES) {
             add_residual(rows_cache[i], res_cache[i]);
-            store_pack<ALIGNED, STRM>(res_out, slot * V, H, rows_cache[i]);
+            if (mine(i)) store_pack<ALIGNED, STRM>(res_out, slot * V, H, rows_cache[i]);
           }
           if constexpr (NORM) accumulate_squares(rows_cache[i], acc0, acc1);
         }
       }
       if constexpr (NORM) {
-        if constexpr (!WREGS && !STAGED && kWeightLoads == 2) load_weights();
+        if constexpr (!WREGS && kWeightLoads == 2) load_weights();
         const float sumsq = row_reduce<false>(acc0 + acc1, red_sum);
         inv = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, static_cast<float>(H)), p.epsilon)));
-        if constexpr (STAGED) {
-          // Every thread has read its slots of this buffer (the reduction synchronized the
-          // block): refill it with the row group `stages` iterations ahead.
-          if (threadIdx.x == 0) {
-            fence_proxy_async_shared();
-            stage_row(iter % stages, rg + static_cast<int64_t>(stages) * gridDim.x, false);
-          }
-        }
       }
     } else if constexpr (NORM) {
       float acc0 = 0.0f, acc1 = 0.0f;
@@ -604,14 +562,14 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS || STAG
       }
     };
     if constexpr (CACHED && NORM) {
-      if constexpr (!WREGS && (kWeightLoads == 1 || STAGED)) load_weights();
+      if constexpr (!WREGS && kWeightLoads == 1) load_weights();
 #pragma unroll
       for (int i = 0; i < S; ++i) {
         const int slot = lane + i * tpr;
-        if (valid && slot < nslots) {
+        if (valid && slot < nslots && (Q == QuantMode::kPerToken || mine(i))) {
           if constexpr (WREGS) {
             normalize(rows_cache[i], inv, wc[i]);
-          } else if constexpr (kWeightLoads || STAGED) {
+          } else if constexpr (kWeightLoads) {
             normalize(rows_cache[i], inv, wv[i]);
           } else {
             WPack w;
@@ -634,7 +592,7 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS || STAG
       for (int i = 0; i < (CACHED ? S : 1); ++i)
         for (int j = CACHED ? i : 0; j < (CACHED ? i + 1 : loops); ++j) {
           const int slot = lane + j * tpr;
-          if (valid && slot < nslots) {
+          if (valid && slot < nslots && mine(i)) {
             TPack y;
             get_y(i, slot, y);
             store_pack<ALIGNED, STRM>(static_cast<T*>(p.out) + row * H, slot * V, H, y);
@@ -664,14 +622,14 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS || STAG
         // under min_scale either way. The scale is then within rcp_scale's range (or Inf / NaN).
         float scale = div_by_qmax<OUT>(a);
         scale = scale < min_scale ? min_scale : scale;
-        if (valid && lane == 0) p.scales[row * p.scale_row_stride] = scale;
+        if (valid && lane == 0 && part == 0) p.scales[row * p.scale_row_stride] = scale;
         inv_scale = rcp_scale(scale);
       }
 #pragma unroll
       for (int i = 0; i < (CACHED ? S : 1); ++i)
         for (int j = CACHED ? i : 0; j < (CACHED ? i + 1 : loops); ++j) {
           const int slot = lane + j * tpr;
-          if (valid && slot < nslots) {
+          if (valid && slot < nslots && mine(i)) {
             TPack y;
             get_y(i, slot, y);
             store_pack<ALIGNED, STRM>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H, quantize<OUT>(y, inv_scale));
@@ -685,7 +643,7 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS || STAG
       for (int i = 0; i < S; ++i) {
         const int slot = lane + i * tpr;
         AbsMax<T> am;
-        if (valid && slot < nslots) am.add(rows_cache[i]);
+        if (valid && slot < nslots && mine(i)) am.add(rows_cache[i]);
         amax[i] = am.value();
       }
       // The butterflies of the S slots interleaved (independent chains), two slots per shuffle
@@ -705,7 +663,7 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS || STAG
 #pragma unroll
       for (int i = 0; i < S; ++i) {
         const int slot = lane + i * tpr;
-        if (valid && slot < nslots) {
+        if (valid && slot < nslots && mine(i)) {
           if ((slot & (lanes_per_group - 1)) == 0)
             row_scales[(slot >> group_shift) * p.scale_group_stride] = scale[i];
           store_pack<ALIGNED, STRM>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H,
@@ -739,7 +697,6 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS || STAG
     }
     // The reduction buffers are reused by the next row group.
     if (tpr > kWarpSize) __syncthreads();
-    ++iter;
   }
 }
 
