@@ -83,8 +83,8 @@ def test_every_output_element_is_written(op_name):
 @pytest.mark.parametrize("op_name", [n for n in OP_NAMES if "quant" in n])
 def test_batch_invariance(op_name, hidden):
     """A row's outputs do not depend on the batch it is computed in: alone, among 7, among 200,
-    among 16384 (few rows and many rows run different kernel variants, and change the rows per
-    block: same arithmetic, same bits)."""
+    among 16384 (few rows and many rows run different kernel variants, change the rows per block,
+    and split a row over up to 4 blocks when there are few: same arithmetic, same bits)."""
     kw = _kw(op_name, hidden)
     big = make_args(op_name, (16384,), hidden, torch.bfloat16, "cuda", **kw)
     picks = [0, 3, 6]
