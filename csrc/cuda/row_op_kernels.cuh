@@ -413,7 +413,9 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>()))
   // i * split / S == part. Less of the per-element work and of the writes per SM.
   const int split = WREGS ? split_arg : 1;
   const int part = WREGS ? static_cast<int>(blockIdx.x % split) : 0;
-  auto mine = [&](int i) { return !WREGS || (i * split) / (CACHED ? kCachedSlots : 1) == part; };
+  auto mine = [&](int i) { return !WREGS || (i * split) / S == part; };
+  // Slots whose y a block needs: its own, and for per-token every slot (the row's absmax).
+  auto needs_y = [&](int i) { return Q == QuantMode::kPerToken || mine(i); };
   const int64_t first_rg = WREGS ? blockIdx.x / split : blockIdx.x;
   const int64_t rg_stride = WREGS ? gridDim.x / split : gridDim.x;
   // In-row offsets are 32-bit (the host checks H <= kMaxHidden): fewer registers per slot.
@@ -444,7 +446,7 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>()))
 #pragma unroll
     for (int i = 0; i < S; ++i) {
       const int slot = lane + i * tpr;
-      if (slot < nslots && (Q == QuantMode::kPerToken || mine(i))) load_pack<ALIGNED>(w_base, slot * V, H, wc[i]);
+      if (slot < nslots && needs_y(i)) load_pack<ALIGNED>(w_base, slot * V, H, wc[i]);
     }
   };
   if constexpr (WREGS && !FK_WEIGHT_AFTER_ROW) load_weight_regs();
@@ -566,7 +568,7 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>()))
 #pragma unroll
       for (int i = 0; i < S; ++i) {
         const int slot = lane + i * tpr;
-        if (valid && slot < nslots && (Q == QuantMode::kPerToken || mine(i))) {
+        if (valid && slot < nslots && needs_y(i)) {
           if constexpr (WREGS) {
             normalize(rows_cache[i], inv, wc[i]);
           } else if constexpr (kWeightLoads) {
