@@ -14,7 +14,7 @@ import fusion_kernels
 
 parser = argparse.ArgumentParser()
 parser.add_argument(
-    "--case", default="per_token", choices=["static", "static_res", "per_token", "per_token_res", "group128"]
+    "--case", default="per_token", choices=["static", "static_res", "per_token", "per_token_res", "group128", "int8_static"]
 )
 parser.add_argument("--tokens", type=int, nargs="+", default=[1, 16384])
 parser.add_argument("--hidden", type=int, default=8192)
@@ -38,6 +38,8 @@ for t in args.tokens:
             ops.rms_norm_dynamic_per_token_quant(x, w, 1e-6, fp8, None)
         elif args.case == "per_token_res":
             ops.fused_add_rms_norm_dynamic_per_token_quant(x, r, w, 1e-6, fp8, None)
+        elif args.case == "int8_static":
+            ops.rms_norm_static_int8_quant(x, w, s, 1e-6)
         else:
             ops.rms_norm_per_token_group_quant(x, w, 1e-6, 128, False, False, fp8)
 torch.cuda.synchronize()

@@ -76,6 +76,30 @@ __device__ __forceinline__ void grid_dependents_launch() {
 #endif
 }
 
+// A 16-byte copy from global to shared memory that holds no registers while in flight
+// (`cp.async`, sm_80+), visible to the issuing thread after async_copy_wait_all. A
+// plain copy on HIP.
+#ifndef FK_ASYNC_COPY_L1  // the async copies through L1 (.ca; 0: L2 only, .cg)
+#define FK_ASYNC_COPY_L1 1  // measured: the blocks of an SM share the norm weight in L1 (BENCHMARKS.md, item 29)
+#endif
+__device__ __forceinline__ void async_copy16(void* smem, const void* gmem) {
+#if !FK_HIP && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+#if FK_ASYNC_COPY_L1
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+#else
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+#endif
+#else
+  *static_cast<uint4*>(smem) = *static_cast<const uint4*>(gmem);
+#endif
+}
+__device__ __forceinline__ void async_copy_wait_all() {
+#if !FK_HIP && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
 // Loads of data read once and stores of data written once, with the cache-streaming hint
 // (evict first from L1/L2). C is a 1-16 byte vector chunk type. Plain accesses on HIP.
 template <typename C>

@@ -83,20 +83,41 @@ inline bool pdl_enabled(int device) {
 #endif
 }
 
-template <typename Kernel>
-int resident_blocks_per_sm(Kernel kernel, int threads, int device) {
-  // Per kernel instantiation, per device, per block size (a power of two, 32 to 512 threads).
+template <auto kernel>
+int resident_blocks_per_sm(int threads, size_t smem, int device) {
+  // Per kernel (a template argument: every instantiation has the same type), per device, per
+  // block size (a power of two, 32 to 512 threads).
   static std::atomic<int> cache[64][5];
   if (device < 0 || device >= 64) device = 0;
   int slot = 0;
   while (slot < 4 && (kWarpSize << slot) < threads) ++slot;
   int v = cache[device][slot].load(std::memory_order_relaxed);
   if (v == 0) {
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, kernel, threads, 0), "occupancy query");
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, kernel, threads, smem), "occupancy query");
     if (v < 1) v = 1;
     cache[device][slot].store(v, std::memory_order_relaxed);
   }
   return v;
+}
+
+#ifndef FK_SMEM_CARVEOUT  // tuning: the preferred shared-memory carveout (percent) of kernels that
+#define FK_SMEM_CARVEOUT -1  // use dynamic shared memory; -1 leaves it to the driver
+#endif
+// Kernels with dynamic shared memory: above the default 48 KB per block it must be allowed, per
+// kernel and device; the carveout preference is set once per kernel and device.
+template <auto kernel>
+void configure_dynamic_smem(size_t bytes, int device) {
+  static std::atomic<size_t> allowed[64];  // bytes allowed + 1; 0: not configured yet
+  if (device < 0 || device >= 64) device = 0;
+  const size_t have = allowed[device].load(std::memory_order_relaxed);
+  if (have > bytes) return;
+  if (have == 0 && FK_SMEM_CARVEOUT >= 0)
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, FK_SMEM_CARVEOUT),
+               "shared memory carveout");
+  if (bytes > 48 * 1024)
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
+               "shared memory attribute");
+  allowed[device].store(bytes + 1, std::memory_order_relaxed);
 }
 
 #ifndef FK_SPLIT_MAX  // the latency variant's blocks per row, at most (a power of two)
@@ -105,20 +126,33 @@ int resident_blocks_per_sm(Kernel kernel, int threads, int device) {
 #ifndef FK_LATENCY_GRID
 #define FK_LATENCY_GRID 2
 #endif
+#ifndef FK_WSMEM_GROUP_ROWS_PER_SM
+#define FK_WSMEM_GROUP_ROWS_PER_SM 64
+#endif
+// The group quant without a residual stages its weight in shared memory up to this many rows
+// per SM (see launch_row_op).
+constexpr int kWeightSmemGroupRowsPerSm = FK_WSMEM_GROUP_ROWS_PER_SM;
+
 // The latency variant of the kernel (norm weight in registers, launched with programmatic
 // dependent launch where available) runs grids of at most this many blocks per SM.
 constexpr int kLatencyGridPerSm = FK_LATENCY_GRID;
 
 template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES, bool ALIGNED, bool CACHED,
-          bool WREGS = false>
+          bool WREGS = false, bool WSMEM = false>
 void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t stream, int device) {
-  auto kernel = row_op_kernel<T, W, OUT, Q, NORM, RES, ALIGNED, CACHED, WREGS>;
+  constexpr auto kernel = &row_op_kernel<T, W, OUT, Q, NORM, RES, ALIGNED, CACHED, WREGS, WSMEM>;
   // Rows per block only groups rows (a row's reduction order depends on tpr alone), so it may
   // follow the row count: when the rows would not fill the SMs anyway, one row per block
   // spreads them over more SMs.
   int rpb = shape.rows_per_block;
   if (rpb > 1 && p.rows < static_cast<int64_t>(rpb) * sm_count(device)) rpb = 1;
   const dim3 block(shape.tpr, rpb);
+  // Dynamic shared memory: the staged norm weight of the throughput variant (weight_in_smem).
+  size_t smem = 0;
+  if constexpr (WSMEM) {
+    smem = static_cast<size_t>(shape.tpr) * rpb * weight_smem_bytes_per_thread<T, W>();
+    configure_dynamic_smem<kernel>(smem, device);
+  }
   const int64_t row_groups = (p.rows + rpb - 1) / rpb;
   // The latency variant splits a row over up to FK_SPLIT_MAX blocks while they fit in one
   // wave on the SMs (the kernel's `split`: same reduction, each block stores a share).
@@ -133,7 +167,7 @@ void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t
   // grid (as many blocks as fit at once, each looping over row groups) is a tuning option.
   int64_t grid = row_groups * split;
   if constexpr (FK_PERSISTENT) {
-    const int64_t resident = static_cast<int64_t>(sm_count(device)) * resident_blocks_per_sm(kernel, shape.tpr * rpb, device);
+    const int64_t resident = static_cast<int64_t>(sm_count(device)) * resident_blocks_per_sm<kernel>(shape.tpr * rpb, smem, device);
     if (row_groups > resident) grid = resident;
   }
 #if !FK_HIP
@@ -146,7 +180,7 @@ void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t
     cudaLaunchConfig_t config = {};
     config.gridDim = dim3(static_cast<unsigned>(grid));
     config.blockDim = block;
-    config.dynamicSmemBytes = 0;
+    config.dynamicSmemBytes = smem;
     config.stream = stream;
     cudaLaunchAttribute attribute[1];
     attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -157,7 +191,7 @@ void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t
     return;
   }
 #endif
-  kernel<<<static_cast<unsigned>(grid), block, 0, stream>>>(p, split);
+  kernel<<<static_cast<unsigned>(grid), block, smem, stream>>>(p, split);
   check_cuda(cudaGetLastError(), "kernel launch");
 }
 
@@ -175,10 +209,20 @@ void launch_row_op(const RowOpParams& p, cudaStream_t stream, int device) {
           p.rows <= static_cast<int64_t>(kLatencyGridPerSm) * sm_count(device) * shape.rows_per_block)
         return launch_variant<T, W, OUT, Q, NORM, RES, true, true, true>(p, shape, stream, device);
     }
-    if (shape.cached)
-      launch_variant<T, W, OUT, Q, NORM, RES, true, true>(p, shape, stream, device);
-    else
+    if (shape.cached) {
+      // The throughput variant stages the norm weight in shared memory (weight_in_smem), except
+      // for the group quant without a residual on grids of many waves: there the kernel is
+      // bound by its instructions at HBM speed and the staging's few per row cost more than
+      // the weight's round trip after the reduction (BENCHMARKS.md, item 29).
+      constexpr bool wsmem = weight_in_smem<NORM, true, true, false>();
+      if constexpr (wsmem && Q == QuantMode::kPerGroup && !RES) {
+        if (p.rows > static_cast<int64_t>(kWeightSmemGroupRowsPerSm) * sm_count(device))
+          return launch_variant<T, W, OUT, Q, NORM, RES, true, true, false, false>(p, shape, stream, device);
+      }
+      launch_variant<T, W, OUT, Q, NORM, RES, true, true, false, wsmem>(p, shape, stream, device);
+    } else {
       launch_variant<T, W, OUT, Q, NORM, RES, true, false>(p, shape, stream, device);
+    }
   } else {
     if (shape.cached)
       launch_variant<T, W, OUT, Q, NORM, RES, false, true>(p, shape, stream, device);

@@ -52,14 +52,20 @@ namespace dev {
 #ifndef FK_MIN_BLOCKS_DYN  // the same for a dynamic quant (per-token, group) without a residual
 #define FK_MIN_BLOCKS_DYN 3  // (3: 40 registers)
 #endif
+#ifndef FK_MIN_BLOCKS_STATIC  // the same for the static quant and the plain norm without a residual
+#define FK_MIN_BLOCKS_STATIC FK_MIN_BLOCKS
+#endif
+#ifndef FK_WEIGHT_SMEM  // throughput variant: the norm weight copied into shared memory by cp.async
+#define FK_WEIGHT_SMEM 1  // as the block starts (no registers held while in flight)
+#endif
 #ifndef FK_WEIGHT_LOADS_STATIC  // FK_WEIGHT_LOADS for the static quant and the plain norm
 #define FK_WEIGHT_LOADS_STATIC 1
 #endif
 #ifndef FK_ROWS_BLOCK_THREADS  // block size when several rows share a block
 #define FK_ROWS_BLOCK_THREADS 128
 #endif
-#ifndef FK_WEIGHT_AFTER_ROW  // latency variant: the norm weight requested after the row (1) or before (0)
-#define FK_WEIGHT_AFTER_ROW 1
+#ifndef FK_WEIGHT_AFTER_ROW  // latency variant: the norm weight requested before the row (0), after it (1),
+#define FK_WEIGHT_AFTER_ROW 2  // or after it only when the row is split over blocks (2)
 #endif
 #ifndef FK_FAST_SCALE_DIV  // dynamic scales: amax / qmax by a multiply and one fma correction
 #define FK_FAST_SCALE_DIV 1
@@ -365,8 +371,22 @@ __device__ __forceinline__ void group_absmax(float (&v)[S], int width) {
 template <QuantMode Q, bool RES, bool WREGS>
 constexpr int min_blocks() {
   if (WREGS) return 1;
-  if (RES || Q == QuantMode::kStatic || Q == QuantMode::kNone) return FK_MIN_BLOCKS;
+  if (RES) return FK_MIN_BLOCKS;
+  if (Q == QuantMode::kStatic || Q == QuantMode::kNone) return FK_MIN_BLOCKS_STATIC;
   return FK_MIN_BLOCKS_DYN;
+}
+
+// The throughput variant of the aligned register-cached norm kernel stages the norm weight in
+// shared memory: each thread copies its own slots of the weight (cp.async) right after issuing
+// the row's loads and reads them back after the reduction, so the weight costs neither
+// registers nor a round trip to L2 after the reduction. Dynamic shared memory, per block.
+template <bool NORM, bool ALIGNED, bool CACHED, bool WREGS>
+__host__ __device__ constexpr bool weight_in_smem() {
+  return FK_WEIGHT_SMEM && !FK_HIP && NORM && ALIGNED && CACHED && !WREGS;
+}
+template <typename T, typename W>
+constexpr int weight_smem_bytes_per_thread() {
+  return kCachedSlots * static_cast<int>(sizeof(Pack<W, 16 / sizeof(T)>));
 }
 
 // a / qmax, correctly rounded, for the scales (a >= kGroupAbsmaxFloor, +Inf or NaN): the
@@ -393,7 +413,7 @@ __device__ __forceinline__ float div_by_qmax(float a) {
 // so more blocks, and more rows' loads, are in flight per SM. The launcher picks by the size of
 // the grid.
 template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES, bool ALIGNED, bool CACHED,
-          bool WREGS = false>
+          bool WREGS = false, bool WSMEM = false>
 __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>()))
     row_op_kernel(const RowOpParams p, const int split_arg) {
   constexpr int V = 16 / sizeof(T);
@@ -404,9 +424,13 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>()))
 
   __shared__ float red_sum[kMaxThreads / kWarpSize];
   __shared__ float red_max[kMaxThreads / kWarpSize];
+  static_assert(!WSMEM || weight_in_smem<NORM, ALIGNED, CACHED, WREGS>(), "no staged weight in this variant");
+  extern __shared__ uint4 dyn_smem[];
 
   const int tpr = blockDim.x;
   const int lane = threadIdx.x;
+  // WSMEM: this thread's weight slot i at w_smem[i * tpr] (the slots of a row's threads side by side).
+  WPack* const w_smem = reinterpret_cast<WPack*>(dyn_smem) + threadIdx.y * S * tpr + lane;
   // Latency variant, a row split over `split` blocks (on different SMs): each block reads the
   // whole row and reduces it exactly as one block would (so the same bits), then normalizes,
   // quantizes and stores only its share of the slots: every thread's slots i with
@@ -439,8 +463,9 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>()))
   // should displace other data from the caches. Few rows (the latency variant) keep the default,
   // so the next kernel (the FP8 matmul) finds q in L2.
   constexpr bool STRM = FK_STREAMING && CACHED && !WREGS;
-  // The latency variant's norm weight: requested after the first row's loads (which the
-  // reduction needs first), only the slots this block normalizes.
+  // The latency variant's norm weight, only the slots this block normalizes: requested before
+  // the row when one block has the row, after the row's loads (which the reduction needs first)
+  // when the row is split over blocks (measured, BENCHMARKS.md item 27).
   WPack wc[WREGS ? S : 1];
   auto load_weight_regs = [&]() {
 #pragma unroll
@@ -449,7 +474,10 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>()))
       if (slot < nslots && needs_y(i)) load_pack<ALIGNED>(w_base, slot * V, H, wc[i]);
     }
   };
-  if constexpr (WREGS && !FK_WEIGHT_AFTER_ROW) load_weight_regs();
+  const bool weight_after_row = FK_WEIGHT_AFTER_ROW == 1 || (FK_WEIGHT_AFTER_ROW == 2 && split > 1);
+  if constexpr (WREGS) {
+    if (!weight_after_row) load_weight_regs();
+  }
 
   // Software pipelining (register-cached path): the next row group's loads are issued before
   // this one is processed, so every block keeps a row of loads in flight while it computes.
@@ -493,7 +521,7 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>()))
     // The throughput variant's norm weight: all of a thread's slots requested at once (one round
     // trip, not one per slot), before (FK_WEIGHT_EARLY) or after the row's reduction.
     constexpr int kWeightLoads = (Q == QuantMode::kStatic || Q == QuantMode::kNone) ? FK_WEIGHT_LOADS_STATIC : FK_WEIGHT_LOADS;
-    WPack wv[CACHED && NORM && !WREGS && kWeightLoads ? S : 1];
+    WPack wv[CACHED && NORM && !WREGS && !WSMEM && kWeightLoads ? S : 1];
     auto load_weights = [&]() {
 #pragma unroll
       for (int i = 0; i < S; ++i) {
@@ -520,8 +548,22 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>()))
             if constexpr (RES) load_pack<ALIGNED, STRM>(res, slot * V, H, res_cache[i]);
           }
         }
-        if constexpr (WREGS && FK_WEIGHT_AFTER_ROW) {
-          if (rg == first_rg) load_weight_regs();
+        if constexpr (WREGS) {
+          if (weight_after_row && rg == first_rg) load_weight_regs();
+        }
+      }
+      if constexpr (WSMEM) {
+        if (rg == first_rg) {
+#pragma unroll
+          for (int i = 0; i < S; ++i) {
+            const int slot = lane + i * tpr;
+            if (slot < nslots) {
+              constexpr int kChunks = sizeof(WPack) / 16;
+#pragma unroll
+              for (int c = 0; c < kChunks; ++c)
+                async_copy16(reinterpret_cast<uint4*>(&w_smem[i * tpr]) + c, w_base + slot * V + c * (V / kChunks));
+            }
+          }
         }
       }
       float acc0 = 0.0f, acc1 = 0.0f;
@@ -537,7 +579,7 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>()))
         }
       }
       if constexpr (NORM) {
-        if constexpr (!WREGS && kWeightLoads == 2) load_weights();
+        if constexpr (!WREGS && !WSMEM && kWeightLoads == 2) load_weights();
         const float sumsq = row_reduce<false>(acc0 + acc1, red_sum);
         inv = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, static_cast<float>(H)), p.epsilon)));
       }
@@ -564,13 +606,19 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>()))
       }
     };
     if constexpr (CACHED && NORM) {
-      if constexpr (!WREGS && kWeightLoads == 1) load_weights();
+      if constexpr (WSMEM) {
+        async_copy_wait_all();
+      } else if constexpr (!WREGS && kWeightLoads == 1) {
+        load_weights();
+      }
 #pragma unroll
       for (int i = 0; i < S; ++i) {
         const int slot = lane + i * tpr;
         if (valid && slot < nslots && needs_y(i)) {
           if constexpr (WREGS) {
             normalize(rows_cache[i], inv, wc[i]);
+          } else if constexpr (WSMEM) {
+            normalize(rows_cache[i], inv, w_smem[i * tpr]);
           } else if constexpr (kWeightLoads) {
             normalize(rows_cache[i], inv, wv[i]);
           } else {
