@@ -127,7 +127,7 @@ void configure_dynamic_smem(size_t bytes, int device) {
 #define FK_LATENCY_GRID 2
 #endif
 #ifndef FK_WSMEM_GROUP_ROWS_PER_SM
-#define FK_WSMEM_GROUP_ROWS_PER_SM 64
+#define FK_WSMEM_GROUP_ROWS_PER_SM 32
 #endif
 // The group quant without a residual stages its weight in shared memory up to this many rows
 // per SM (see launch_row_op).
@@ -211,12 +211,13 @@ void launch_row_op(const RowOpParams& p, cudaStream_t stream, int device) {
     }
     if (shape.cached) {
       // The throughput variant stages the norm weight in shared memory (weight_in_smem), except
-      // for the group quant without a residual on grids of many waves: there the kernel is
-      // bound by its instructions at HBM speed and the staging's few per row cost more than
-      // the weight's round trip after the reduction (BENCHMARKS.md, item 29).
+      // for the group quant without a residual on grids of many waves of rows of more than 128
+      // threads: there the kernel is bound by its instructions at HBM speed and the staging's
+      // few per row cost more than the weight's round trip after the reduction (BENCHMARKS.md,
+      // item 29).
       constexpr bool wsmem = weight_in_smem<NORM, true, true, false>();
       if constexpr (wsmem && Q == QuantMode::kPerGroup && !RES) {
-        if (p.rows > static_cast<int64_t>(kWeightSmemGroupRowsPerSm) * sm_count(device))
+        if (shape.tpr > 128 && p.rows > static_cast<int64_t>(kWeightSmemGroupRowsPerSm) * sm_count(device))
           return launch_variant<T, W, OUT, Q, NORM, RES, true, true, false, false>(p, shape, stream, device);
       }
       launch_variant<T, W, OUT, Q, NORM, RES, true, true, false, wsmem>(p, shape, stream, device);
