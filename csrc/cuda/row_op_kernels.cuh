@@ -65,7 +65,7 @@ namespace dev {
 #define FK_ROWS_BLOCK_THREADS 128
 #endif
 #ifndef FK_WEIGHT_AFTER_ROW  // latency variant: the norm weight requested before the row (0), after it (1),
-#define FK_WEIGHT_AFTER_ROW 2  // or after it only when the row is split over blocks (2)
+#define FK_WEIGHT_AFTER_ROW 1  // or after it only when the row is split over blocks (2)
 #endif
 #ifndef FK_FAST_SCALE_DIV  // dynamic scales: amax / qmax by a multiply and one fma correction
 #define FK_FAST_SCALE_DIV 1
@@ -463,9 +463,8 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>()))
   // should displace other data from the caches. Few rows (the latency variant) keep the default,
   // so the next kernel (the FP8 matmul) finds q in L2.
   constexpr bool STRM = FK_STREAMING && CACHED && !WREGS;
-  // The latency variant's norm weight, only the slots this block normalizes: requested before
-  // the row when one block has the row, after the row's loads (which the reduction needs first)
-  // when the row is split over blocks (measured, BENCHMARKS.md item 27).
+  // The latency variant's norm weight, only the slots this block normalizes: requested after
+  // the row's loads, which the reduction needs first (measured, BENCHMARKS.md items 27, 29).
   WPack wc[WREGS ? S : 1];
   auto load_weight_regs = [&]() {
 #pragma unroll
