@@ -9,8 +9,8 @@
 //     slots t, t + tpr, t + 2 tpr, ...; blockDim.y rows share a block when H is small;
 //   - the block loops over row groups (grid-stride); the latency variant (WREGS, few rows)
 //     keeps the norm weight in registers and may split a row over several blocks (each reduces
-//     the whole row, then stores a share of it), the throughput variant reads the weight after
-//     the reduction.
+//     the whole row, then stores a share of it), the throughput variant stages the weight in
+//     shared memory as the block starts (WSMEM) or reads it after the reduction.
 // How many rows share a block, and which variant runs, may depend on the number of rows: the
 // per-row arithmetic and reduction order are the same in all of them.
 // The row is read from memory once and kept in registers (CACHED) when it fits in
@@ -408,10 +408,11 @@ __device__ __forceinline__ float div_by_qmax(float a) {
 
 // Two variants of the register-cached normalizing kernel, identical in arithmetic (so in
 // results): the latency variant (WREGS) loads the norm weight into registers together with the
-// row, which saves a dependent round trip when there are few rows; the throughput variant reads
-// the weight after the reduction (from L1/L2) under a register budget per variant (min_blocks),
-// so more blocks, and more rows' loads, are in flight per SM. The launcher picks by the size of
-// the grid.
+// row, which saves a dependent round trip when there are few rows; the throughput variant runs
+// under a register budget per variant (min_blocks), so more blocks, and more rows' loads, are in
+// flight per SM, and gets the weight without registers: copied into shared memory as the block
+// starts (WSMEM), or else read after the reduction (from L1/L2). The launcher picks by the size
+// of the grid.
 template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES, bool ALIGNED, bool CACHED,
           bool WREGS = false, bool WSMEM = false>
 __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>()))

@@ -39,6 +39,24 @@ def test_model_sizes_against_reference(op_name, dtype):
                 raise AssertionError(f"T={tokens} H={hidden}: {exc}") from None
 
 
+@pytest.mark.parametrize("hidden", [384, 2048, 5128, 16384])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_many_rows_with_an_fp32_weight(hidden, dtype):
+    """Grids of many rows stage the norm weight in shared memory: with an fp32 weight two 16-byte
+    copies per slot, at H=16384 a 16-bit model's block needs 64 KB (above the default limit), and
+    at H <= 2048 several rows share a block and its staged weight."""
+    for op_name in ("rms_norm", "rms_norm_static_fp8_quant", "fused_add_rms_norm_dynamic_per_token_quant",
+                    "rms_norm_per_token_group_quant", "fused_add_rms_norm_per_token_group_quant"):  # fmt: skip
+        kw = _kw(op_name, hidden)
+        if "group" in op_name and hidden % kw["group_size"]:
+            continue
+        args = make_args(op_name, (2048,), hidden, dtype, "cuda", weight_dtype=torch.float32, **kw)
+        try:
+            assert_outputs_match(op_name, getattr(ops, op_name)(*args), reference_of(op_name)(*args), dtype)
+        except AssertionError as exc:
+            raise AssertionError(f"{op_name} H={hidden}: {exc}") from None
+
+
 @pytest.mark.parametrize("hidden", [32768, 40000, 65536])
 def test_hidden_sizes_beyond_the_register_path(hidden):
     """Rows too long to keep in registers take the re-reading path: same results."""
