@@ -14,7 +14,9 @@ import fusion_kernels
 
 parser = argparse.ArgumentParser()
 parser.add_argument(
-    "--case", default="per_token", choices=["static", "static_res", "per_token", "per_token_res", "group128", "int8_static"]
+    "--case",
+    default="per_token",
+    choices=["static", "static_res", "per_token", "per_token_res", "group128", "int8_static"],
 )
 parser.add_argument("--tokens", type=int, nargs="+", default=[1, 16384])
 parser.add_argument("--hidden", type=int, default=8192)
