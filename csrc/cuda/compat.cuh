@@ -76,12 +76,12 @@ __device__ __forceinline__ void grid_dependents_launch() {
 #endif
 }
 
-// A 16-byte copy from global to shared memory that holds no registers while in flight
-// (`cp.async`, sm_80+), visible to the issuing thread after async_copy_wait_all. A
-// plain copy on HIP.
 #ifndef FK_ASYNC_COPY_L1  // the async copies through L1 (.ca; 0: L2 only, .cg)
 #define FK_ASYNC_COPY_L1 1  // measured: the blocks of an SM share the norm weight in L1 (BENCHMARKS.md, item 29)
 #endif
+// A 16-byte copy from global to shared memory that holds no registers while in flight
+// (`cp.async`, sm_80+), visible to the issuing thread after async_copy_wait_all. A
+// plain copy on HIP.
 __device__ __forceinline__ void async_copy16(void* smem, const void* gmem) {
 #if !FK_HIP && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));

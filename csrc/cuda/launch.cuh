@@ -129,9 +129,11 @@ void configure_dynamic_smem(size_t bytes, int device) {
 #ifndef FK_WSMEM_GROUP_ROWS_PER_SM
 #define FK_WSMEM_GROUP_ROWS_PER_SM 32
 #endif
-// The group quant without a residual stages its weight in shared memory up to this many rows
-// per SM (see launch_row_op).
-constexpr int kWeightSmemGroupRowsPerSm = FK_WSMEM_GROUP_ROWS_PER_SM;
+// The group quant without a residual stages its weight in shared memory on rows of at most 128
+// threads, and on longer rows up to FK_WSMEM_GROUP_ROWS_PER_SM rows per SM (see launch_row_op).
+inline bool group_stages_weight(int tpr, int64_t rows, int device) {
+  return tpr <= 128 || rows <= static_cast<int64_t>(FK_WSMEM_GROUP_ROWS_PER_SM) * sm_count(device);
+}
 
 // The latency variant of the kernel (norm weight in registers, launched with programmatic
 // dependent launch where available) runs grids of at most this many blocks per SM.
@@ -217,7 +219,7 @@ void launch_row_op(const RowOpParams& p, cudaStream_t stream, int device) {
       // item 29).
       constexpr bool wsmem = weight_in_smem<NORM, true, true, false>();
       if constexpr (wsmem && Q == QuantMode::kPerGroup && !RES) {
-        if (shape.tpr > 128 && p.rows > static_cast<int64_t>(kWeightSmemGroupRowsPerSm) * sm_count(device))
+        if (!group_stages_weight(shape.tpr, p.rows, device))
           return launch_variant<T, W, OUT, Q, NORM, RES, true, true, false, false>(p, shape, stream, device);
       }
       launch_variant<T, W, OUT, Q, NORM, RES, true, true, false, wsmem>(p, shape, stream, device);

@@ -518,8 +518,9 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>()))
 
     TPack rows_cache[S];
     float inv = 1.0f;
-    // The throughput variant's norm weight: all of a thread's slots requested at once (one round
-    // trip, not one per slot), before (FK_WEIGHT_EARLY) or after the row's reduction.
+    // The throughput variant's norm weight when it is not staged in shared memory: all of a
+    // thread's slots requested at once (one round trip, not one per slot), before
+    // (FK_WEIGHT_LOADS 2) or after (1) the row's reduction, or each slot as it is used (0).
     constexpr int kWeightLoads = (Q == QuantMode::kStatic || Q == QuantMode::kNone) ? FK_WEIGHT_LOADS_STATIC : FK_WEIGHT_LOADS;
     WPack wv[CACHED && NORM && !WREGS && !WSMEM && kWeightLoads ? S : 1];
     auto load_weights = [&]() {
