@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Streaming roofline in the kernel benchmark's timer: simple kernels of each read:write mix
-(a bf16 copy, casts to FP8, an add + cast) next to our fused op and Inductor's, at T = 4096 and
-16384, H = 4096 and 8192. Shows how close to the memory limit a kernel of that traffic gets.
+(a bf16 copy, casts to FP8, an add + cast, our quant kernels with the norm stage off) next to
+our fused op and Inductor's, at T = 4096 and 16384, H = 4096 and 8192. Shows how close to the memory limit a kernel of that traffic gets.
 
     python benchmarks/roofline.py
 """
@@ -32,6 +32,12 @@ def main() -> None:
         y = x + r
         return ((y.float() * inv).clamp(-448, 448).to(FP8), y)
 
+    ops = torch.ops.fusion_kernels
+    ours_quant = {
+        "static": lambda x, r, w, s: (ops.static_scaled_fp8_quant(x, s, FP8),),
+        "per_token": lambda x, r, w, s: ops.dynamic_per_token_scaled_fp8_quant(x, None, FP8),
+        "group": lambda x, r, w, s: ops.per_token_group_fp8_quant(x, 128, False, False, FP8),
+    }
     compiled = {"cast": torch.compile(cast_scaled, dynamic=False), "add": torch.compile(add_cast, dynamic=False)}
     for hidden in (4096, 8192):
         for tokens in (4096, 16384):
@@ -45,7 +51,12 @@ def main() -> None:
                 else:
                     variants = {"bf16 copy (r2 w2)": (lambda x, r, w, s: (x.clone(),), 4 * n),
                                 "aten to(fp8) (r2 w1)": (lambda x, r, w, s: (x.to(FP8),), 3 * n),
-                                "Inductor scaled cast (r2 w1)": (compiled["cast"], 3 * n)}  # fmt: skip
+                                "Inductor scaled cast (r2 w1)": (compiled["cast"], 3 * n),
+                                # Our kernel with the norm stage off: the fused op's structure
+                                # (a row per block, loads issued at once) without its reduction.
+                                "ours quant only, static (r2 w1)": (ours_quant["static"], 3 * n),
+                                "ours quant only, per-token (r2 w1)": (ours_quant["per_token"], 3 * n + 4 * tokens),
+                                "ours quant only, group 128 (r2 w1)": (ours_quant["group"], 3 * n + n // 32)}  # fmt: skip
                 variants["ours fused"] = (bk.ours_fns(cell)[0], bk.min_bytes(cell))
                 variants["Inductor fused"] = (bk.compile_native(cell, "default"), bk.min_bytes(cell))
                 for name, (fn, nbytes) in variants.items():

@@ -130,6 +130,19 @@ __device__ __forceinline__ float max_nan(float a, float b) {
 #endif
 }
 
+// Max over the lanes named in `mask` of values that are >= +0 or NaN, in one warp instruction
+// (redux, sm_80+): for such floats the unsigned order of the bits is the float order with NaN
+// above +Inf, so this is the NaN-propagating max (a NaN's payload may differ; every use of the
+// result rounds it to the canonical NaN).
+#if !FK_HIP && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define FK_HAS_REDUX 1
+__device__ __forceinline__ float lanes_max_nonneg(float v, unsigned mask) {
+  return __uint_as_float(__reduce_max_sync(mask, __float_as_uint(v)));
+}
+#else
+#define FK_HAS_REDUX 0
+#endif
+
 // --- 16-bit floats ------------------------------------------------------------------------
 #if FK_HIP
 using bf16_t = __hip_bfloat16;

@@ -67,6 +67,9 @@ namespace dev {
 #ifndef FK_WEIGHT_AFTER_ROW  // latency variant: the norm weight requested before the row (0), after it (1),
 #define FK_WEIGHT_AFTER_ROW 1  // or after it only when the row is split over blocks (2)
 #endif
+#ifndef FK_REDUX  // a warp's absmax (the per-token row reduction) by one redux instruction on sm_80+
+#define FK_REDUX 1
+#endif
 #ifndef FK_FAST_SCALE_DIV  // dynamic scales: amax / qmax by a multiply and one fma correction
 #define FK_FAST_SCALE_DIV 1
 #endif
@@ -148,8 +151,16 @@ __device__ __forceinline__ float combine(float a, float b) {
 }
 
 // Butterfly over aligned groups of `width` lanes: every lane ends with the same value.
+// MAX reductions are over absolute values (>= +0 or NaN).
 template <bool MAX>
 __device__ __forceinline__ float lanes_reduce(float v, int width) {
+#if FK_HAS_REDUX
+  // A whole warp: one instruction instead of five shuffle steps. (Groups of fewer lanes keep the
+  // butterfly: with a mask per group the hardware runs the groups one after another.)
+  if constexpr (MAX && FK_REDUX) {
+    if (width >= kWarpSize) return lanes_max_nonneg(v, 0xffffffffu);
+  }
+#endif
 #pragma unroll
   for (int o = kWarpSize / 2; o > 0; o >>= 1)
     if (o < width) v = combine<MAX>(v, shfl_xor(v, o));
@@ -166,6 +177,12 @@ __device__ __forceinline__ float row_reduce(float v, float* smem) {
   float* mine = smem + threadIdx.y * warps;
   if (threadIdx.x % kWarpSize == 0) mine[threadIdx.x / kWarpSize] = v;
   __syncthreads();
+#if FK_HAS_REDUX
+  if constexpr (MAX && FK_REDUX) {  // the warps' maxima, one per lane (warps <= 16), in one step
+    const int l = static_cast<int>(threadIdx.x % kWarpSize);
+    return lanes_max_nonneg(l < warps ? mine[l] : 0.0f, 0xffffffffu);
+  }
+#endif
   float r = mine[0];
   for (int k = 1; k < warps; ++k) r = combine<MAX>(r, mine[k]);
   return r;
