@@ -50,8 +50,14 @@ def assert_quant_close(
     what: str = "q",
     same_scale: torch.Tensor | None = None,
     scales: tuple[torch.Tensor, torch.Tensor] | None = None,
+    value_rtol: float = 0.0,
 ) -> None:
     """Every element within one step of ``expected``; at most ``max_fraction`` of them off.
+
+    ``value_rtol``: how far (relative) the values that were quantized may legitimately differ
+    from the reference's (a normalized row: ACT_TOL). On the INT8 grid, whose steps near 127 are
+    finer than a 16-bit float's, that is ``floor(value_rtol * (|q| + 1))`` steps more; FP8 steps
+    (2^-4 to 2^-3 relative) are coarser than ACT_TOL, so one step still bounds them.
 
     ``scales`` (actual, expected; broadcastable to the output): elements whose dynamic scales
     differ are compared dequantized, within a step of each grid (see below); ``same_scale``
@@ -83,8 +89,13 @@ def assert_quant_close(
                 f"{float((gap / bound)[~ok].max()):.1f} grid steps away"
             )
             d = d.masked_fill(differ, 0)
-    worst = int(d.max())
-    assert worst <= 1, f"{what}: an element is {worst} quantization steps from the reference"
+    allowed = 1
+    if value_rtol and expected.dtype == torch.int8:
+        allowed = 1 + torch.floor(value_rtol * (expected.to(torch.float32).abs() + 1)).to(torch.int64)
+    excess = d - allowed
+    if int(excess.max()) > 0:
+        worst = int(d.flatten()[int(excess.flatten().argmax())])
+        raise AssertionError(f"{what}: an element is {worst} quantization steps from the reference")
     off = d > 0
     if same_scale is not None:
         mask = same_scale.expand_as(off)
@@ -207,7 +218,10 @@ def assert_outputs_match(op_name: str, actual, expected, input_dtype: torch.dtyp
         assert a.shape == e.shape, f"{what}: shape {tuple(a.shape)} vs {tuple(e.shape)}"
         if kind == "q":
             assert a.is_contiguous(), f"{what} is not contiguous"
-            assert_quant_close(a, e, max_fraction, what=what, scales=scales)
+            # A normalizing op quantizes its own normalized row, which may differ from the
+            # reference's by ACT_TOL (two roundings of the input dtype).
+            value_rtol = ACT_TOL[input_dtype] if "rms_norm" in op_name else 0.0
+            assert_quant_close(a, e, max_fraction, what=what, scales=scales, value_rtol=value_rtol)
         elif kind == "scales":
             a = _accept_ue8m0_flips(a, e, actual[0], expected[0], input_dtype)
             assert_scales_close(a, e, input_dtype, what=what)
