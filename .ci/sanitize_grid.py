@@ -17,8 +17,11 @@ ops = torch.ops.fusion_kernels
 count = 0
 for op_name in OP_NAMES:
     for tokens in [(0,), (1,), (7,), (1200,)]:  # 1200 rows: the throughput variant (many blocks)
-        for hidden in [1, 7, 64, 1025, 4104, 33000]:
-            if tokens == (1200,) and hidden not in (7, 4104):
+        for hidden in [1, 7, 64, 1025, 4096, 4104, 33000]:
+            # 4096 (1200 rows only): 16-bit rows of 128 threads, where the dynamic quants take
+            # the 64-register instantiation
+            many = tokens == (1200,)
+            if (many and hidden not in (7, 4096, 4104)) or (not many and hidden == 4096):
                 continue
             for dtype, pad in [(torch.bfloat16, 0), (torch.float32, 0), (torch.float16, 3)]:
                 kw = {}

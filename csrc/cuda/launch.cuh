@@ -139,10 +139,22 @@ inline bool group_stages_weight(int tpr, int64_t rows, int device) {
 // dependent launch where available) runs grids of at most this many blocks per SM.
 constexpr int kLatencyGridPerSm = FK_LATENCY_GRID;
 
+#ifndef FK_WIDE_ROWS_PER_SM
+#define FK_WIDE_ROWS_PER_SM 48
+#endif
+// Per-token and group without a residual run under 40 registers (more blocks in flight, which
+// rows of more than 128 threads and grids of many waves need); on rows of at most 128 threads
+// and up to FK_WIDE_ROWS_PER_SM rows per SM the same kernel under 64 registers (the WIDE
+// instantiation) is faster: it spends fewer instructions per row, which shortens the ramp and
+// the tail of a grid of a few waves (BENCHMARKS.md, item 32). Same arithmetic, so the same bits.
+inline bool wide_registers(int tpr, int64_t rows, int device) {
+  return tpr <= 128 && rows <= static_cast<int64_t>(FK_WIDE_ROWS_PER_SM) * sm_count(device);
+}
+
 template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES, bool ALIGNED, bool CACHED,
-          bool WREGS = false, bool WSMEM = false>
+          bool WREGS = false, bool WSMEM = false, bool WIDE = false>
 void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t stream, int device) {
-  constexpr auto kernel = &row_op_kernel<T, W, OUT, Q, NORM, RES, ALIGNED, CACHED, WREGS, WSMEM>;
+  constexpr auto kernel = &row_op_kernel<T, W, OUT, Q, NORM, RES, ALIGNED, CACHED, WREGS, WSMEM, WIDE>;
   // Rows per block only groups rows (a row's reduction order depends on tpr alone), so it may
   // follow the row count: when the rows would not fill the SMs anyway, one row per block
   // spreads them over more SMs.
@@ -221,6 +233,10 @@ void launch_row_op(const RowOpParams& p, cudaStream_t stream, int device) {
       if constexpr (wsmem && Q == QuantMode::kPerGroup && !RES) {
         if (!group_stages_weight(shape.tpr, p.rows, device))
           return launch_variant<T, W, OUT, Q, NORM, RES, true, true, false, false>(p, shape, stream, device);
+      }
+      if constexpr (wsmem && !RES && (Q == QuantMode::kPerToken || Q == QuantMode::kPerGroup)) {
+        if (wide_registers(shape.tpr, p.rows, device))
+          return launch_variant<T, W, OUT, Q, NORM, RES, true, true, false, true, true>(p, shape, stream, device);
       }
       launch_variant<T, W, OUT, Q, NORM, RES, true, true, false, wsmem>(p, shape, stream, device);
     } else {

@@ -384,11 +384,12 @@ __device__ __forceinline__ void group_absmax(float (&v)[S], int width) {
 // Register budget of each variant, as the minimum number of resident blocks of kMaxThreads
 // threads per SM in __launch_bounds__ (measured, BENCHMARKS.md): a residual row, and the static
 // quant with its weight loads batched, need 64 registers; per-token and group without a residual
-// fit in 40 with more blocks in flight.
-template <QuantMode Q, bool RES, bool WREGS>
+// fit in 40 with more blocks in flight. WIDE: the same kernel under the 64-register budget, which
+// the launcher picks for those two on short rows of grids of a few waves (launch.cuh).
+template <QuantMode Q, bool RES, bool WREGS, bool WIDE>
 constexpr int min_blocks() {
   if (WREGS) return 1;
-  if (RES) return FK_MIN_BLOCKS;
+  if (RES || WIDE) return FK_MIN_BLOCKS;
   if (Q == QuantMode::kStatic || Q == QuantMode::kNone) return FK_MIN_BLOCKS_STATIC;
   return FK_MIN_BLOCKS_DYN;
 }
@@ -431,8 +432,8 @@ __device__ __forceinline__ float div_by_qmax(float a) {
 // starts (WSMEM), or else read after the reduction (from L1/L2). The launcher picks by the size
 // of the grid.
 template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES, bool ALIGNED, bool CACHED,
-          bool WREGS = false, bool WSMEM = false>
-__global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS>()))
+          bool WREGS = false, bool WSMEM = false, bool WIDE = false>
+__global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS, WIDE>()))
     row_op_kernel(const RowOpParams p, const int split_arg) {
   constexpr int V = 16 / sizeof(T);
   constexpr int S = CACHED ? kCachedSlots : 1;  // slots held in registers

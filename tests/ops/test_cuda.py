@@ -101,8 +101,9 @@ def test_every_output_element_is_written(op_name):
 @pytest.mark.parametrize("op_name", [n for n in OP_NAMES if "quant" in n])
 def test_batch_invariance(op_name, hidden):
     """A row's outputs do not depend on the batch it is computed in: alone, among 7, among 200,
-    among 16384 (few rows and many rows run different kernel variants, change the rows per block,
-    and split a row over up to 4 blocks when there are few: same arithmetic, same bits)."""
+    among 4096, among 16384 (few rows and many rows run different kernel variants, change the
+    rows per block, split a row over up to 4 blocks when there are few, and at H = 4096 run the
+    dynamic quants under a larger register budget at 4096 rows: same arithmetic, same bits)."""
     kw = _kw(op_name, hidden)
     big = make_args(op_name, (16384,), hidden, torch.bfloat16, "cuda", **kw)
     picks = [0, 3, 6]
@@ -118,12 +119,14 @@ def test_batch_invariance(op_name, hidden):
     full = rows_of(getattr(ops, op_name)(*big), picks)
     seven = rows_of(getattr(ops, op_name)(*take(big, slice(0, 7))), picks)
     mid = rows_of(getattr(ops, op_name)(*take(big, slice(0, 200))), picks)
+    wide = rows_of(getattr(ops, op_name)(*take(big, slice(0, 4096))), picks)
     for i, row in enumerate(picks):
         alone = rows_of(getattr(ops, op_name)(*take(big, slice(row, row + 1))), [0])
-        for a, b, c, d in zip(full, seven, alone, mid):
+        for a, b, c, d, e in zip(full, seven, alone, mid, wide):
             assert torch.equal(a[i], b[i]) and torch.equal(a[i], c[0]) and torch.equal(a[i], d[i]), (
                 f"{op_name}: row {row} depends on the batch"
             )
+            assert torch.equal(a[i], e[i]), f"{op_name}: row {row} differs between 4096 and 16384 rows"
 
 
 def test_more_than_2_pow_31_elements():
