@@ -140,7 +140,7 @@ inline bool group_stages_weight(int tpr, int64_t rows, int device) {
 constexpr int kLatencyGridPerSm = FK_LATENCY_GRID;
 
 #ifndef FK_WIDE_ROWS_PER_SM
-#define FK_WIDE_ROWS_PER_SM 48
+#define FK_WIDE_ROWS_PER_SM 64
 #endif
 // Per-token and group without a residual run under 40 registers (more blocks in flight, which
 // rows of more than 128 threads and grids of many waves need); on rows of at most 128 threads
