@@ -139,14 +139,14 @@ inline bool group_stages_weight(int tpr, int64_t rows, int device) {
 // dependent launch where available) runs grids of at most this many blocks per SM.
 constexpr int kLatencyGridPerSm = FK_LATENCY_GRID;
 
-#ifndef FK_WIDE_ROWS_PER_SM
-#define FK_WIDE_ROWS_PER_SM 64
+#ifndef FK_WIDE_ROWS_PER_SM  // tuning (0: off, the default; BENCHMARKS.md, item 32)
+#define FK_WIDE_ROWS_PER_SM 0
 #endif
 // Per-token and group without a residual run under 40 registers (more blocks in flight, which
-// rows of more than 128 threads and grids of many waves need); on rows of at most 128 threads
-// and up to FK_WIDE_ROWS_PER_SM rows per SM the same kernel under 64 registers (the WIDE
-// instantiation) is faster: it spends fewer instructions per row, which shortens the ramp and
-// the tail of a grid of a few waves (BENCHMARKS.md, item 32). Same arithmetic, so the same bits.
+// rows of more than 128 threads and grids of many waves need). With FK_WIDE_ROWS_PER_SM > 0, rows
+// of at most 128 threads up to that many rows per SM take the same kernel under 64 registers
+// (the WIDE instantiation): measured faster at 1024-8192 rows of H = 4096, but off until an
+// end-to-end difference seen once with it on is explained (item 32).
 inline bool wide_registers(int tpr, int64_t rows, int device) {
   return tpr <= 128 && rows <= static_cast<int64_t>(FK_WIDE_ROWS_PER_SM) * sm_count(device);
 }
@@ -234,7 +234,7 @@ void launch_row_op(const RowOpParams& p, cudaStream_t stream, int device) {
         if (!group_stages_weight(shape.tpr, p.rows, device))
           return launch_variant<T, W, OUT, Q, NORM, RES, true, true, false, false>(p, shape, stream, device);
       }
-      if constexpr (wsmem && !RES && (Q == QuantMode::kPerToken || Q == QuantMode::kPerGroup)) {
+      if constexpr (FK_WIDE_ROWS_PER_SM > 0 && wsmem && !RES && (Q == QuantMode::kPerToken || Q == QuantMode::kPerGroup)) {
         if (wide_registers(shape.tpr, p.rows, device))
           return launch_variant<T, W, OUT, Q, NORM, RES, true, true, false, true, true>(p, shape, stream, device);
       }
