@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Streaming roofline in the kernel benchmark's timer: simple kernels of each read:write mix
 (a bf16 copy, casts to FP8, an add + cast, our quant kernels with the norm stage off) next to
-our fused op and Inductor's, at T = 4096 and 16384, H = 4096 and 8192. Shows how close to the memory limit a kernel of that traffic gets.
+our fused op and Inductor's, at T = 4096 and 16384, H = 4096 and 8192. Shows how close to the
+memory limit a kernel of that traffic gets.
 
     python benchmarks/roofline.py
 """
