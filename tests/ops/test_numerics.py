@@ -146,11 +146,13 @@ def test_per_token_scale_ub_and_all_zero_rows(device):
 
 
 def test_fused_equals_unfused_bit_for_bit(device):
-    """The fused ops compute exactly the composition of the unfused ones (same device)."""
+    """The fused ops compute exactly the composition of the unfused ones (same device), with few
+    rows and with enough rows for the CUDA kernels' throughput variant (2048 x 4096)."""
     g = torch.Generator().manual_seed(1)
-    for dtype, hidden in [(torch.bfloat16, 4096), (torch.float16, 1025), (torch.float32, 384)]:
-        x = torch.randn(37, hidden, generator=g).to(dtype).to(device)
-        r = torch.randn(37, hidden, generator=g).to(dtype).to(device)
+    for dtype, hidden, rows in [(torch.bfloat16, 4096, 37), (torch.bfloat16, 4096, 2048),
+                                (torch.float16, 1025, 37), (torch.float32, 384, 37)]:  # fmt: skip
+        x = torch.randn(rows, hidden, generator=g).to(dtype).to(device)
+        r = torch.randn(rows, hidden, generator=g).to(dtype).to(device)
         w = torch.randn(hidden, generator=g).to(dtype).to(device)
         s = torch.tensor(0.02, device=device)
         y = ops.rms_norm(x, w, 1e-5)
