@@ -17,12 +17,10 @@ ops = torch.ops.fusion_kernels
 count = 0
 for op_name in OP_NAMES:
     for tokens in [(0,), (1,), (7,), (1200,)]:  # 1200 rows: the throughput variant (many blocks)
-        for hidden in [1, 7, 64, 1025, 4096, 4104, 33000]:
-            # 4096 (1200 rows only): aligned 16-bit rows of 128 threads with the weight staged
-            # in shared memory (the kernels FK_WIDE_ROWS_PER_SM would run under 64 registers)
-            many = tokens == (1200,)
-            if (many and hidden not in (7, 4096, 4104)) or (not many and hidden == 4096):
-                continue
+        # At 1200 rows, 4096: aligned 16-bit rows of 128 threads with the weight staged in shared
+        # memory (the kernels FK_WIDE_ROWS_PER_SM would run under 64 registers).
+        hiddens = [7, 4096, 4104] if tokens == (1200,) else [1, 7, 64, 1025, 4104, 33000]
+        for hidden in hiddens:
             for dtype, pad in [(torch.bfloat16, 0), (torch.float32, 0), (torch.float16, 3)]:
                 kw = {}
                 if "group" in op_name:
