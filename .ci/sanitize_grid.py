@@ -18,7 +18,7 @@ count = 0
 for op_name in OP_NAMES:
     for tokens in [(0,), (1,), (7,), (1200,)]:  # 1200 rows: the throughput variant (many blocks)
         # At 1200 rows, 4096: aligned 16-bit rows of 128 threads with the weight staged in shared
-        # memory (the kernels FK_WIDE_ROWS_PER_SM would run under 64 registers).
+        # memory (for the dynamic quants, the 64-register kernels of FK_WIDE_ROWS_PER_SM).
         hiddens = [7, 4096, 4104] if tokens == (1200,) else [1, 7, 64, 1025, 4104, 33000]
         for hidden in hiddens:
             for dtype, pad in [(torch.bfloat16, 0), (torch.float32, 0), (torch.float16, 3)]:

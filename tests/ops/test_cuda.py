@@ -102,9 +102,9 @@ def test_every_output_element_is_written(op_name):
 def test_batch_invariance(op_name, hidden):
     """A row's outputs do not depend on the batch it is computed in: alone, among 7, among 200,
     among 4096, among 16384 (few rows and many rows run different kernel variants, change the
-    rows per block, split a row over up to 4 blocks when there are few, and with the tuning
-    option FK_WIDE_ROWS_PER_SM run the dynamic quants under a larger register budget at 4096
-    rows: same arithmetic, same bits)."""
+    rows per block, split a row over up to 4 blocks when there are few, and run the dynamic
+    quants of short rows under a larger register budget at 4096 rows (FK_WIDE_ROWS_PER_SM) than
+    at 16384: same arithmetic, same bits)."""
     kw = _kw(op_name, hidden)
     big = make_args(op_name, (16384,), hidden, torch.bfloat16, "cuda", **kw)
     picks = [0, 3, 6]

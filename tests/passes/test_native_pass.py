@@ -292,3 +292,28 @@ def test_fnuz_bound_on_a_rocm_platform():
     assert op_counts(gm) == {"rms_norm_static_fp8_quant": 1}
     (node,) = [n for n in gm.graph.nodes if n.op == "call_function" and "rms_norm_static_fp8_quant" in str(n.target)]
     assert node.args[-1] == torch.float8_e4m3fnuz
+
+
+def test_policy_table_is_the_one_its_record_implies(monkeypatch):
+    """MEASURED_FASTER's CUDA rows are what `bench_kernels.py --policy` derives from the record its
+    docstring names (default and plain-launch runs): the table cannot drift from the measurements."""
+    import ast
+    import importlib.util
+    import re
+    import sys
+    from pathlib import Path
+
+    from fusion_passes import policy
+
+    root = Path(__file__).resolve().parents[2]
+    record = root / re.search(r"Source: (benchmarks/results/\S+)", policy.__doc__).group(1)
+    runs = [record / "bench.json", record / "plain-launch" / "bench.json"]
+    assert all(r.is_file() for r in runs), runs
+    spec = importlib.util.spec_from_file_location("bench_kernels", root / "benchmarks" / "bench_kernels.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look themselves up there
+    spec.loader.exec_module(bench)
+    text = bench.policy_table(runs)
+    derived = ast.literal_eval("{" + "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#")) + "}")
+    table = {k: v for k, v in policy.MEASURED_FASTER.items() if k[:2] == ("cuda", "sm_90")}
+    assert table == derived
