@@ -2,7 +2,8 @@
 // Exhaustive check of the kernels' scale arithmetic against IEEE division and reciprocal, on the
 // GPU, over every positive float: dev::div_by_qmax<OUT>(a) == div.rn(a, qmax) for a >= 1e-10 (the
 // group floor; per-token scales below it are clamped far above), and dev::rcp_scale(s) ==
-// rcp.rn(s) on [2^-126, 2^126] and at +Inf. Built and run by .ci/gpu:
+// rcp.rn(s) on [2^-126, 2^126] and at +Inf;
+// dev::to_int8_x4 packs cvt.rni.sat.s8.f32 of each value, for every float. Built and run by .ci/gpu:
 //   nvcc -std=c++17 -O3 -arch=sm_90 -Icsrc .ci/scale_math.cu -o scale_math && ./scale_math
 #include <cstdio>
 
@@ -37,6 +38,30 @@ __global__ void check_rcp(unsigned long long* bad, unsigned int* first) {
   }
 }
 
+// to_int8_x4 (the kernels' INT8 rounding and packing) against the conversion instruction on each
+// value: every float bit pattern (NaNs and infinities included) in the first position, its
+// negation, its bits scrambled and a neighbouring pattern in the others.
+__device__ __forceinline__ uint32_t cvt_s8(float v) {
+  uint32_t r;
+  asm("cvt.rni.sat.s8.f32 %0, %1;" : "=r"(r) : "f"(v));
+  return r & 0xffu;
+}
+
+__global__ void check_int8(unsigned long long* bad, unsigned int* first) {
+  for (unsigned long long i = blockIdx.x * 1ull * blockDim.x + threadIdx.x; i <= 0xffffffffull;
+       i += 1ull * gridDim.x * blockDim.x) {
+    const unsigned u = static_cast<unsigned>(i);
+    const float v[4] = {__uint_as_float(u), __uint_as_float(u ^ 0x80000000u), __uint_as_float(u * 2654435761u),
+                        __uint_as_float(u + 0x00400001u)};
+    const uint32_t got = to_int8_x4(v[0], v[1], v[2], v[3]);
+    const uint32_t want = cvt_s8(v[0]) | cvt_s8(v[1]) << 8 | cvt_s8(v[2]) << 16 | cvt_s8(v[3]) << 24;
+    if (got != want) {
+      atomicAdd(bad, 1ull);
+      atomicMin(first, u);
+    }
+  }
+}
+
 template <typename Launch>
 static unsigned long long run(const char* what, Launch launch) {
   unsigned long long* bad;
@@ -65,6 +90,7 @@ int main() {
   bad += run("div_by_qmax e4m3fn (448)", [&](auto b, auto f) { check_div<OutKind::kE4m3fn><<<grid, block>>>(b, f); });
   bad += run("div_by_qmax e4m3fnuz (240)", [&](auto b, auto f) { check_div<OutKind::kE4m3fnuz><<<grid, block>>>(b, f); });
   bad += run("div_by_qmax int8 (127)", [&](auto b, auto f) { check_div<OutKind::kInt8><<<grid, block>>>(b, f); });
+  bad += run("to_int8_x4", [&](auto b, auto f) { check_int8<<<grid, block>>>(b, f); });
   bad += run("rcp_scale", [&](auto b, auto f) { check_rcp<<<grid, block>>>(b, f); });
   std::printf("scale math: %s\n", bad ? "FAILED" : "exact");
   return bad ? 1 : 0;

@@ -40,7 +40,7 @@ MEASURED_FASTER: dict[tuple[str, str, str, bool], TokenRanges] = {
     ("cuda", "sm_90", "fp8_group128", True): ((1, None),),
     ("cuda", "sm_90", "fp8_group64", False): ((1, None),),
     ("cuda", "sm_90", "int8_static", False): ((1024, None),),
-    ("cuda", "sm_90", "int8_per_token", False): ((1, 16), (1024, None)),
+    ("cuda", "sm_90", "int8_per_token", False): ((16, 16), (1024, None)),
 }
 
 

@@ -312,8 +312,27 @@ __device__ __forceinline__ uint32_t to_e4m3fn_x4(float a, float b, float c, floa
 __device__ __forceinline__ uint32_t to_e4m3fnuz_x4(float a, float b, float c, float d) {
   return pack_low_halves(to_e4m3fnuz_x2(make_float2(a, b)), to_e4m3fnuz_x2(make_float2(c, d)));
 }
+#ifndef FK_INT8_PACK  // 0: four single conversions joined by byte permutes (BENCHMARKS.md, item 34)
+#define FK_INT8_PACK 1
+#endif
 __device__ __forceinline__ uint32_t to_int8_x4(float a, float b, float c, float d) {
+#if FK_INT8_PACK && !FK_HIP && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 720
+  // Round to nearest even into int32 (saturating; NaN -> 0), then two saturating packs of a pair
+  // into bytes (the second shifts the first's pair into the high half): the same values as
+  // to_int8 on each, and ptxas joins each conversion pair and its pack into one F2IP.S8.F32
+  // instruction (two values per instruction, as the FP8 conversions).
+  int ia, ib, ic, id;
+  asm("cvt.rni.s32.f32 %0, %1;" : "=r"(ia) : "f"(a));
+  asm("cvt.rni.s32.f32 %0, %1;" : "=r"(ib) : "f"(b));
+  asm("cvt.rni.s32.f32 %0, %1;" : "=r"(ic) : "f"(c));
+  asm("cvt.rni.s32.f32 %0, %1;" : "=r"(id) : "f"(d));
+  uint32_t hi, r;
+  asm("cvt.pack.sat.s8.s32.b32 %0, %1, %2, 0;" : "=r"(hi) : "r"(id), "r"(ic));
+  asm("cvt.pack.sat.s8.s32.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(ib), "r"(ia), "r"(hi));
+  return r;
+#else
   return pack_low_bytes(to_int8(a), to_int8(b), to_int8(c), to_int8(d));
+#endif
 }
 
 }  // namespace dev
