@@ -149,13 +149,13 @@ constexpr int kLatencyGridPerSm = FK_LATENCY_GRID;
 // (measured 12-18% faster at 1024 rows of H = 4096, 2-4% at 4096). Same arithmetic, so the same
 // bits: a row's outputs do not depend on which of the two ran.
 inline bool wide_registers(int tpr, int64_t rows, int device) {
-  return tpr <= 128 && rows <= static_cast<int64_t>(FK_WIDE_ROWS_PER_SM) * sm_count(device);
+  return tpr <= 128 && tpr <= kRowsBlockThreads && rows <= static_cast<int64_t>(FK_WIDE_ROWS_PER_SM) * sm_count(device);
 }
 
-template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES, bool ALIGNED, bool CACHED,
+template <typename T, typename W, OutKind OUT, QuantMode Q, int GRUN, bool NORM, bool RES, bool ALIGNED, bool CACHED,
           bool WREGS = false, bool WSMEM = false, bool WIDE = false>
 void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t stream, int device) {
-  constexpr auto kernel = &row_op_kernel<T, W, OUT, Q, NORM, RES, ALIGNED, CACHED, WREGS, WSMEM, WIDE>;
+  constexpr auto kernel = &row_op_kernel<T, W, OUT, Q, GRUN, NORM, RES, ALIGNED, CACHED, WREGS, WSMEM, WIDE>;
   // Rows per block only groups rows (a row's reduction order depends on tpr alone), so it may
   // follow the row count: when the rows would not fill the SMs anyway, one row per block
   // spreads them over more SMs.
@@ -210,7 +210,7 @@ void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t
   check_cuda(cudaGetLastError(), "kernel launch");
 }
 
-template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES>
+template <typename T, typename W, OutKind OUT, QuantMode Q, int GRUN, bool NORM, bool RES>
 void launch_row_op(const RowOpParams& p, cudaStream_t stream, int device) {
   const int elem = static_cast<int>(sizeof(T));
   const LaunchShape shape = launch_shape(p.hidden, elem);
@@ -222,7 +222,7 @@ void launch_row_op(const RowOpParams& p, cudaStream_t stream, int device) {
     if constexpr (NORM) {
       if (shape.cached && kLatencyGridPerSm > 0 &&
           p.rows <= static_cast<int64_t>(kLatencyGridPerSm) * sm_count(device) * shape.rows_per_block)
-        return launch_variant<T, W, OUT, Q, NORM, RES, true, true, true>(p, shape, stream, device);
+        return launch_variant<T, W, OUT, Q, GRUN, NORM, RES, true, true, true>(p, shape, stream, device);
     }
     if (shape.cached) {
       // The throughput variant stages the norm weight in shared memory (weight_in_smem), except
@@ -233,48 +233,65 @@ void launch_row_op(const RowOpParams& p, cudaStream_t stream, int device) {
       constexpr bool wsmem = weight_in_smem<NORM, true, true, false>();
       if constexpr (wsmem && Q == QuantMode::kPerGroup && !RES) {
         if (!group_stages_weight(shape.tpr, p.rows, device))
-          return launch_variant<T, W, OUT, Q, NORM, RES, true, true, false, false>(p, shape, stream, device);
+          return launch_variant<T, W, OUT, Q, GRUN, NORM, RES, true, true, false, false>(p, shape, stream, device);
       }
       if constexpr (FK_WIDE_ROWS_PER_SM > 0 && wsmem && !RES && (Q == QuantMode::kPerToken || Q == QuantMode::kPerGroup)) {
         if (wide_registers(shape.tpr, p.rows, device))
-          return launch_variant<T, W, OUT, Q, NORM, RES, true, true, false, true, true>(p, shape, stream, device);
+          return launch_variant<T, W, OUT, Q, GRUN, NORM, RES, true, true, false, true, true>(p, shape, stream, device);
       }
-      launch_variant<T, W, OUT, Q, NORM, RES, true, true, false, wsmem>(p, shape, stream, device);
+      launch_variant<T, W, OUT, Q, GRUN, NORM, RES, true, true, false, wsmem>(p, shape, stream, device);
     } else {
-      launch_variant<T, W, OUT, Q, NORM, RES, true, false>(p, shape, stream, device);
+      launch_variant<T, W, OUT, Q, GRUN, NORM, RES, true, false>(p, shape, stream, device);
     }
   } else {
     if (shape.cached)
-      launch_variant<T, W, OUT, Q, NORM, RES, false, true>(p, shape, stream, device);
+      launch_variant<T, W, OUT, Q, GRUN, NORM, RES, false, true>(p, shape, stream, device);
     else
-      launch_variant<T, W, OUT, Q, NORM, RES, false, false>(p, shape, stream, device);
+      launch_variant<T, W, OUT, Q, GRUN, NORM, RES, false, false>(p, shape, stream, device);
   }
 }
 
 // The residual add exists only together with the norm.
-template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM>
+template <typename T, typename W, OutKind OUT, QuantMode Q, int GRUN, bool NORM>
 void launch_for_residual(const RowOpParams& p, cudaStream_t stream, int device) {
   if constexpr (NORM) {
-    if (p.residual != nullptr) return launch_row_op<T, W, OUT, Q, true, true>(p, stream, device);
+    if (p.residual != nullptr) return launch_row_op<T, W, OUT, Q, GRUN, true, true>(p, stream, device);
   }
-  launch_row_op<T, W, OUT, Q, NORM, false>(p, stream, device);
+  launch_row_op<T, W, OUT, Q, GRUN, NORM, false>(p, stream, device);
 }
 
 // A 16-bit model may keep its norm weight in fp32; the weight type is then a kernel parameter.
-template <typename T, OutKind OUT, QuantMode Q, bool NORM>
+template <typename T, OutKind OUT, QuantMode Q, int GRUN, bool NORM>
 void launch_for_weight_dtype(const RowOpParams& p, cudaStream_t stream, int device) {
   if constexpr (NORM && !std::is_same_v<T, float>) {
-    if (p.weight_dtype == DType::kFloat32) return launch_for_residual<T, float, OUT, Q, NORM>(p, stream, device);
+    if (p.weight_dtype == DType::kFloat32) return launch_for_residual<T, float, OUT, Q, GRUN, NORM>(p, stream, device);
   }
-  launch_for_residual<T, T, OUT, Q, NORM>(p, stream, device);
+  launch_for_residual<T, T, OUT, Q, GRUN, NORM>(p, stream, device);
+}
+
+// The group quant's kernels are compiled per run length (GRUN = group_run_of the group size in
+// slots: RUN, RUN / 2, ... down to that of the smallest group size); the other quant modes have
+// one (GRUN 1).
+template <typename T, OutKind OUT, QuantMode Q, bool NORM, int RUN = kRun>
+void launch_for_group_run(const RowOpParams& p, cudaStream_t stream, int device) {
+  if constexpr (Q == QuantMode::kPerGroup) {
+    constexpr int V = 16 / sizeof(T);
+    if (group_run_of(static_cast<int>(p.group_size / V)) == RUN)
+      return launch_for_weight_dtype<T, OUT, Q, RUN, NORM>(p, stream, device);
+    if constexpr (RUN > 1 && RUN > group_run_of(kMinGroupSize / V))
+      return launch_for_group_run<T, OUT, Q, NORM, RUN / 2>(p, stream, device);
+    throw std::runtime_error("fusion_kernels: unsupported group size");
+  } else {
+    launch_for_weight_dtype<T, OUT, Q, 1, NORM>(p, stream, device);
+  }
 }
 
 template <OutKind OUT, QuantMode Q, bool NORM>
 void launch_for_input_dtype(const RowOpParams& p, cudaStream_t stream, int device) {
   switch (p.in_dtype) {
-    case DType::kFloat32: return launch_for_weight_dtype<float, OUT, Q, NORM>(p, stream, device);
-    case DType::kFloat16: return launch_for_weight_dtype<fp16_t, OUT, Q, NORM>(p, stream, device);
-    case DType::kBFloat16: return launch_for_weight_dtype<bf16_t, OUT, Q, NORM>(p, stream, device);
+    case DType::kFloat32: return launch_for_group_run<float, OUT, Q, NORM>(p, stream, device);
+    case DType::kFloat16: return launch_for_group_run<fp16_t, OUT, Q, NORM>(p, stream, device);
+    case DType::kBFloat16: return launch_for_group_run<bf16_t, OUT, Q, NORM>(p, stream, device);
     default: throw std::runtime_error("fusion_kernels: unsupported input dtype");
   }
 }

@@ -5,8 +5,14 @@
 // result is bit-identical whatever the batch it is computed in, and the unfused ops, which run
 // this same kernel with stages off, agree bit for bit with the fused ones):
 //   - a row is cut into 16-byte "slots" of V = 16 / sizeof(T) elements;
-//   - `tpr` threads (blockDim.x, a power of two >= the warp size) own a row; thread t owns
-//     slots t, t + tpr, t + 2 tpr, ...; blockDim.y rows share a block when H is small;
+//   - `tpr` threads (blockDim.x, a power of two >= the warp size) own a row, in chunks of
+//     R * tpr slots (R = kRun = kCachedSlots, 4): in a chunk, each run of R consecutive lanes
+//     owns R * R consecutive slots, lane k of the run the slots k, k + R, k + 2 R, ... of them.
+//     So one load instruction of a run reads R * 16 contiguous bytes, and a group of the group
+//     quant (64 or 128 elements of a 16-bit type: 8 or 16 slots) lies in 4 lanes, a run of 2
+//     or 4 slots of each: its absmax is an in-thread max and a butterfly over 2 levels, and a
+//     thread computes one scale per run instead of one per slot;
+//     blockDim.y rows share a block when H is small;
 //   - the block loops over row groups (grid-stride); the latency variant (WREGS, few rows)
 //     keeps the norm weight in registers and may split a row over several blocks (each reduces
 //     the whole row, then stores a share of it), the throughput variant stages the weight in
@@ -76,6 +82,9 @@ namespace dev {
 constexpr int kMaxThreads = 512;  // per block; also the largest threads-per-row
 constexpr int kCachedSlots = FK_CACHED_SLOTS;  // 16-byte slots per thread kept in registers
 constexpr int kRowsBlockThreads = FK_ROWS_BLOCK_THREADS;
+// Lanes per run of the thread mapping (see the header comment), and slots per thread per chunk.
+constexpr int kRun = kCachedSlots;
+static_assert(kRun >= 1 && (kRun & (kRun - 1)) == 0 && kRun <= 8, "FK_CACHED_SLOTS: a power of two, at most 8");
 
 enum class OutKind { kPlain, kE4m3fn, kE4m3fnuz, kInt8 };
 
@@ -381,6 +390,16 @@ __device__ __forceinline__ void group_absmax(float (&v)[S], int width) {
 
 // --- the kernel ---------------------------------------------------------------------------
 
+#ifndef FK_WIDE_MIN_BLOCKS  // the WIDE instantiation: minimum resident blocks of kRowsBlockThreads
+#define FK_WIDE_MIN_BLOCKS 9  // (9 of 128 threads: 56 registers; BENCHMARKS.md, item 35)
+#endif
+// Threads per block at most: the WIDE instantiation runs rows of <= 128 threads, kRowsBlockThreads
+// per block (launch.cuh), so its register budget is given in blocks of that size.
+template <bool WIDE>
+constexpr int max_threads() {
+  return WIDE ? kRowsBlockThreads : kMaxThreads;
+}
+
 // Register budget of each variant, as the minimum number of resident blocks of kMaxThreads
 // threads per SM in __launch_bounds__ (measured, BENCHMARKS.md): a residual row, and the static
 // quant with its weight loads batched, need 64 registers; per-token and group without a residual
@@ -389,7 +408,8 @@ __device__ __forceinline__ void group_absmax(float (&v)[S], int width) {
 template <QuantMode Q, bool RES, bool WREGS, bool WIDE>
 constexpr int min_blocks() {
   if (WREGS) return 1;
-  if (RES || WIDE) return FK_MIN_BLOCKS;
+  if (WIDE) return FK_WIDE_MIN_BLOCKS;
+  if (RES) return FK_MIN_BLOCKS;
   if (Q == QuantMode::kStatic || Q == QuantMode::kNone) return FK_MIN_BLOCKS_STATIC;
   return FK_MIN_BLOCKS_DYN;
 }
@@ -424,6 +444,39 @@ __device__ __forceinline__ float div_by_qmax(float a) {
 #endif
 }
 
+// The group quant's scales of one chunk of a thread's slots y[0..R-1] (has[i]: slot i holds a y
+// of the row; the others count as 0), whose aligned runs of M slots belong to one group each, the
+// group's other runs on the aligned `width` lanes around this one: an in-thread absmax over the
+// run, then one butterfly for all runs, and one scale per run.
+template <int M, OutKind OUT, typename T, int V, int R>
+__device__ __forceinline__ void group_scales(const Pack<T, V> (&y)[R], const bool (&has)[R], int width, bool ue8m0,
+                                             float (&scale)[R / M]) {
+  float amax[R / M];
+#pragma unroll
+  for (int g = 0; g < R / M; ++g) {
+    AbsMax<T> am;
+#pragma unroll
+    for (int t = 0; t < M; ++t)
+      if (has[g * M + t]) am.add(y[g * M + t]);
+    amax[g] = am.value();
+  }
+  group_absmax<T, R / M>(amax, width);
+#pragma unroll
+  for (int g = 0; g < R / M; ++g) {
+    const float a = amax[g] < kGroupAbsmaxFloor ? kGroupAbsmaxFloor : amax[g];
+    scale[g] = div_by_qmax<OUT>(a);
+    if (ue8m0) scale[g] = ue8m0_ceil(scale[g]);
+  }
+}
+
+// The group quant's run length for a group of `group_slots` slots: a thread's slots of a chunk
+// fall into runs of this many consecutive slots in one group each. A kernel template parameter
+// (GRUN): the group code unrolled for a run length chosen at run time costs registers (spills).
+constexpr int kMinGroupSize = 32;  // group sizes: 32, 64 or 128 (checked by the op)
+__host__ __device__ constexpr int group_run_of(int group_slots) {
+  return group_slots / kRun >= kRun ? kRun : (group_slots / kRun >= 1 ? group_slots / kRun : 1);
+}
+
 // Two variants of the register-cached normalizing kernel, identical in arithmetic (so in
 // results): the latency variant (WREGS) loads the norm weight into registers together with the
 // row, which saves a dependent round trip when there are few rows; the throughput variant runs
@@ -431,9 +484,9 @@ __device__ __forceinline__ float div_by_qmax(float a) {
 // flight per SM, and gets the weight without registers: copied into shared memory as the block
 // starts (WSMEM), or else read after the reduction (from L1/L2). The launcher picks by the size
 // of the grid.
-template <typename T, typename W, OutKind OUT, QuantMode Q, bool NORM, bool RES, bool ALIGNED, bool CACHED,
+template <typename T, typename W, OutKind OUT, QuantMode Q, int GRUN, bool NORM, bool RES, bool ALIGNED, bool CACHED,
           bool WREGS = false, bool WSMEM = false, bool WIDE = false>
-__global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS, WIDE>()))
+__global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WREGS, WIDE>()))
     row_op_kernel(const RowOpParams p, const int split_arg) {
   constexpr int V = 16 / sizeof(T);
   constexpr int S = CACHED ? kCachedSlots : 1;  // slots held in registers
@@ -456,15 +509,36 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS, WIDE>(
   // i * split / S == part. Less of the per-element work and of the writes per SM.
   const int split = WREGS ? split_arg : 1;
   const int part = WREGS ? static_cast<int>(blockIdx.x % split) : 0;
+  // kPerGroup: a group is group_slots consecutive slots (a power of two; 1 otherwise). A thread's
+  // slots j of a chunk fall into runs of GRUN consecutive j in one group each.
+  const int group_slots = Q == QuantMode::kPerGroup ? static_cast<int>(p.group_size / V) : 1;
+  const int group_shift = __ffs(group_slots) - 1;
   auto mine = [&](int i) { return !WREGS || (i * split) / S == part; };
   // Slots whose y a block needs: its own, and for per-token every slot (the row's absmax).
-  auto needs_y = [&](int i) { return Q == QuantMode::kPerToken || mine(i); };
+  // For the group quant, every slot of a run of a thread's slots that share a group (GRUN) with
+  // one of the block's own.
+  auto needs_y = [&](int i) {
+    if constexpr (Q == QuantMode::kPerToken) return true;
+    if constexpr (Q == QuantMode::kPerGroup && WREGS) {
+      const int first = i & ~(GRUN - 1);
+      bool any = false;
+#pragma unroll
+      for (int t = 0; t < GRUN; ++t) any = any || mine(first + t);
+      return any;
+    }
+    return mine(i);
+  };
   const int64_t first_rg = WREGS ? blockIdx.x / split : blockIdx.x;
   const int64_t rg_stride = WREGS ? gridDim.x / split : gridDim.x;
   // In-row offsets are 32-bit (the host checks H <= kMaxHidden): fewer registers per slot.
   const int H = static_cast<int>(p.hidden);
   const int nslots = (H + V - 1) / V;
-  const int loops = CACHED ? S : (nslots + tpr - 1) / tpr;
+  // Thread `lane`'s j-th slot of the row (the mapping in the header comment): runs of kRun lanes
+  // own kRun * kRun consecutive slots, kRun each, interleaved so that every load instruction of
+  // the run reads kRun * 16 contiguous bytes.
+  const int lane_base = (lane / kRun) * (kRun * kRun) + lane % kRun;
+  auto slot_of = [&](int j) { return (j / kRun) * (kRun * tpr) + (j % kRun) * kRun + lane_base; };
+  const int loops = CACHED ? S : kRun * ((nslots + kRun * tpr - 1) / (kRun * tpr));
   // Only the aligned register-cached path prefetches (the element-wise path would spill).
   constexpr bool PIPE = CACHED && ALIGNED && FK_PIPELINE;
   const T* __restrict__ in_base = static_cast<const T*>(p.input);
@@ -488,7 +562,7 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS, WIDE>(
   auto load_weight_regs = [&]() {
 #pragma unroll
     for (int i = 0; i < S; ++i) {
-      const int slot = lane + i * tpr;
+      const int slot = slot_of(i);
       if (slot < nslots && needs_y(i)) load_pack<ALIGNED>(w_base, slot * V, H, wc[i]);
     }
   };
@@ -507,7 +581,7 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS, WIDE>(
     const T* rr = res_base + row_ * p.residual_row_stride;
 #pragma unroll
     for (int i = 0; i < S; ++i) {
-      const int slot = lane + i * tpr;
+      const int slot = slot_of(i);
       if (slot < nslots) {
         load_pack<ALIGNED>(xr, slot * V, H, xd[i]);
         if constexpr (RES) load_pack<ALIGNED>(rr, slot * V, H, rd[i]);
@@ -544,7 +618,7 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS, WIDE>(
     auto load_weights = [&]() {
 #pragma unroll
       for (int i = 0; i < S; ++i) {
-        const int slot = lane + i * tpr;
+        const int slot = slot_of(i);
         if (slot < nslots) load_pack<ALIGNED>(w_base, slot * V, H, wv[i]);
       }
     };
@@ -561,7 +635,7 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS, WIDE>(
         // Issue every load of the row before using any of it (one memory latency per row).
 #pragma unroll
         for (int i = 0; i < S; ++i) {
-          const int slot = lane + i * tpr;
+          const int slot = slot_of(i);
           if (valid && slot < nslots) {
             load_pack<ALIGNED, STRM>(x, slot * V, H, rows_cache[i]);
             if constexpr (RES) load_pack<ALIGNED, STRM>(res, slot * V, H, res_cache[i]);
@@ -575,7 +649,7 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS, WIDE>(
         if (rg == first_rg) {
 #pragma unroll
           for (int i = 0; i < S; ++i) {
-            const int slot = lane + i * tpr;
+            const int slot = slot_of(i);
             if (slot < nslots) {
               constexpr int kChunks = sizeof(WPack) / 16;
 #pragma unroll
@@ -588,7 +662,7 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS, WIDE>(
       float acc0 = 0.0f, acc1 = 0.0f;
 #pragma unroll
       for (int i = 0; i < S; ++i) {
-        const int slot = lane + i * tpr;
+        const int slot = slot_of(i);
         if (valid && slot < nslots) {
           if constexpr (RES) {
             add_residual(rows_cache[i], res_cache[i]);
@@ -605,7 +679,7 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS, WIDE>(
     } else if constexpr (NORM) {
       float acc0 = 0.0f, acc1 = 0.0f;
       for (int j = 0; j < loops; ++j) {
-        const int slot = lane + j * tpr;
+        const int slot = slot_of(j);
         if (valid && slot < nslots) {
           load_row_slot(slot, rows_cache[0], true);
           accumulate_squares(rows_cache[0], acc0, acc1);
@@ -632,7 +706,7 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS, WIDE>(
       }
 #pragma unroll
       for (int i = 0; i < S; ++i) {
-        const int slot = lane + i * tpr;
+        const int slot = slot_of(i);
         if (valid && slot < nslots && needs_y(i)) {
           if constexpr (WREGS) {
             normalize(rows_cache[i], inv, wc[i]);
@@ -660,7 +734,7 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS, WIDE>(
 #pragma unroll
       for (int i = 0; i < (CACHED ? S : 1); ++i)
         for (int j = CACHED ? i : 0; j < (CACHED ? i + 1 : loops); ++j) {
-          const int slot = lane + j * tpr;
+          const int slot = slot_of(j);
           if (valid && slot < nslots && mine(i)) {
             TPack y;
             get_y(i, slot, y);
@@ -676,7 +750,7 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS, WIDE>(
 #pragma unroll
         for (int i = 0; i < (CACHED ? S : 1); ++i)
           for (int j = CACHED ? i : 0; j < (CACHED ? i + 1 : loops); ++j) {
-            const int slot = lane + j * tpr;
+            const int slot = slot_of(j);
             if (valid && slot < nslots) {
               TPack y;
               get_y(i, slot, y);
@@ -697,72 +771,55 @@ __global__ void __launch_bounds__(kMaxThreads, (min_blocks<Q, RES, WREGS, WIDE>(
 #pragma unroll
       for (int i = 0; i < (CACHED ? S : 1); ++i)
         for (int j = CACHED ? i : 0; j < (CACHED ? i + 1 : loops); ++j) {
-          const int slot = lane + j * tpr;
+          const int slot = slot_of(j);
           if (valid && slot < nslots && mine(i)) {
             TPack y;
             get_y(i, slot, y);
             store_pack<ALIGNED, STRM>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H, quantize<OUT>(y, inv_scale));
           }
         }
-    } else if constexpr (CACHED) {  // kPerGroup, row in registers: all slots' groups at once
-      const int lanes_per_group = static_cast<int>(p.group_size / V);  // a power of two
-      const int group_shift = __ffs(lanes_per_group) - 1;
-      float amax[S];
-#pragma unroll
-      for (int i = 0; i < S; ++i) {
-        const int slot = lane + i * tpr;
-        AbsMax<T> am;
-        if (valid && slot < nslots && mine(i)) am.add(rows_cache[i]);
-        amax[i] = am.value();
-      }
-      // The butterflies of the S slots interleaved (independent chains), two slots per shuffle
-      // for 16-bit inputs: a 16-bit absmax is exact in the packed pair.
-      group_absmax<T, S>(amax, lanes_per_group);
-      float scale[S];
-#pragma unroll
-      for (int i = 0; i < S; ++i) {
-        const float a = amax[i] < kGroupAbsmaxFloor ? kGroupAbsmaxFloor : amax[i];
-        scale[i] = div_by_qmax<OUT>(a);
-      }
-      if (p.scale_ue8m0) {
-#pragma unroll
-        for (int i = 0; i < S; ++i) scale[i] = ue8m0_ceil(scale[i]);
-      }
+    } else {  // kPerGroup
+      // A chunk of kRun slots per thread at a time: the whole row when it is in registers,
+      // else one chunk after the other, recomputed from memory.
       float* const row_scales = p.scales + row * p.scale_row_stride;
+      uint8_t* const q_row = static_cast<uint8_t*>(p.out) + row * H;
+      auto quant_chunk = [&](const TPack (&y)[kRun], const bool (&has)[kRun], const bool (&store)[kRun], int c) {
+        float scale[kRun / GRUN];
+        group_scales<GRUN, OUT>(y, has, group_slots / GRUN, p.scale_ue8m0, scale);
+        float inv_scale[kRun / GRUN];
 #pragma unroll
-      for (int i = 0; i < S; ++i) {
-        const int slot = lane + i * tpr;
-        if (valid && slot < nslots && mine(i)) {
-          if ((slot & (lanes_per_group - 1)) == 0)
-            row_scales[(slot >> group_shift) * p.scale_group_stride] = scale[i];
-          store_pack<ALIGNED, STRM>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H,
-                                    quantize<OUT>(rows_cache[i], rcp_scale(scale[i])));
+        for (int g = 0; g < kRun / GRUN; ++g) inv_scale[g] = rcp_scale(scale[g]);
+#pragma unroll
+        for (int i = 0; i < kRun; ++i) {
+          const int slot = slot_of(c * kRun + i);
+          if (store[i]) {
+            if ((slot & (group_slots - 1)) == 0) row_scales[(slot >> group_shift) * p.scale_group_stride] = scale[i / GRUN];
+            store_pack<ALIGNED, STRM>(q_row, slot * V, H, quantize<OUT>(y[i], inv_scale[i / GRUN]));
+          }
+        }
+      };
+      if constexpr (CACHED) {
+        bool has[kRun], store[kRun];
+#pragma unroll
+        for (int i = 0; i < kRun; ++i) {
+          const bool in_row = valid && slot_of(i) < nslots;
+          has[i] = in_row && needs_y(i);
+          store[i] = in_row && mine(i);
+        }
+        quant_chunk(rows_cache, has, store, 0);
+      } else {
+        for (int c = 0; c < loops / kRun; ++c) {
+          TPack y[kRun];
+          bool has[kRun];
+#pragma unroll
+          for (int i = 0; i < kRun; ++i) {
+            const int slot = slot_of(c * kRun + i);
+            has[i] = valid && slot < nslots;
+            if (has[i]) y_slot_uncached(slot, y[i]);
+          }
+          quant_chunk(y, has, has, c);
         }
       }
-    } else {  // kPerGroup: a group is G / V consecutive slots, owned by aligned consecutive lanes
-      const int lanes_per_group = static_cast<int>(p.group_size / V);  // a power of two
-      const int group_shift = __ffs(lanes_per_group) - 1;
-#pragma unroll
-      for (int i = 0; i < (CACHED ? S : 1); ++i)
-        for (int j = CACHED ? i : 0; j < (CACHED ? i + 1 : loops); ++j) {
-          const int slot = lane + j * tpr;
-          const bool active = valid && slot < nslots;
-          TPack y;
-          AbsMax<T> am;
-          if (active) {
-            get_y(i, slot, y);
-            am.add(y);
-          }
-          const float amax = lanes_reduce<true>(am.value(), lanes_per_group);  // the whole warp takes part
-          if (active) {
-            const float a = amax < kGroupAbsmaxFloor ? kGroupAbsmaxFloor : amax;
-            float scale = div_by_qmax<OUT>(a);
-            if (p.scale_ue8m0) scale = ue8m0_ceil(scale);
-            if ((slot & (lanes_per_group - 1)) == 0)
-              p.scales[row * p.scale_row_stride + (slot >> group_shift) * p.scale_group_stride] = scale;
-            store_pack<ALIGNED>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H, quantize<OUT>(y, rcp_scale(scale)));
-          }
-        }
     }
     // The reduction buffers are reused by the next row group.
     if (tpr > kWarpSize) __syncthreads();
