@@ -144,7 +144,7 @@ constexpr int kLatencyGridPerSm = FK_LATENCY_GRID;
 #endif
 // Per-token and group without a residual run under 40 registers (more blocks in flight, which
 // rows of more than 128 threads and grids of many waves need). Rows of at most 128 threads, up to
-// FK_WIDE_ROWS_PER_SM rows per SM, take the same kernel under 64 registers (the WIDE
+// FK_WIDE_ROWS_PER_SM rows per SM, take the same kernel under 56 registers (the WIDE
 // instantiation): fewer instructions per row, which at a few waves is the ramp and the tail
 // (measured 12-18% faster at 1024 rows of H = 4096, 2-4% at 4096). Same arithmetic, so the same
 // bits: a row's outputs do not depend on which of the two ran.

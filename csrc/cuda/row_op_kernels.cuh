@@ -403,7 +403,7 @@ constexpr int max_threads() {
 // Register budget of each variant, as the minimum number of resident blocks of kMaxThreads
 // threads per SM in __launch_bounds__ (measured, BENCHMARKS.md): a residual row, and the static
 // quant with its weight loads batched, need 64 registers; per-token and group without a residual
-// fit in 40 with more blocks in flight. WIDE: the same kernel under the 64-register budget, which the
+// fit in 40 with more blocks in flight. WIDE: the same kernel under 56 registers (FK_WIDE_MIN_BLOCKS), which the
 // launcher picks for those two on short rows at a few waves (FK_WIDE_ROWS_PER_SM, launch.cuh).
 template <QuantMode Q, bool RES, bool WREGS, bool WIDE>
 constexpr int min_blocks() {
