@@ -6,9 +6,9 @@
 // this same kernel with stages off, agree bit for bit with the fused ones):
 //   - a row is cut into 16-byte "slots" of V = 16 / sizeof(T) elements;
 //   - `tpr` threads (blockDim.x, a power of two >= the warp size) own a row, in chunks of
-//     R * tpr slots (R = kRun = kCachedSlots, 4): in a chunk, each run of R consecutive lanes
-//     owns R * R consecutive slots, lane k of the run the slots k, k + R, k + 2 R, ... of them.
-//     So one load instruction of a run reads R * 16 contiguous bytes, and a group of the group
+//     R * tpr slots (R = kRun = kCachedSlots, 4): in a chunk, each run of L consecutive lanes
+//     (L = kRunLanes, 4) owns L * R consecutive slots, lane k of the run the slots k, k + L,
+//     k + 2 L, ... of them. So one load instruction of a run reads L * 16 contiguous bytes, and a group of the group
 //     quant (64 or 128 elements of a 16-bit type: 8 or 16 slots) lies in 4 lanes, a run of 2
 //     or 4 slots of each: its absmax is an in-thread max and a butterfly over 2 levels, and a
 //     thread computes one scale per run instead of one per slot;
@@ -83,8 +83,13 @@ constexpr int kMaxThreads = 512;  // per block; also the largest threads-per-row
 constexpr int kCachedSlots = FK_CACHED_SLOTS;  // 16-byte slots per thread kept in registers
 constexpr int kRowsBlockThreads = FK_ROWS_BLOCK_THREADS;
 // Lanes per run of the thread mapping (see the header comment), and slots per thread per chunk.
+#ifndef FK_RUN_LANES  // lanes per run (4: each load instruction of a run reads 64 contiguous bytes;
+#define FK_RUN_LANES 4  // 8: a whole 128-byte line; BENCHMARKS.md, item 36)
+#endif
 constexpr int kRun = kCachedSlots;
+constexpr int kRunLanes = FK_RUN_LANES;
 static_assert(kRun >= 1 && (kRun & (kRun - 1)) == 0 && kRun <= 8, "FK_CACHED_SLOTS: a power of two, at most 8");
+static_assert(kRunLanes >= 1 && (kRunLanes & (kRunLanes - 1)) == 0 && kRunLanes <= 32, "FK_RUN_LANES: a power of two <= 32");
 
 enum class OutKind { kPlain, kE4m3fn, kE4m3fnuz, kInt8 };
 
@@ -474,7 +479,7 @@ __device__ __forceinline__ void group_scales(const Pack<T, V> (&y)[R], const boo
 // (GRUN): the group code unrolled for a run length chosen at run time costs registers (spills).
 constexpr int kMinGroupSize = 32;  // group sizes: 32, 64 or 128 (checked by the op)
 __host__ __device__ constexpr int group_run_of(int group_slots) {
-  return group_slots / kRun >= kRun ? kRun : (group_slots / kRun >= 1 ? group_slots / kRun : 1);
+  return group_slots / kRunLanes >= kRun ? kRun : (group_slots / kRunLanes >= 1 ? group_slots / kRunLanes : 1);
 }
 
 // Two variants of the register-cached normalizing kernel, identical in arithmetic (so in
@@ -533,11 +538,11 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
   // In-row offsets are 32-bit (the host checks H <= kMaxHidden): fewer registers per slot.
   const int H = static_cast<int>(p.hidden);
   const int nslots = (H + V - 1) / V;
-  // Thread `lane`'s j-th slot of the row (the mapping in the header comment): runs of kRun lanes
-  // own kRun * kRun consecutive slots, kRun each, interleaved so that every load instruction of
-  // the run reads kRun * 16 contiguous bytes.
-  const int lane_base = (lane / kRun) * (kRun * kRun) + lane % kRun;
-  auto slot_of = [&](int j) { return (j / kRun) * (kRun * tpr) + (j % kRun) * kRun + lane_base; };
+  // Thread `lane`'s j-th slot of the row (the mapping in the header comment): runs of kRunLanes
+  // lanes own kRunLanes * kRun consecutive slots, kRun each, interleaved so that every load
+  // instruction of the run reads kRunLanes * 16 contiguous bytes.
+  const int lane_base = (lane / kRunLanes) * (kRunLanes * kRun) + lane % kRunLanes;
+  auto slot_of = [&](int j) { return (j / kRun) * (kRun * tpr) + (j % kRun) * kRunLanes + lane_base; };
   const int loops = CACHED ? S : kRun * ((nslots + kRun * tpr - 1) / (kRun * tpr));
   // Only the aligned register-cached path prefetches (the element-wise path would spill).
   constexpr bool PIPE = CACHED && ALIGNED && FK_PIPELINE;
