@@ -8,11 +8,11 @@
 //   - `tpr` threads (blockDim.x, a power of two >= the warp size) own a row, in chunks of
 //     R * tpr slots (R = kRun = kCachedSlots, 4): in a chunk, each run of L consecutive lanes
 //     (L = kRunLanes, 4) owns L * R consecutive slots, lane k of the run the slots k, k + L,
-//     k + 2 L, ... of them. So one load instruction of a run reads L * 16 contiguous bytes, and a group of the group
-//     quant (64 or 128 elements of a 16-bit type: 8 or 16 slots) lies in 4 lanes, a run of 2
-//     or 4 slots of each: its absmax is an in-thread max and a butterfly over 2 levels, and a
-//     thread computes one scale per run instead of one per slot;
-//     blockDim.y rows share a block when H is small;
+//     k + 2 L, ... of them. So one load instruction of a run reads L * 16 contiguous bytes,
+//     and a group of the group quant (64 or 128 elements of a 16-bit type: 8 or 16 slots) lies
+//     in 4 lanes, a run of 2 or 4 slots of each: its absmax is an in-thread max and a
+//     butterfly over 2 levels, and a thread computes one scale per run instead of one per
+//     slot (BENCHMARKS.md, items 35-36); blockDim.y rows share a block when H is small;
 //   - the block loops over row groups (grid-stride); the latency variant (WREGS, few rows)
 //     keeps the norm weight in registers and may split a row over several blocks (each reduces
 //     the whole row, then stores a share of it), the throughput variant stages the weight in
