@@ -74,7 +74,7 @@ def test_op_matches_reference(op_name, dt, device):
 
 
 @pytest.mark.parametrize("op_name, dt", op_dtype_cases(GROUP_OPS))
-@pytest.mark.parametrize("group_size", [64, 128])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
 def test_group_op_matches_reference(op_name, dt, group_size, device):
     dtype, wdtype = dt
     for qdtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz):
