@@ -60,6 +60,20 @@ __device__ __forceinline__ uint32_t shfl_xor_u32(uint32_t v, int lane_mask) {
 #endif
 }
 
+// The value of lane `src` of this lane's aligned segment of `width` lanes (an index shuffle; a
+// constant `src` and `width` need no lane arithmetic).
+__device__ __forceinline__ float shfl_idx(float v, int src, int width) {
+#if FK_HIP
+#if defined(HIP_ENABLE_WARP_SYNC_BUILTINS)
+  return __shfl_sync(~0ull, v, src, width);
+#else
+  return __shfl(v, src, width);
+#endif
+#else
+  return __shfl_sync(0xffffffffu, v, src, width);
+#endif
+}
+
 // Lets the next kernel on the stream start launching while this one runs (programmatic
 // dependent launch, sm_90+). `grid_dependency_wait` must come before the kernel's first global
 // memory access: it returns once the grids this one depends on have finished and their writes
@@ -192,6 +206,28 @@ __device__ __forceinline__ P max_nan_pair(P a, P b) {
 #else
   return __hmax2_nan(a, b);
 #endif
+}
+
+// (a.lo, b.lo) and (a.hi, b.hi) of two packed pairs of 16-bit floats.
+template <typename P>
+__device__ __forceinline__ P pair_lows(P a, P b) {
+  uint32_t x, y;
+  __builtin_memcpy(&x, &a, sizeof(x));
+  __builtin_memcpy(&y, &b, sizeof(y));
+  const uint32_t r = __byte_perm(x, y, 0x5410);
+  P out;
+  __builtin_memcpy(&out, &r, sizeof(r));
+  return out;
+}
+template <typename P>
+__device__ __forceinline__ P pair_highs(P a, P b) {
+  uint32_t x, y;
+  __builtin_memcpy(&x, &a, sizeof(x));
+  __builtin_memcpy(&y, &b, sizeof(y));
+  const uint32_t r = __byte_perm(x, y, 0x7632);
+  P out;
+  __builtin_memcpy(&out, &r, sizeof(r));
+  return out;
 }
 
 // max(|a|, acc) per lane, NaN-propagating (a NaN in the row makes the row's scale NaN).

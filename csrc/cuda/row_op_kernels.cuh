@@ -7,12 +7,13 @@
 //   - a row is cut into 16-byte "slots" of V = 16 / sizeof(T) elements;
 //   - `tpr` threads (blockDim.x, a power of two >= the warp size) own a row, in chunks of
 //     R * tpr slots (R = kRun = kCachedSlots, 4): in a chunk, each run of L consecutive lanes
-//     (L = kRunLanes, 4) owns L * R consecutive slots, lane k of the run the slots k, k + L,
-//     k + 2 L, ... of them. So one load instruction of a run reads L * 16 contiguous bytes,
-//     and a group of the group quant (64 or 128 elements of a 16-bit type: 8 or 16 slots) lies
-//     in 4 lanes, a run of 2 or 4 slots of each: its absmax is an in-thread max and a
-//     butterfly over 2 levels, and a thread computes one scale per run instead of one per
-//     slot (BENCHMARKS.md, items 35-36); blockDim.y rows share a block when H is small;
+//     (L = kRunLanes, 8) owns L * R consecutive slots, lane k of the run the slots k, k + L,
+//     k + 2 L, ... of them. So one load instruction of a run reads a whole 128-byte line, and
+//     a group of the group quant (64 or 128 elements of a 16-bit type: 8 or 16 slots) lies in
+//     the 8 lanes of a run, 1 or 2 slots of each: its absmax is an in-thread max over them and
+//     a butterfly over 3 levels that also scatters a thread's groups over the lanes, so a lane
+//     computes one scale and reads the others' by shuffle (BENCHMARKS.md, items 35-37);
+//     blockDim.y rows share a block when H is small;
 //   - the block loops over row groups (grid-stride); the latency variant (WREGS, few rows)
 //     keeps the norm weight in registers and may split a row over several blocks (each reduces
 //     the whole row, then stores a share of it), the throughput variant stages the weight in
@@ -79,12 +80,15 @@ namespace dev {
 #ifndef FK_FAST_SCALE_DIV  // dynamic scales: amax / qmax by a multiply and one fma correction
 #define FK_FAST_SCALE_DIV 1
 #endif
+#ifndef FK_GROUP_SCATTER  // group quant with at least this many groups per thread (0: never): the absmax
+#define FK_GROUP_SCATTER 2  // reduce-scattered, one scale per lane, the others read by shuffle (item 37)
+#endif
 constexpr int kMaxThreads = 512;  // per block; also the largest threads-per-row
 constexpr int kCachedSlots = FK_CACHED_SLOTS;  // 16-byte slots per thread kept in registers
 constexpr int kRowsBlockThreads = FK_ROWS_BLOCK_THREADS;
 // Lanes per run of the thread mapping (see the header comment), and slots per thread per chunk.
-#ifndef FK_RUN_LANES  // lanes per run (4: each load instruction of a run reads 64 contiguous bytes;
-#define FK_RUN_LANES 4  // 8: a whole 128-byte line; BENCHMARKS.md, item 36)
+#ifndef FK_RUN_LANES  // lanes per run (8: each load instruction of a run reads a whole 128-byte
+#define FK_RUN_LANES 8  // line; 4: 64 contiguous bytes; BENCHMARKS.md, items 36-37)
 #endif
 constexpr int kRun = kCachedSlots;
 constexpr int kRunLanes = FK_RUN_LANES;
@@ -391,6 +395,61 @@ __device__ __forceinline__ void group_absmax(float (&v)[S], int width) {
       }
     }
   }
+}
+
+// Reduce-scatter of the group absmax of a 16-bit T, for NG groups per thread (a power of two,
+// >= 2) over aligned sets of `width` lanes (width >= NG). The per-thread maxima are values of T
+// and travel two per shuffle: at each of the first levels a lane keeps half of its pairs (the
+// upper half where its bit `o` is set) and sends the other half to lane ^ o, until it holds one
+// pair; the remaining levels of the butterfly complete that pair, and the lane's bit NG / 2 picks
+// its group, scatter_group<NG>(lane). For NG = 4: 3 shuffles instead of 2 * log2(width), and then
+// one scale per lane instead of 4. Max is exact and order-free: the butterfly's result bit for bit.
+template <int NG>
+__device__ __forceinline__ int scatter_group(int lane) {
+  int g = 0;
+#pragma unroll
+  for (int o = 1; o < NG; o <<= 1) g = (g << 1) | ((lane & o) ? 1 : 0);
+  return g;
+}
+// The lane bits (below NG) of the lanes that hold group g after the scatter.
+template <int NG>
+__host__ __device__ constexpr int scatter_lane_bits(int g) {
+  int bits = 0;
+  for (int o = 1, b = NG / 2; o < NG; o <<= 1, b >>= 1) bits |= (g & b) ? o : 0;
+  return bits;
+}
+template <typename T, int NG>
+__device__ __forceinline__ float group_absmax_scatter(const AbsMax<T> (&am)[NG], int width, int lane) {
+  static_assert(kIs16<T> && NG >= 2, "the scatter is for pairs of 16-bit values");
+  using P = typename Pair<T>::type;
+  auto shfl_pair = [](P x, int o) {
+    uint32_t bits;
+    __builtin_memcpy(&bits, &x, sizeof(bits));
+    bits = shfl_xor_u32(bits, o);
+    P other;
+    __builtin_memcpy(&other, &bits, sizeof(bits));
+    return other;
+  };
+  P cur[NG / 2];
+#pragma unroll
+  for (int k = 0; k < NG / 2; ++k)  // (absmax of group 2k, of group 2k + 1) from their running pairs
+    cur[k] = max_nan_pair(pair_lows(am[2 * k].acc, am[2 * k + 1].acc), pair_highs(am[2 * k].acc, am[2 * k + 1].acc));
+  int o = 1;
+#pragma unroll
+  for (int n = NG / 2; n > 1; n >>= 1, o <<= 1) {
+    const bool upper = (lane & o) != 0;
+#pragma unroll
+    for (int k = 0; k < n / 2; ++k) {
+      const P keep = upper ? cur[n / 2 + k] : cur[k];
+      const P send = upper ? cur[k] : cur[n / 2 + k];
+      cur[k] = max_nan_pair(keep, shfl_pair(send, o));
+    }
+  }
+#pragma unroll
+  for (; o < kWarpSize; o <<= 1)
+    if (o < width) cur[0] = max_nan_pair(cur[0], shfl_pair(cur[0], o));
+  const float2 f = to_float2(cur[0]);
+  return (lane & (NG / 2)) ? f.y : f.x;
 }
 
 // --- the kernel ---------------------------------------------------------------------------
@@ -789,17 +848,57 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
       float* const row_scales = p.scales + row * p.scale_row_stride;
       uint8_t* const q_row = static_cast<uint8_t*>(p.out) + row * H;
       auto quant_chunk = [&](const TPack (&y)[kRun], const bool (&has)[kRun], const bool (&store)[kRun], int c) {
-        float scale[kRun / GRUN];
-        group_scales<GRUN, OUT>(y, has, group_slots / GRUN, p.scale_ue8m0, scale);
-        float inv_scale[kRun / GRUN];
+        constexpr int NG = kRun / GRUN;  // groups per thread per chunk
+        // (A group spans at least kMinGroupSize / 8 >= NG lanes, as the scatter needs.)
+        if constexpr (kIs16<T> && FK_GROUP_SCATTER && NG >= 2 && NG >= FK_GROUP_SCATTER && NG <= kMinGroupSize / 8) {
+          // Each lane computes the scale of one group (group_absmax_scatter) and reads the
+          // reciprocal for each of its slots from a lane that holds the slot's group.
+          const int width = group_slots / GRUN;
+          AbsMax<T> am[NG];
 #pragma unroll
-        for (int g = 0; g < kRun / GRUN; ++g) inv_scale[g] = rcp_scale(scale[g]);
+          for (int g = 0; g < NG; ++g) {
 #pragma unroll
-        for (int i = 0; i < kRun; ++i) {
-          const int slot = slot_of(c * kRun + i);
-          if (store[i]) {
-            if ((slot & (group_slots - 1)) == 0) row_scales[(slot >> group_shift) * p.scale_group_stride] = scale[i / GRUN];
-            store_pack<ALIGNED, STRM>(q_row, slot * V, H, quantize<OUT>(y[i], inv_scale[i / GRUN]));
+            for (int t = 0; t < GRUN; ++t)
+              if (has[g * GRUN + t]) am[g].add(y[g * GRUN + t]);
+          }
+          const float a = group_absmax_scatter<T, NG>(am, width, lane);
+          float scale = div_by_qmax<OUT>(a < kGroupAbsmaxFloor ? kGroupAbsmaxFloor : a);
+          if (p.scale_ue8m0) scale = ue8m0_ceil(scale);
+          const float inv_own = rcp_scale(scale);
+          // The group's scale is written by the one of its lanes that comes first in the group
+          // (lane_in_group < NG), whose slot c * kRun + own * GRUN lies lane_in_group slots
+          // after the group's first slot.
+          const int own = scatter_group<NG>(lane);
+          const int lane_in_group = lane & (width - 1);
+          bool own_stored = false;
+#pragma unroll
+          for (int g = 0; g < NG; ++g) own_stored = g == own ? store[g * GRUN] : own_stored;
+          if (own_stored && lane_in_group < NG) {
+            const int first = c * (kRun * tpr) + own * (GRUN * kRunLanes) + lane_base - lane_in_group;
+            row_scales[(first >> group_shift) * p.scale_group_stride] = scale;
+          }
+#pragma unroll
+          for (int g = 0; g < NG; ++g) {
+            const float inv_scale = shfl_idx(inv_own, scatter_lane_bits<NG>(g), NG);
+#pragma unroll
+            for (int t = 0; t < GRUN; ++t) {
+              const int i = g * GRUN + t;
+              if (store[i]) store_pack<ALIGNED, STRM>(q_row, slot_of(c * kRun + i) * V, H, quantize<OUT>(y[i], inv_scale));
+            }
+          }
+        } else {
+          float scale[kRun / GRUN];
+          group_scales<GRUN, OUT>(y, has, group_slots / GRUN, p.scale_ue8m0, scale);
+          float inv_scale[kRun / GRUN];
+#pragma unroll
+          for (int g = 0; g < kRun / GRUN; ++g) inv_scale[g] = rcp_scale(scale[g]);
+#pragma unroll
+          for (int i = 0; i < kRun; ++i) {
+            const int slot = slot_of(c * kRun + i);
+            if (store[i]) {
+              if ((slot & (group_slots - 1)) == 0) row_scales[(slot >> group_shift) * p.scale_group_stride] = scale[i / GRUN];
+              store_pack<ALIGNED, STRM>(q_row, slot * V, H, quantize<OUT>(y[i], inv_scale[i / GRUN]));
+            }
           }
         }
       };
