@@ -173,6 +173,9 @@ def test_fused_equals_unfused_bit_for_bit(device):
         for a, b in zip(ops.rms_norm_dynamic_per_token_quant(x, w, 1e-5, torch.int8, None),
                         ops.dynamic_scaled_int8_quant(y)):  # fmt: skip
             same(a, b)
+        got = ops.fused_add_rms_norm_dynamic_per_token_quant(x, r, w, 1e-5, fp8, None)
+        for a, b in zip(got, (*ops.dynamic_per_token_scaled_fp8_quant(y2, None, fp8), r2)):
+            same(a, b)
         same(ops.rms_norm_static_int8_quant(x, w, s, 1e-5), ops.static_scaled_int8_quant(y, s))
         if hidden % 128 == 0:
             got = ops.fused_add_rms_norm_per_token_group_quant(x, r, w, 1e-5, 128, True, True, fp8)
@@ -181,6 +184,11 @@ def test_fused_equals_unfused_bit_for_bit(device):
             same(got[1], exp[1])
             assert got[1].stride() == exp[1].stride()
             same(got[2], r2)
+            for group in (64, 128):
+                got = ops.rms_norm_per_token_group_quant(x, w, 1e-5, group, False, False, fp8)
+                exp = ops.per_token_group_fp8_quant(y, group, False, False, fp8)
+                same(got[0], exp[0])
+                same(got[1], exp[1])
 
 
 def test_comparison_of_groups_whose_ue8m0_scale_flipped():
