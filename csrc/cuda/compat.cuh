@@ -208,26 +208,28 @@ __device__ __forceinline__ P max_nan_pair(P a, P b) {
 #endif
 }
 
-// (a.lo, b.lo) and (a.hi, b.hi) of two packed pairs of 16-bit floats.
-template <typename P>
-__device__ __forceinline__ P pair_lows(P a, P b) {
+// Bytes of two packed pairs of 16-bit floats rearranged by a __byte_perm selector: 0x5410 gives
+// (a.lo, b.lo), 0x7632 (a.hi, b.hi).
+template <unsigned SEL, typename P>
+__device__ __forceinline__ P pair_perm(P a, P b) {
   uint32_t x, y;
   __builtin_memcpy(&x, &a, sizeof(x));
   __builtin_memcpy(&y, &b, sizeof(y));
-  const uint32_t r = __byte_perm(x, y, 0x5410);
+  const uint32_t r = __byte_perm(x, y, SEL);
   P out;
   __builtin_memcpy(&out, &r, sizeof(r));
   return out;
 }
+
+// A butterfly step on a packed pair of 16-bit floats (one 32-bit shuffle).
 template <typename P>
-__device__ __forceinline__ P pair_highs(P a, P b) {
-  uint32_t x, y;
-  __builtin_memcpy(&x, &a, sizeof(x));
-  __builtin_memcpy(&y, &b, sizeof(y));
-  const uint32_t r = __byte_perm(x, y, 0x7632);
-  P out;
-  __builtin_memcpy(&out, &r, sizeof(r));
-  return out;
+__device__ __forceinline__ P shfl_xor_pair(P v, int lane_mask) {
+  uint32_t bits;
+  __builtin_memcpy(&bits, &v, sizeof(bits));
+  bits = shfl_xor_u32(bits, lane_mask);
+  P other;
+  __builtin_memcpy(&other, &bits, sizeof(bits));
+  return other;
 }
 
 // max(|a|, acc) per lane, NaN-propagating (a NaN in the row makes the row's scale NaN).

@@ -370,14 +370,8 @@ __device__ __forceinline__ void group_absmax(float (&v)[S], int width) {
     for (int o = kWarpSize / 2; o > 0; o >>= 1) {
       if (o < width) {
 #pragma unroll
-        for (int k = 0; k < S / 2; ++k) {
-          uint32_t bits;
-          __builtin_memcpy(&bits, &m[k], sizeof(bits));
-          bits = shfl_xor_u32(bits, o);
-          P other;
-          __builtin_memcpy(&other, &bits, sizeof(bits));
-          m[k] = max_nan_pair(other, m[k]);  // both are absolute values already
-        }
+        for (int k = 0; k < S / 2; ++k)
+          m[k] = max_nan_pair(shfl_xor_pair(m[k], o), m[k]);  // both are absolute values already
       }
     }
 #pragma unroll
@@ -422,18 +416,12 @@ template <typename T, int NG>
 __device__ __forceinline__ float group_absmax_scatter(const AbsMax<T> (&am)[NG], int width, int lane) {
   static_assert(kIs16<T> && NG >= 2, "the scatter is for pairs of 16-bit values");
   using P = typename Pair<T>::type;
-  auto shfl_pair = [](P x, int o) {
-    uint32_t bits;
-    __builtin_memcpy(&bits, &x, sizeof(bits));
-    bits = shfl_xor_u32(bits, o);
-    P other;
-    __builtin_memcpy(&other, &bits, sizeof(bits));
-    return other;
-  };
   P cur[NG / 2];
 #pragma unroll
-  for (int k = 0; k < NG / 2; ++k)  // (absmax of group 2k, of group 2k + 1) from their running pairs
-    cur[k] = max_nan_pair(pair_lows(am[2 * k].acc, am[2 * k + 1].acc), pair_highs(am[2 * k].acc, am[2 * k + 1].acc));
+  for (int k = 0; k < NG / 2; ++k) {  // (absmax of group 2k, of group 2k + 1) from their running pairs
+    const P a = am[2 * k].acc, b = am[2 * k + 1].acc;
+    cur[k] = max_nan_pair(pair_perm<0x5410>(a, b), pair_perm<0x7632>(a, b));
+  }
   int o = 1;
 #pragma unroll
   for (int n = NG / 2; n > 1; n >>= 1, o <<= 1) {
@@ -442,12 +430,12 @@ __device__ __forceinline__ float group_absmax_scatter(const AbsMax<T> (&am)[NG],
     for (int k = 0; k < n / 2; ++k) {
       const P keep = upper ? cur[n / 2 + k] : cur[k];
       const P send = upper ? cur[k] : cur[n / 2 + k];
-      cur[k] = max_nan_pair(keep, shfl_pair(send, o));
+      cur[k] = max_nan_pair(keep, shfl_xor_pair(send, o));
     }
   }
 #pragma unroll
   for (; o < kWarpSize; o <<= 1)
-    if (o < width) cur[0] = max_nan_pair(cur[0], shfl_pair(cur[0], o));
+    if (o < width) cur[0] = max_nan_pair(cur[0], shfl_xor_pair(cur[0], o));
   const float2 f = to_float2(cur[0]);
   return (lane & (NG / 2)) ? f.y : f.x;
 }
