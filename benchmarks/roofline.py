@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_kernels as bk  # noqa: E402
+import bench_baselines  # noqa: E402
+import bench_cases  # noqa: E402
+import bench_timing  # noqa: E402
 
 FP8 = torch.float8_e4m3fn
 
@@ -22,7 +24,7 @@ def main() -> None:
     import fusion_kernels
 
     fusion_kernels.load(strict=True)
-    bw = bk.copy_bandwidth()
+    bw = bench_timing.copy_bandwidth()
     print(f"copy bandwidth {bw / 1e12:.3f} TB/s")
     inv = torch.tensor(448.0 / 4.0, device="cuda")
 
@@ -43,9 +45,9 @@ def main() -> None:
     for hidden in (4096, 8192):
         for tokens in (4096, 16384):
             for residual in (False, True):
-                cell = bk.Cell("static+res" if residual else "static", hidden, tokens)
+                cell = bench_cases.Cell("static+res" if residual else "static", hidden, tokens)
                 n = tokens * hidden
-                xs, rs, w, s = bk.make_inputs(cell, bk.input_sets(cell))
+                xs, rs, w, s = bench_timing.make_inputs(cell, bench_timing.input_sets(cell))
                 if residual:
                     variants = {"Inductor add + cast (r4 w3)": (compiled["add"], 7 * n),
                                 "aten add (r4 w2)": (lambda x, r, w, s: (x + r,), 6 * n)}  # fmt: skip
@@ -58,11 +60,14 @@ def main() -> None:
                                 "ours quant only, static (r2 w1)": (ours_quant["static"], 3 * n),
                                 "ours quant only, per-token (r2 w1)": (ours_quant["per_token"], 3 * n + 4 * tokens),
                                 "ours quant only, group 128 (r2 w1)": (ours_quant["group"], 3 * n + n // 32)}  # fmt: skip
-                variants["ours fused"] = (bk.ours_fns(cell)[0], bk.min_bytes(cell))
-                variants["Inductor fused"] = (bk.compile_native(cell, "default"), bk.min_bytes(cell))
+                variants["ours fused"] = (bench_cases.ours_fns(cell)[0], bench_cases.min_bytes(cell))
+                variants["Inductor fused"] = (
+                    bench_baselines.compile_native(cell, "default"),
+                    bench_cases.min_bytes(cell),
+                )
                 for name, (fn, nbytes) in variants.items():
                     fn(xs[0], rs[0], w, s)
-                    t = bk.time_graph(fn, xs, rs, w, s, nbytes / bw)
+                    t = bench_timing.time_graph(fn, xs, rs, w, s, nbytes / bw)
                     print(f"H={hidden:5d} T={tokens:6d} {name:30s} {t * 1e6:9.2f} us {100 * nbytes / t / bw:6.1f}%")
                 del xs, rs
                 torch.cuda.empty_cache()

@@ -46,19 +46,20 @@ def time_library(lib: str, cells: list[tuple[str, int, int]]) -> list[dict]:
     import torch
 
     sys.path.insert(0, str(HERE))
-    import bench_kernels as bk
+    import bench_cases as bc
+    import bench_timing as bt
 
     torch.ops.load_library(lib)
-    bw = bk.copy_bandwidth()
+    bw = bt.copy_bandwidth()
     out = []
     for case, hidden, tokens in cells:
-        cell = bk.Cell(case, hidden, tokens)
-        xs, rs, w, s = bk.make_inputs(cell, bk.input_sets(cell))
-        fused, _ = bk.ours_fns(cell)
-        bk.check(cell, "fused", fused(xs[0], rs[0], w, s), xs[0], rs[0], w, s)
-        t = bk.time_graph(fused, xs, rs, w, s, bk.min_bytes(cell) / bw + 2e-6)
+        cell = bc.Cell(case, hidden, tokens)
+        xs, rs, w, s = bt.make_inputs(cell, bt.input_sets(cell))
+        fused, _ = bc.ours_fns(cell)
+        bt.check(cell, "fused", fused(xs[0], rs[0], w, s), xs[0], rs[0], w, s)
+        t = bt.time_graph(fused, xs, rs, w, s, bc.min_bytes(cell) / bw + 2e-6)
         out.append({"case": case, "hidden": hidden, "tokens": tokens, "us": t * 1e6,
-                    "pct": 100 * bk.min_bytes(cell) / t / bw})  # fmt: skip
+                    "pct": 100 * bc.min_bytes(cell) / t / bw})  # fmt: skip
         del xs, rs
     return out
 
