@@ -6,6 +6,8 @@ Registered once, after the library is loaded, for the ops the library actually d
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 _registered: set[str] = set()
@@ -26,6 +28,57 @@ def _check_group(input: torch.Tensor, group_size: int, column_major_scales: bool
         not column_major_scales or input.dim() == 2,
         lambda: f"fusion_kernels: column_major_scales needs a 2-D input [tokens, hidden], got {input.dim()} dims",
     )
+
+
+_QUANT_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.int8)
+_SCALE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _f32(v: float) -> float:
+    return float(torch.tensor(v, dtype=torch.float64).to(torch.float32))
+
+
+def _check_rule(input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype) -> None:
+    # The same checks as the kernels' host code, with the same messages, at trace time.
+    torch._check(
+        quant_dtype in _QUANT_DTYPES,
+        lambda: f"fusion_kernels: quant_dtype must be float8_e4m3fn or float8_e4m3fnuz or int8, got {quant_dtype}",
+    )
+    torch._check(
+        group_size in (0, 32, 64, 128),
+        lambda: f"fusion_kernels: group_size must be 0 (one scale per row), 32, 64 or 128, got {group_size}",
+    )
+    if group_size:
+        hidden = input.shape[-1]
+        torch._check(
+            hidden % group_size == 0,
+            lambda: (
+                f"fusion_kernels: the hidden size (input.size(-1) = {hidden}) must be divisible by "
+                f"group_size = {group_size}"
+            ),
+        )
+    d = _f32(divisor)
+    torch._check(
+        math.isfinite(d) and d > 0,
+        lambda: f"fusion_kernels: divisor must be finite and > 0 (as float32), got {divisor}",
+    )
+    for name, v in (("absmax_floor", absmax_floor), ("scale_floor", scale_floor), ("zero_scale", zero_scale)):
+        f = _f32(v)
+        torch._check(
+            math.isfinite(f) and f >= 0,
+            lambda name=name, v=v: (
+                f"fusion_kernels: {name} must be finite and >= 0 (as float32; 0 turns it off), got {v}"
+            ),
+        )
+    torch._check(
+        scale_dtype in _SCALE_DTYPES,
+        lambda: f"fusion_kernels: scale_dtype must be float32, bfloat16 or float16, got {scale_dtype}",
+    )
+
+
+def _rule_scales(input: torch.Tensor, group_size: int) -> torch.Tensor:
+    groups = 1 if group_size == 0 else input.shape[-1] // group_size
+    return input.new_empty((*input.shape[:-1], groups), dtype=torch.float32)
 
 
 def _check_devices(input: torch.Tensor, **others: torch.Tensor | None) -> None:
@@ -136,6 +189,26 @@ def fused_add_rms_norm_static_int8_quant(input, residual, weight, scale, epsilon
     return _out(input, torch.int8), _out(input, input.dtype)
 
 
+def dynamic_quant(input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype,
+                  scale_ue8m0):  # fmt: skip
+    _check_rule(input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype)
+    return _out(input, quant_dtype), _rule_scales(input, group_size)
+
+
+def rms_norm_dynamic_quant(input, weight, epsilon, quant_dtype, group_size, divisor, absmax_floor, scale_floor,
+                           zero_scale, scale_dtype, scale_ue8m0):  # fmt: skip
+    _check_devices(input, weight=weight)
+    _check_rule(input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype)
+    return _out(input, quant_dtype), _rule_scales(input, group_size)
+
+
+def fused_add_rms_norm_dynamic_quant(input, residual, weight, epsilon, quant_dtype, group_size, divisor,
+                                     absmax_floor, scale_floor, zero_scale, scale_dtype, scale_ue8m0):  # fmt: skip
+    _check_devices(input, residual=residual, weight=weight)
+    _check_rule(input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype)
+    return _out(input, quant_dtype), _rule_scales(input, group_size), _out(input, input.dtype)
+
+
 FAKES = {
     name: globals()[name]
     for name in (
@@ -154,11 +227,17 @@ FAKES = {
         "fused_add_rms_norm_per_token_group_quant",
         "rms_norm_static_int8_quant",
         "fused_add_rms_norm_static_int8_quant",
+        "dynamic_quant",
+        "rms_norm_dynamic_quant",
+        "fused_add_rms_norm_dynamic_quant",
     )
 }
 
+#: The ops whose dynamic scale rule is given by parameters (the rule ops).
+RULE_OP_NAMES: tuple[str, ...] = ("dynamic_quant", "rms_norm_dynamic_quant", "fused_add_rms_norm_dynamic_quant")
+
 #: Every op the library is expected to define (the registry and the tests use this list).
-OP_NAMES: tuple[str, ...] = tuple(FAKES)
+OP_NAMES: tuple[str, ...] = tuple(n for n in FAKES if n not in RULE_OP_NAMES)
 
 
 def register_all() -> None:

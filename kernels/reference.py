@@ -18,7 +18,10 @@ Scales:
 * per-token: ``max(min(amax, scale_ub) / qmax, 1 / (qmax * 512))`` - the floor keeps an all-zero
   row's scale finite and positive (vLLM's per-token convention);
 * per-token-group: ``max(amax, 1e-10) / qmax``, optionally rounded up to a power of two
-  (``scale_ue8m0``) - the per_token_group_quant convention of DeepGEMM-style FP8 GEMMs.
+  (``scale_ue8m0``) - the per_token_group_quant convention of DeepGEMM-style FP8 GEMMs;
+* the rule ops (``dynamic_quant``, ``rms_norm_dynamic_quant``, ``fused_add_rms_norm_dynamic_quant``):
+  the scale rule given by parameters, see :func:`dynamic_scale`. Both rules above are special
+  cases of it (:func:`per_token_rule`, :func:`per_token_group_rule`).
 
 Special values: NaN propagates (a NaN in a row makes that row's dynamic scale NaN); +-Inf
 saturates to +-qmax when quantized; a row holding Inf normalizes to NaN at the Inf and 0
@@ -27,12 +30,18 @@ elsewhere (Inf * rsqrt(Inf) = Inf * 0). INT8 has no NaN: NaN quantizes to 0.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 QMAX = {torch.float8_e4m3fn: 448.0, torch.float8_e4m3fnuz: 240.0, torch.int8: 127.0}
 PER_TOKEN_MIN_SCALE_FACTOR = 512.0
 GROUP_ABSMAX_FLOOR = 1e-10
+#: Group sizes of the group quant (the rule ops also take 0: one scale per row).
+GROUP_SIZES = (32, 64, 128)
+#: The dtypes a rule op may round its scales to (float32: no rounding).
+SCALE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 __all__ = [
     "rms_norm",
@@ -50,6 +59,13 @@ __all__ = [
     "fused_add_rms_norm_per_token_group_quant",
     "rms_norm_static_int8_quant",
     "fused_add_rms_norm_static_int8_quant",
+    "dynamic_quant",
+    "rms_norm_dynamic_quant",
+    "fused_add_rms_norm_dynamic_quant",
+    "dynamic_scale",
+    "check_scale_rule",
+    "per_token_rule",
+    "per_token_group_rule",
     "per_token_min_scale",
     "ue8m0_ceil",
 ]
@@ -80,10 +96,9 @@ def _clamp_cast(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return v.clamp(-qmax, qmax).to(dtype).contiguous()
 
 
-def _div_by_qmax(amax: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    # A correctly rounded quotient on every device: on CUDA, torch divides a tensor by a Python
-    # number by multiplying with its reciprocal, which rounds differently.
-    return amax / torch.full_like(amax, QMAX[dtype])
+def _f32(v: float) -> float:
+    """``v`` rounded to float32 (the kernels receive every float parameter as one)."""
+    return float(torch.tensor(v, dtype=torch.float64).to(torch.float32))
 
 
 def _check_qdtype(dtype: torch.dtype, allow_int8: bool) -> None:
@@ -106,6 +121,91 @@ def ue8m0_ceil(s: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(s) & (s > 0), up, s)
 
 
+def check_scale_rule(
+    divisor: float, absmax_floor: float, scale_floor: float, zero_scale: float, scale_dtype: torch.dtype
+) -> None:
+    """Raise ValueError naming the first bad parameter of a scale rule (see :func:`dynamic_scale`).
+
+    Every float is judged as the float32 the kernels receive."""
+    d = _f32(divisor)
+    if not (math.isfinite(d) and d > 0):
+        raise ValueError(f"divisor must be finite and > 0 (as float32), got {divisor}")
+    for name, v in (("absmax_floor", absmax_floor), ("scale_floor", scale_floor), ("zero_scale", zero_scale)):
+        f = _f32(v)
+        if not (math.isfinite(f) and f >= 0):
+            raise ValueError(f"{name} must be finite and >= 0 (as float32; 0 turns it off), got {v}")
+    if scale_dtype not in SCALE_DTYPES:
+        raise ValueError(f"scale_dtype must be float32, bfloat16 or float16, got {scale_dtype}")
+
+
+def dynamic_scale(
+    amax: torch.Tensor,
+    divisor: float,
+    absmax_floor: float,
+    scale_floor: float,
+    zero_scale: float,
+    scale_dtype: torch.dtype,
+    scale_ue8m0: bool,
+) -> torch.Tensor:
+    """The dynamic scale of each absmax (fp32 tensor, exact absmax of the values quantized), in
+    this order; every float parameter is first rounded to float32, as the kernels receive it:
+
+    1. ``absmax_floor > 0``: ``a = max(a, absmax_floor)`` (NaN stays NaN);
+    2. ``s = a / divisor``, the correctly rounded fp32 quotient;
+    3. ``s = float(s.to(scale_dtype))``, round to nearest even (float32: nothing; float16 may
+       overflow to Inf or underflow to 0, as plain torch code rounding there does);
+    4. ``scale_ue8m0``: ``s = ue8m0_ceil(s)``, rounded up to a power of two, exactly;
+    5. ``scale_floor > 0``: ``s = max(s, scale_floor)`` (NaN stays NaN);
+    6. ``zero_scale > 0``: a scale equal to 0 becomes ``zero_scale``.
+
+    The quantizer then computes ``y * (1 / s)`` with the correctly rounded reciprocal. Without a
+    floor or a zero replacement an all-zero row or group has ``s = 0``: ``1 / s = Inf`` and
+    ``0 * Inf = NaN``, so it quantizes to NaN (FP8) or 0 (INT8) with a scale of 0, which is what
+    the plain-torch spellings without a floor compute.
+    """
+    a = amax.float()
+    if _f32(absmax_floor) > 0:
+        a = a.clamp(min=_f32(absmax_floor))
+    # A correctly rounded quotient on every device: on CUDA, torch divides a tensor by a Python
+    # number by multiplying with its reciprocal, which rounds differently.
+    s = a / torch.full_like(a, _f32(divisor))
+    if scale_dtype != torch.float32:
+        s = s.to(scale_dtype).float()
+    if scale_ue8m0:
+        s = ue8m0_ceil(s)
+    if _f32(scale_floor) > 0:
+        s = s.clamp(min=_f32(scale_floor))
+    if _f32(zero_scale) > 0:
+        s = torch.where(s == 0, torch.full_like(s, _f32(zero_scale)), s)
+    return s
+
+
+def per_token_rule(quant_dtype: torch.dtype) -> dict:
+    """The scale rule of the per-token ops (``dynamic_per_token_scaled_fp8_quant``,
+    ``dynamic_scaled_int8_quant``, ``[fused_add_]rms_norm_dynamic_per_token_quant`` without
+    ``scale_ub``), as keyword arguments of the rule ops."""
+    return {
+        "divisor": QMAX[quant_dtype],
+        "absmax_floor": 0.0,
+        "scale_floor": per_token_min_scale(quant_dtype),
+        "zero_scale": 0.0,
+        "scale_dtype": torch.float32,
+        "scale_ue8m0": False,
+    }
+
+
+def per_token_group_rule(quant_dtype: torch.dtype, scale_ue8m0: bool) -> dict:
+    """The scale rule of the per-token-group ops, as keyword arguments of the rule ops."""
+    return {
+        "divisor": QMAX[quant_dtype],
+        "absmax_floor": GROUP_ABSMAX_FLOOR,
+        "scale_floor": 0.0,
+        "zero_scale": 0.0,
+        "scale_dtype": torch.float32,
+        "scale_ue8m0": scale_ue8m0,
+    }
+
+
 def _scaled(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x.float() * (1.0 / scale.float())
 
@@ -124,7 +224,7 @@ def _per_token(input: torch.Tensor, dtype: torch.dtype, scale_ub: torch.Tensor |
     amax = x.abs().amax(dim=-1, keepdim=True)
     if scale_ub is not None:
         amax = torch.clamp(amax, max=scale_ub.float().reshape(()))
-    scales = _div_by_qmax(amax, dtype).clamp(min=per_token_min_scale(dtype))
+    scales = dynamic_scale(amax, **per_token_rule(dtype))
     return _clamp_cast(_scaled(x, scales), dtype), scales.contiguous()
 
 
@@ -146,13 +246,7 @@ def per_token_group_fp8_quant(
     hidden = input.shape[-1]
     if hidden % group_size != 0:
         raise ValueError(f"hidden size {hidden} is not divisible by group_size {group_size}")
-    x = input.float().reshape(*input.shape[:-1], hidden // group_size, group_size)
-    amax = x.abs().amax(dim=-1, keepdim=True).clamp(min=GROUP_ABSMAX_FLOOR)
-    scales = _div_by_qmax(amax, fp8_dtype)
-    if scale_ue8m0:
-        scales = ue8m0_ceil(scales)
-    q = _clamp_cast(_scaled(x, scales), fp8_dtype).reshape(input.shape)
-    scales = scales.squeeze(-1).contiguous()
+    q, scales = _rule_quant(input, fp8_dtype, group_size, **per_token_group_rule(fp8_dtype, scale_ue8m0))
     if column_major_scales:
         if input.dim() != 2:
             raise ValueError("column_major_scales needs a 2-D input")
@@ -160,6 +254,44 @@ def per_token_group_fp8_quant(
         col = torch.empty((scales.shape[1], scales.shape[0]), dtype=scales.dtype, device=scales.device).t()
         scales = col.copy_(scales)
     return q, scales
+
+
+def _rule_quant(
+    input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype, scale_ue8m0
+):
+    hidden = input.shape[-1]
+    groups, size = (1, hidden) if group_size == 0 else (hidden // group_size, group_size)
+    x = input.float().reshape(*input.shape[:-1], groups, size)
+    amax = x.abs().amax(dim=-1, keepdim=True)
+    scales = dynamic_scale(amax, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype, scale_ue8m0)
+    q = _clamp_cast(_scaled(x, scales), quant_dtype).reshape(input.shape)
+    return q, scales.squeeze(-1).contiguous()
+
+
+def dynamic_quant(
+    input: torch.Tensor,
+    quant_dtype: torch.dtype,
+    group_size: int,
+    divisor: float,
+    absmax_floor: float,
+    scale_floor: float,
+    zero_scale: float,
+    scale_dtype: torch.dtype,
+    scale_ue8m0: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic quantization with the scale rule given by parameters (:func:`dynamic_scale`):
+    one scale per row (``group_size`` 0, scales ``[..., 1]``) or per ``group_size`` elements
+    (32, 64 or 128; scales ``[..., H / group_size]``, row-major), FP8 or INT8."""
+    if quant_dtype not in QMAX:
+        raise ValueError(f"quant_dtype must be float8_e4m3fn or float8_e4m3fnuz or int8, got {quant_dtype}")
+    if group_size != 0 and group_size not in GROUP_SIZES:
+        raise ValueError(f"group_size must be 0 (one scale per row), 32, 64 or 128, got {group_size}")
+    if group_size and input.shape[-1] % group_size != 0:
+        raise ValueError(f"hidden size {input.shape[-1]} is not divisible by group_size {group_size}")
+    check_scale_rule(divisor, absmax_floor, scale_floor, zero_scale, scale_dtype)
+    return _rule_quant(
+        input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype, scale_ue8m0
+    )
 
 
 # --- fused ops: the composition of the building blocks ----------------------------------------
@@ -207,3 +339,17 @@ def rms_norm_static_int8_quant(input, weight, scale, epsilon):
 def fused_add_rms_norm_static_int8_quant(input, residual, weight, scale, epsilon):
     y, residual_out = fused_add_rms_norm(input, residual, weight, epsilon)
     return static_scaled_int8_quant(y, scale), residual_out
+
+
+def rms_norm_dynamic_quant(input, weight, epsilon, quant_dtype, group_size, divisor, absmax_floor, scale_floor,
+                           zero_scale, scale_dtype, scale_ue8m0):  # fmt: skip
+    return dynamic_quant(rms_norm(input, weight, epsilon), quant_dtype, group_size, divisor, absmax_floor,
+                         scale_floor, zero_scale, scale_dtype, scale_ue8m0)  # fmt: skip
+
+
+def fused_add_rms_norm_dynamic_quant(input, residual, weight, epsilon, quant_dtype, group_size, divisor,
+                                     absmax_floor, scale_floor, zero_scale, scale_dtype, scale_ue8m0):  # fmt: skip
+    y, residual_out = fused_add_rms_norm(input, residual, weight, epsilon)
+    q, scales = dynamic_quant(y, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
+                              scale_dtype, scale_ue8m0)  # fmt: skip
+    return q, scales, residual_out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from fusion_kernels.reference import FP8_DTYPES, ue8m0_ceil
+from fusion_kernels.reference import FP8_DTYPES, QMAX, ue8m0_ceil
 
 #: Relative tolerance for fp32 dynamic scales: the absmax is taken of the normalized row, which
 #: may differ from the reference's by two roundings of the input dtype (see ACT_TOL).
@@ -165,15 +165,18 @@ def _accept_ue8m0_flips(
 
 
 def assert_scales_close(
-    actual: torch.Tensor, expected: torch.Tensor, input_dtype: torch.dtype, what: str = "scales"
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    input_dtype: torch.dtype,
+    what: str = "scales",
+    scale_dtype: torch.dtype = torch.float32,
 ) -> None:
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} vs {tuple(expected.shape)}"
     assert actual.stride() == expected.stride() or actual.numel() <= 1, (
         f"{what}: strides {actual.stride()} vs {expected.stride()}"
     )
-    torch.testing.assert_close(
-        actual, expected, rtol=SCALE_RTOL[input_dtype], atol=0, equal_nan=True, msg=lambda m: f"{what}: {m}"
-    )
+    rtol = SCALE_RTOL[input_dtype] + (torch.finfo(scale_dtype).eps if scale_dtype != torch.float32 else 0.0)
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=0, equal_nan=True, msg=lambda m: f"{what}: {m}")
 
 
 #: What each output of each op is: "act" (the normalized output, in the input dtype), "res"
@@ -194,6 +197,9 @@ OUTPUT_KINDS: dict[str, tuple[str, ...]] = {
     "fused_add_rms_norm_per_token_group_quant": ("q", "scales", "res"),
     "rms_norm_static_int8_quant": ("q",),
     "fused_add_rms_norm_static_int8_quant": ("q", "res"),
+    "dynamic_quant": ("q", "scales"),
+    "rms_norm_dynamic_quant": ("q", "scales"),
+    "fused_add_rms_norm_dynamic_quant": ("q", "scales", "res"),
 }
 
 #: Tolerance for the normalized output: two roundings of the input dtype (relative). The row's
@@ -202,8 +208,19 @@ OUTPUT_KINDS: dict[str, tuple[str, ...]] = {
 ACT_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
-def assert_outputs_match(op_name: str, actual, expected, input_dtype: torch.dtype, max_fraction: float = 0.01) -> None:
-    """Compare an op's outputs with the reference's, each by its kind (see OUTPUT_KINDS)."""
+def assert_outputs_match(
+    op_name: str,
+    actual,
+    expected,
+    input_dtype: torch.dtype,
+    max_fraction: float = 0.01,
+    scale_dtype: torch.dtype = torch.float32,
+) -> None:
+    """Compare an op's outputs with the reference's, each by its kind (see OUTPUT_KINDS).
+
+    ``scale_dtype``: what a rule op rounded its scales to; a scale within tolerance of the
+    reference's before that rounding may round to the neighbouring value of that dtype, so the
+    scale tolerance grows by one of its roundings."""
     kinds = OUTPUT_KINDS[op_name]
     if isinstance(expected, torch.Tensor):
         actual, expected = (actual,), (expected,)
@@ -224,7 +241,7 @@ def assert_outputs_match(op_name: str, actual, expected, input_dtype: torch.dtyp
             assert_quant_close(a, e, max_fraction, what=what, scales=scales, value_rtol=value_rtol)
         elif kind == "scales":
             a = _accept_ue8m0_flips(a, e, actual[0], expected[0], input_dtype)
-            assert_scales_close(a, e, input_dtype, what=what)
+            assert_scales_close(a, e, input_dtype, what=what, scale_dtype=scale_dtype)
         elif kind == "res":
             # The new residual is one rounding of x + residual everywhere: exact.
             assert a.is_contiguous(), f"{what} is not contiguous"
@@ -249,9 +266,14 @@ def make_args(
     *,
     weight_dtype: torch.dtype | None = None,
     quant_dtype: torch.dtype = torch.float8_e4m3fn,
-    group_size: int = 128,
+    group_size: int | None = None,
     column_major_scales: bool = False,
     scale_ue8m0: bool = False,
+    divisor: float | None = None,
+    absmax_floor: float = 1e-12,
+    scale_floor: float = 0.0,
+    zero_scale: float = 0.0,
+    scale_dtype: torch.dtype = torch.float32,
     with_scale_ub: bool = False,
     row_padding: int = 0,
     value_scale: float = 1.0,
@@ -262,7 +284,9 @@ def make_args(
 
     ``row_padding`` > 0 makes input and residual row-strided views (each row followed by
     ``row_padding`` unused elements). The static scale is chosen so that most values land inside
-    the format's range and a few saturate.
+    the format's range and a few saturate. ``group_size`` defaults to 128 for the group ops and
+    to 0 (one scale per row) for the rule ops, whose scale rule defaults to ``absmax / qmax``
+    with the absmax floored at 1e-12 (``divisor`` None: the quant dtype's maximum).
     """
     schema = getattr(torch.ops.fusion_kernels, op_name).default._schema
     device = torch.device(device)
@@ -291,9 +315,14 @@ def make_args(
         ),
         "fp8_dtype": lambda: fp8,
         "quant_dtype": lambda: qdtype,
-        "group_size": lambda: group_size,
+        "group_size": lambda: group_size if group_size is not None else (128 if "group" in op_name else 0),
         "column_major_scales": lambda: column_major_scales,
         "scale_ue8m0": lambda: scale_ue8m0,
+        "divisor": lambda: divisor if divisor is not None else QMAX[qdtype],
+        "absmax_floor": lambda: absmax_floor,
+        "scale_floor": lambda: scale_floor,
+        "zero_scale": lambda: zero_scale,
+        "scale_dtype": lambda: scale_dtype,
     }
     return tuple(values[a.name]() for a in schema.arguments)
 
