@@ -45,8 +45,6 @@ class QuantKey:
                 raise ValueError(
                     f"QuantKey.group_size must be one of {GROUP_SIZES} for per-group keys, got {self.group_size}"
                 )
-            if self.dtype == torch.int8:
-                raise ValueError("QuantKey: per-group quantization is FP8 only")
         elif self.group_size is not None:
             raise ValueError(f"QuantKey.group_size is only for per-group keys, got {self.group_size} for {self.scheme}")
 

@@ -253,14 +253,22 @@ def test_per_token_quant_over_another_axis_is_refused():
     _refused(fn, inputs(torch.bfloat16, 2), "absmax_not_over_last_dim")
 
 
-def test_per_token_with_another_min_scale_is_refused():
+def test_per_token_with_another_min_scale_is_fused_with_its_own_rule():
+    """A floor other than vLLM's is not the per-token op's rule: the rule op takes it instead."""
+
     def fn(x, r, w, s):
         y = nf.rms_norm_hf(x, w, 1e-6)
         amax = y.abs().amax(dim=-1, keepdim=True).float()
         scale = (amax / 448.0).clamp(min=1e-12)
         return (y.float() / scale).clamp(-448, 448).to(FP8), scale
 
-    _refused(fn, inputs(torch.bfloat16, 2), "min_scale_mismatch")
+    args = inputs(torch.bfloat16, 2)
+    p = FusionPass(native="always")
+    gm, got = run_pass(fn, args, p)
+    assert op_counts(gm) == {"rms_norm_dynamic_quant": 1}, p.report
+    (node,) = [n for n in gm.graph.nodes if "rms_norm_dynamic_quant" in str(n.target)]
+    assert node.args[7] == pytest.approx(1e-12)  # the scale floor, read from the graph
+    assert_equivalent(got, fn(*args))
 
 
 def test_dynamic_true_is_refused_with_a_reason_or_fused_never_wrong():

@@ -1,0 +1,437 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Reading the post-grad graph by meaning: the canonical forms the native matcher recognises.
+
+Real code spells one computation many ways. These helpers look through the differences that do
+not change a value (or change it only within one fp32 rounding) and return the canonical reading:
+
+* constants: Python numbers, 0-d/one-element tensor constants (``lift_fresh_copy`` of a lifted
+  attribute, ``full``/``scalar_tensor``, ``zeros_like``) and arithmetic on constants, folded;
+* casts: an upcast to fp32 is exact and is looked through where only the value matters; the
+  dtype an arithmetic result is rounded to is read from its fake value;
+* views: ``view``/``reshape``/``unsqueeze``/``squeeze`` of the same elements;
+* clamps: ``clamp``, ``clamp_min``/``clamp_max`` in either order, their ``.Tensor`` forms with a
+  constant bound, and ``maximum``/``minimum`` with a constant;
+* quotients: ``a / b``, ``a * reciprocal(b)``, ``a * (1 / b)``, ``a * (c / b)`` (an inverse
+  scale, read as ``a / (b / c)``) and ``a * c`` for a constant ``c`` (read as ``a / (1 / c)``);
+* reductions: ``amax(|v|)``, ``max.dim(|v|)[0]`` (with or without keepdim, then ``unsqueeze``),
+  ``max(|amin(v)|, |amax(v)|)`` and the same with ``amin``/``amax`` clamped against zero.
+
+Every node a reading walks through is appended to the caller's ``seen`` list, so the matcher
+knows exactly which nodes a rewrite replaces.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+from fusion_passes import fx_utils
+
+aten = torch.ops.aten
+prims = torch.ops.prims
+CONVERT = (prims.convert_element_type.default, aten._to_copy.default)
+VIEWS = (
+    aten.view.default,
+    aten.reshape.default,
+    aten._unsafe_view.default,
+    aten.unsqueeze.default,
+    aten.squeeze.dim,
+    aten.squeeze.dims,
+    aten.squeeze.default,
+    aten.clone.default,
+)
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INV_ROOT = ("rsqrt", "pow_neg_half", "recip_sqrt")
+
+
+def is_call(node: Any, targets) -> bool:
+    return isinstance(node, fx.Node) and node.op == "call_function" and node.target in targets
+
+
+def dtype_of(node: Any) -> torch.dtype | None:
+    v = fx_utils.val(node)
+    return v.dtype if isinstance(v, torch.Tensor) else None
+
+
+def shape_of(node: Any) -> tuple | None:
+    v = fx_utils.val(node)
+    return tuple(v.shape) if isinstance(v, torch.Tensor) else None
+
+
+def number(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def cast_target(node: Any) -> torch.dtype | None:
+    """The dtype a cast node casts to (None if the node is not a pure dtype cast)."""
+    if not is_call(node, CONVERT):
+        return None
+    if node.target is prims.convert_element_type.default:
+        return node.args[1]
+    if len(node.args) == 1 and set(node.kwargs) <= {"dtype", "layout", "device", "memory_format"}:
+        return node.kwargs.get("dtype")
+    return None
+
+
+def only_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+# --- constants ---------------------------------------------------------------------------------
+
+
+def round_to(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded to ``dtype`` (round to nearest even), as a Python float. Real tensors,
+    also while the compile's fake mode is active."""
+    with unset_fake_temporarily():
+        return float(torch.tensor(value, dtype=torch.float64).to(dtype).item())
+
+
+def const(x: Any, seen: list | None = None) -> float | None:
+    """The value of a scalar constant expression, or None."""
+    n = number(x)
+    if n is not None:
+        return n
+    if not isinstance(x, fx.Node):
+        return None
+    value = _const_node(x)
+    if value is not None and seen is not None:
+        seen.extend(_const_nodes(x))
+    return value
+
+
+def _const_nodes(node: fx.Node) -> list[fx.Node]:
+    out = [node]
+    for a in node.all_input_nodes:
+        out += _const_nodes(a)
+    return out
+
+
+def _const_node(node: fx.Node) -> float | None:
+    if node.op == "get_attr":
+        owner = node.graph.owning_module
+        t = getattr(owner, node.target, None) if owner is not None else None
+        if isinstance(t, torch.Tensor) and t.numel() == 1:
+            with unset_fake_temporarily():
+                return float(t.detach().reshape(()).item())
+        return None
+    if node.op != "call_function":
+        return None
+    t, args = node.target, node.args
+    if t in (aten.lift_fresh_copy.default, aten.clone.default) or cast_target(node) is not None:
+        inner = _const_node(args[0]) if isinstance(args[0], fx.Node) else None
+        if inner is None or cast_target(node) is None:
+            return inner
+        return round_to(inner, cast_target(node)) if cast_target(node).is_floating_point else None
+    if t is aten.scalar_tensor.default:
+        return number(args[0])
+    if t in (aten.full.default, aten.full_like.default):
+        shape = fx_utils.val(node)
+        return number(args[1]) if isinstance(shape, torch.Tensor) else None
+    if t in (aten.zeros_like.default, aten.zeros.default):
+        return 0.0
+    binary = {
+        aten.mul.Tensor: operator.mul,
+        aten.div.Tensor: operator.truediv,
+        aten.add.Tensor: operator.add,
+        aten.sub.Tensor: operator.sub,
+    }
+    if t in binary and len(args) == 2:
+        a, b = const(args[0]), const(args[1])
+        if a is None or b is None:
+            return None
+        if t is aten.div.Tensor and b == 0:
+            return None
+        dt = dtype_of(node) or torch.float32
+        return round_to(binary[t](a, b), dt) if dt.is_floating_point else binary[t](a, b)
+    if t is aten.reciprocal.default:
+        a = const(args[0])
+        return None if not a else 1.0 / a
+    return None
+
+
+# --- look-through ------------------------------------------------------------------------------
+
+
+def through_upcasts(node: Any, seen: list) -> Any:
+    """Skip casts to fp32 (exact for our input dtypes)."""
+    while cast_target(node) == torch.float32 and dtype_of(node.args[0]) in FLOAT_DTYPES:
+        seen.append(node)
+        node = node.args[0]
+    return node
+
+
+def through_views(node: Any, seen: list) -> Any:
+    while is_call(node, VIEWS):
+        seen.append(node)
+        node = node.args[0]
+    return node
+
+
+def through_value_preserving(node: Any, seen: list) -> Any:
+    """Skip views and exact upcasts, in any order."""
+    while True:
+        nxt = through_views(through_upcasts(node, seen), seen)
+        if nxt is node:
+            return node
+        node = nxt
+
+
+def clamp(node: Any, seen: list) -> tuple[Any, float | None, float | None] | None:
+    """(input, lo, hi) of one clamp step or a clamp_min/clamp_max pair; None if not a clamp."""
+    lo = hi = None
+    steps = 0
+    while True:
+        t = node.target if isinstance(node, fx.Node) and node.op == "call_function" else None
+        if t in (aten.clamp.default, aten.clamp.Tensor):
+            a = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
+            b = node.args[2] if len(node.args) > 2 else node.kwargs.get("max")
+            ca, cb = const(a, seen) if a is not None else None, const(b, seen) if b is not None else None
+            if (a is not None and ca is None) or (b is not None and cb is None):
+                return None
+            lo = ca if lo is None else lo
+            hi = cb if hi is None else hi
+        elif t in (aten.clamp_min.default, aten.clamp_min.Tensor, aten.maximum.default):
+            c = const(node.args[1], seen)
+            if c is None or lo is not None:
+                break
+            lo = c
+        elif t in (aten.clamp_max.default, aten.clamp_max.Tensor, aten.minimum.default):
+            c = const(node.args[1], seen)
+            if c is None or hi is not None:
+                break
+            hi = c
+        else:
+            break
+        seen.append(node)
+        node = node.args[0]
+        steps += 1
+    return (node, lo, hi) if steps else None
+
+
+def quotient(node: Any, seen: list) -> tuple[Any, Any, float | None] | None:
+    """(numerator, denominator node, constant divisor) of a division spelled any way.
+
+    Exactly one of the last two is set. ``a * c`` with a constant ``c`` reads as ``a / (1/c)``;
+    ``a * (c / b)`` as ``a / (b / c)``: the denominator is then returned as ("inv", c, b).
+    """
+    if is_call(node, (aten.div.Tensor,)):
+        c = const(node.args[1], seen)
+        seen.append(node)
+        return (node.args[0], None, c) if c is not None else (node.args[0], node.args[1], None)
+    if is_call(node, (aten.mul.Tensor,)):
+        for a, b in (node.args, tuple(reversed(node.args))):
+            c = const(b, seen)
+            if c is not None and c != 0:
+                seen.append(node)
+                return a, None, 1.0 / c
+            r = reciprocal_of(b, seen)
+            if r is not None:
+                seen.append(node)
+                return a, r, None
+    return None
+
+
+def inverse_form(node: Any, seen: list) -> tuple[float, Any] | None:
+    """(c, v) for ``c / v`` spelled ``div(c, v)``, ``c * reciprocal(v)`` or ``reciprocal(v)``."""
+    local: list = []
+    if is_call(node, (aten.reciprocal.default,)):
+        seen.append(node)
+        return 1.0, node.args[0]
+    if is_call(node, (aten.div.Tensor,)):
+        c = const(node.args[0], local)
+        if c is not None and const(node.args[1]) is None:
+            seen += local + [node]
+            return c, node.args[1]
+    if is_call(node, (aten.mul.Tensor,)):
+        for a, b in (node.args, tuple(reversed(node.args))):
+            c = const(a, local)
+            if c is not None and is_call(b, (aten.reciprocal.default,)):
+                seen += local + [node, b]
+                return c, b.args[0]
+    return None
+
+
+def reciprocal_of(node: Any, seen: list) -> Any:
+    """x for ``1 / x`` (any spelling); ("inv", c, x, node) for ``c / x`` with c != 1 or behind an
+    inf guard (an inverse scale; ``node`` is the value its other readers see)."""
+    local: list = []
+    node = through_views(node, local) if isinstance(node, fx.Node) else node
+    outer = node
+    node = through_inf_guard(node, local)
+    inv = inverse_form(node, local)
+    if inv is None:
+        return None
+    seen += local
+    c, x = inv
+    return x if c == 1.0 and outer is node else ("inv", c, x, outer)
+
+
+def through_inf_guard(node: Any, seen: list) -> Any:
+    """x for ``x[x == inf] = c`` (an ``index_put``) where x = c0 / max(a, f) with f > 0, which is
+    never inf: the guard changes nothing."""
+    if not is_call(node, (aten.index_put.default, aten.index_put_.default)):
+        return node
+    x, idx = node.args[0], node.args[1]
+    if not (isinstance(idx, (list, tuple)) and len(idx) == 1 and is_call(idx[0], (aten.eq.Scalar,))):
+        return node
+    if idx[0].args[0] is not x or number(idx[0].args[1]) != float("inf"):
+        return node
+    local: list = []
+    inv = inverse_form(x, local)
+    if inv is None:
+        return node
+    c = clamp(through_float_casts(through_views(inv[1], local), local)[0], local)
+    if c is None or c[1] is None or c[1] <= 0:
+        return node
+    seen += [node, idx[0]]
+    if len(node.args) > 2 and isinstance(node.args[2], fx.Node):
+        seen += _const_nodes(node.args[2])
+    return x
+
+
+def through_float_casts(node: Any, seen: list) -> tuple[Any, torch.dtype | None]:
+    """Skip casts between float dtypes; also returns the least precise dtype a cast rounded to
+    (None if none rounded)."""
+    lowest = None
+    while cast_target(node) in FLOAT_DTYPES and dtype_of(node.args[0]) in FLOAT_DTYPES:
+        target = cast_target(node)
+        if _bits(target) < _bits(dtype_of(node.args[0])) and (lowest is None or _bits(target) < _bits(lowest)):
+            lowest = target
+        seen.append(node)
+        node = node.args[0]
+    return node, lowest
+
+
+_MANTISSA_BITS = {torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
+
+
+def _bits(dtype: torch.dtype | None) -> int:
+    """Mantissa bits of a float dtype (more: more precise; non-floats rank lowest)."""
+    return _MANTISSA_BITS.get(dtype, -1)
+
+
+def absmax(node: Any, seen: list) -> tuple[fx.Node, Any, bool] | None:
+    """(source, dims, keepdim) of an absolute-max reduction spelled any way; dims None = all."""
+    node = through_upcasts(node, seen)
+    if is_call(node, (aten.unsqueeze.default,)):
+        inner = absmax(node.args[0], seen)
+        if inner is not None and not inner[2]:
+            seen.append(node)
+            return inner[0], inner[1], True
+        return None
+    if is_call(node, (operator.getitem,)) and node.args[1] == 0 and is_call(node.args[0], (aten.max.dim,)):
+        m = node.args[0]
+        src = _abs_source(m.args[0], seen)
+        if src is None:
+            return None
+        keep = m.args[2] if len(m.args) > 2 else m.kwargs.get("keepdim", False)
+        seen += [node, m]
+        return src, [m.args[1]], bool(keep)
+    if is_call(node, (aten.amax.default,)):
+        src = _abs_source(node.args[0], seen)
+        if src is None:
+            return None
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", [])
+        keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        seen.append(node)
+        return src, (list(dims) if dims else None), bool(keep)
+    if is_call(node, (aten.max.default,)):
+        src = _abs_source(node.args[0], seen)
+        if src is None:
+            return None
+        seen.append(node)
+        return src, None, False
+    if is_call(node, (aten.maximum.default,)):
+        return _absmax_of_extremes(node, seen)
+    return None
+
+
+def _abs_source(node: Any, seen: list) -> Any:
+    if is_call(node, (aten.abs.default,)):
+        seen.append(node)
+        return node.args[0]
+    return None
+
+
+def _absmax_of_extremes(node: fx.Node, seen: list):
+    """max(|lo|, |hi|) where lo = amin(v) [min'ed with 0] and hi = amax(v) [max'ed with 0]."""
+    local: list = []
+    reads = []
+    for side, (red, clip) in zip(node.args, ((aten.amin.default, aten.minimum.default),
+                                              (aten.amax.default, aten.maximum.default))):  # fmt: skip
+        if not is_call(side, (aten.abs.default,)):
+            return None
+        local.append(side)
+        inner = side.args[0]
+        if is_call(inner, (clip,)) and const(inner.args[1], local) == 0.0:
+            local.append(inner)
+            inner = inner.args[0]
+        inner = _min_max_reduction(inner, red, local)
+        if inner is None:
+            return None
+        reads.append(inner)
+    (src_a, dims_a, keep_a), (src_b, dims_b, keep_b) = reads
+    if src_a is not src_b or dims_a != dims_b or keep_a != keep_b:
+        return None
+    seen += local + [node]
+    return src_a, dims_a, keep_a
+
+
+def _min_max_reduction(node: Any, red, local: list):
+    if is_call(node, (red,)):
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", [])
+        keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        local.append(node)
+        return node.args[0], (list(dims) if dims else None), bool(keep)
+    # aminmax / a whole-tensor min or max
+    if is_call(node, (operator.getitem,)) and is_call(node.args[0], (aten.aminmax.default,)):
+        want = 0 if red is aten.amin.default else 1
+        if node.args[1] != want:
+            return None
+        am = node.args[0]
+        dim = am.kwargs.get("dim", am.args[1] if len(am.args) > 1 else None)
+        keep = am.kwargs.get("keepdim", am.args[2] if len(am.args) > 2 else False)
+        local += [node, am]
+        return am.args[0], (None if dim is None else [dim]), bool(keep)
+    whole = aten.min.default if red is aten.amin.default else aten.max.default
+    if is_call(node, (whole,)):
+        local.append(node)
+        return node.args[0], None, False
+    return None
+
+
+def is_ue8m0(node: Any, seen: list) -> Any:
+    """x for ``exp2(ceil(log2(x)))`` or ``pow(2, ceil(log2(x)))``, else None."""
+    if is_call(node, (aten.exp2.default,)):
+        inner = node.args[0]
+    elif is_call(node, (aten.pow.Scalar,)) and number(node.args[0]) == 2.0:
+        inner = node.args[1]
+    else:
+        return None
+    if not is_call(inner, (aten.ceil.default,)) or not is_call(inner.args[0], (aten.log2.default,)):
+        return None
+    seen += [node, inner, inner.args[0]]
+    return inner.args[0].args[0]
+
+
+def zero_replaced(node: Any, seen: list) -> tuple[Any, float] | None:
+    """(x, c) for ``where(x == 0, c, x)``."""
+    if not is_call(node, (aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf)):
+        return None
+    cond, a, b = node.args[:3]
+    if not is_call(cond, (aten.eq.Scalar, aten.eq.Tensor)) or const(cond.args[1]) != 0.0:
+        return None
+    x = cond.args[0]
+    if b is not x:
+        return None
+    c = const(a, seen)
+    if c is None:
+        return None
+    seen += [node, cond]
+    return x, c

@@ -1,0 +1,234 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The native matcher: finds every RMSNorm -> quantize site, decides which fused op reproduces
+it, checks the site, and rewrites it.
+
+Several identical quantizers of one norm output (one per linear: q/k/v, gate/up) are one site:
+fused once, every reader rewired. Quantizers that differ, or a norm output read by anything
+else, are refused with a reason.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from fusion_kernels import platform
+from fusion_passes import fx_utils, policy
+from fusion_passes.patterns import Refusal
+from fusion_passes.patterns.native import graph as G
+from fusion_passes.patterns.native.norm import NormMatch, anchors, match_norm
+from fusion_passes.patterns.native.ops import FORMS, FusedCall, choose_op, form_of
+from fusion_passes.patterns.native.quant import QuantMatch, match_quantizer, quant_casts
+from fusion_passes.quant_key import QuantKey, Scheme
+from fusion_passes.registry import Registry
+from fusion_passes.reporting import GraphReport, Site
+
+NORM_SPELLINGS = ("hf", "functional")
+
+
+def pattern_name(spelling: str, residual: bool, form: str) -> str:
+    return f"native:{'add+' if residual else ''}rms_norm_{spelling}+{form}"
+
+
+def all_pattern_names() -> list[str]:
+    return [pattern_name(s, r, f) for s in NORM_SPELLINGS for r in (False, True) for f in FORMS]
+
+
+class NativeMatcher:
+    """Finds native RMSNorm -> quant sites and rewrites them into our fused ops."""
+
+    def __init__(self, registry: Registry, native: str, wanted: set[str] | None) -> None:
+        self.registry = registry
+        self.native = native
+        self.inactive: dict[str, str] = {}
+        self._active: list[str] = []
+        for name in all_pattern_names():
+            residual = "add+" in name
+            form = name.rsplit("+", 1)[1]
+            missing = [op for op in FORMS[form](residual) if op in registry.missing]
+            if wanted is not None and name not in wanted:
+                self.inactive[name] = "not selected (patterns=...)"
+            elif native == "never":
+                self.inactive[name] = 'native="never"'
+            elif len(missing) == len(FORMS[form](residual)):
+                self.inactive[name] = "; ".join(f"{op}: {registry.missing[op]}" for op in missing)
+            else:
+                self._active.append(name)
+
+    def all_names(self) -> set[str]:
+        return set(all_pattern_names())
+
+    def active_names(self) -> list[str]:
+        return list(self._active)
+
+    def apply(self, graph: fx.Graph, g: GraphReport) -> bool:
+        changed = False
+        for anchor in anchors(graph):
+            if anchor.graph is not graph or anchor not in graph.nodes:
+                continue
+            norm = match_norm(anchor)
+            if norm is None:
+                continue
+            where = fx_utils.source_line(anchor)
+            label = f"native:rms_norm_{norm.spelling}"
+            try:
+                quants = self._quantizers(norm)
+            except Refusal as r:
+                g.sites.append(Site(g.index, label, False, r.reason, anchor.name, where, r.detail))
+                continue
+            if not quants:
+                continue
+            name = pattern_name(norm.spelling, norm.residual is not None, form_of(quants[0]))
+            where = fx_utils.source_line(quants[0].q) or where
+            if name not in self._active:
+                if self.native == "never":
+                    g.sites.append(Site(g.index, name, False, "native_policy_never", anchor.name, where))
+                elif name in self.inactive:
+                    g.sites.append(
+                        Site(g.index, name, False, "pattern_inactive", anchor.name, where, self.inactive[name])
+                    )
+                continue
+            try:
+                call = self._check(norm, quants)
+            except Refusal as r:
+                g.sites.append(Site(g.index, name, False, r.reason, anchor.name, where, r.detail))
+                continue
+            fused = self._rewrite(graph, norm, quants, call)
+            detail = f"{len(quants)} quantizers merged" if len(quants) > 1 else ""
+            g.sites.append(Site(g.index, name, True, call.op_name, fused.name, where, detail))
+            changed = True
+        return changed
+
+    # -- recognising ------------------------------------------------------------------------
+
+    def _quantizers(self, norm: NormMatch) -> list[QuantMatch]:
+        """Every quantizer of the norm output; identical ones are one site."""
+        matches: list[QuantMatch] = []
+        for q in quant_casts(norm.y):
+            m = match_quantizer(q, norm.y)
+            if m is not None:
+                matches.append(m)
+        # A cast that is part of another quantizer (a lossless round trip) is not one itself.
+        inner = {n for m in matches for n in m.seen if n is not m.q}
+        matches = [m for m in matches if m.q not in inner]
+        if len({m.signature() for m in matches}) > 1:
+            raise Refusal("different_quantizers_of_one_norm", ", ".join(_describe(m) for m in matches))
+        return matches
+
+    def _check(self, norm: NormMatch, quants: list[QuantMatch]) -> FusedCall:
+        m = quants[0]
+        region = set(norm.internal) | {norm.y} | {n for q in quants for n in q.seen}
+        outputs = {q.q for q in quants} | {n for q in quants for n in q.scale_nodes}
+        for n in region:
+            if n in outputs:
+                continue
+            for u in n.users:
+                if u not in region:
+                    raise Refusal(*_other_user_reason(n, u, norm))
+        eps = norm.eps
+        if G.number(eps) is None:
+            raise Refusal("eps_not_constant", "compile with mark_dynamic instead of dynamic=True")
+        x_val = fx_utils.val(norm.x)
+        if x_val.dtype not in G.FLOAT_DTYPES:
+            raise Refusal("unsupported_dtype", str(x_val.dtype))
+        w_dtype = G.dtype_of(norm.weight)
+        if w_dtype not in (x_val.dtype, torch.float32):
+            raise Refusal("unsupported_weight_dtype", str(w_dtype))
+        if norm.spelling == "functional" and x_val.dtype != torch.float32 and m.dtype == torch.int8:
+            # F.rms_norm rounds once (after the weight), or not at all when its fp32 result is
+            # quantized directly; our op rounds where the Hugging Face RMSNorm does. INT8 steps
+            # are fine enough that this moves more than 5% of the values by one step (measured
+            # 6.5% in bf16): not equivalent, so not rewritten.
+            raise Refusal("int8_rounding_points_differ", "F.rms_norm in a 16-bit model followed by INT8")
+        if m.rule is not None and m.rule.group_size and x_val.shape[-1] % m.rule.group_size:
+            raise Refusal("group_size_not_dividing_hidden")
+        call = choose_op(self.registry, m, norm.residual is not None, float(eps))
+        if not platform.has_kernel(call.op._schema.name, x_val.device):
+            raise Refusal("no_kernel_for_device", str(x_val.device))
+        info = platform.device_info(x_val.device)
+        ok, reason = policy.native_rewrite_allowed(
+            self.native, info, call.key, norm.residual is not None, _tokens(x_val)
+        )
+        if not ok:
+            raise Refusal(reason)
+        return call
+
+    # -- rewriting ---------------------------------------------------------------------------
+
+    def _rewrite(self, graph: fx.Graph, norm: NormMatch, quants: list[QuantMatch], call: FusedCall) -> fx.Node:
+        residual = norm.residual is not None
+        head = (norm.residual[0], norm.residual[1], norm.weight) if residual else (norm.x, norm.weight)
+        order = {n: i for i, n in enumerate(graph.nodes)}
+        first = min((q.q for q in quants), key=order.__getitem__)
+        with graph.inserting_before(first):
+            args = list(head) + list(call.tail)
+            if quants[0].static_scale is not None and G.dtype_of(quants[0].static_scale) != torch.float32:
+                scale = fx_utils.call(graph, torch.ops.prims.convert_element_type.default,
+                                      (quants[0].static_scale, torch.float32), like=first)  # fmt: skip
+                args[args.index(quants[0].static_scale)] = scale
+            fused = fx_utils.call(graph, call.op, tuple(args), like=first)
+            dynamic = quants[0].rule is not None
+            q_out = fx_utils.getitem(graph, fused, 0) if (dynamic or residual) else fused
+            scales = fx_utils.getitem(graph, fused, 1) if dynamic else None
+            for m in quants:
+                m.q.replace_all_uses_with(_as(graph, q_out, m.q))
+                for s in m.scale_nodes:
+                    s.replace_all_uses_with(_as(graph, scales, s))
+            if residual:
+                new_res = fx_utils.getitem(graph, fused, 2 if dynamic else 1)
+                norm.x.replace_all_uses_with(new_res)
+        dead = (
+            [n for m in quants for n in m.seen] + [n for m in quants for n in m.scale_nodes] + [norm.y] + norm.internal
+        )
+        if residual:
+            dead.append(norm.x)
+        wanted = set(dead)
+        for n in reversed([n for n in graph.nodes if n in wanted]):
+            if not n.users:
+                graph.erase_node(n)
+        return fused
+
+
+def _as(graph: fx.Graph, value: fx.Node, like: fx.Node) -> fx.Node:
+    """``value`` viewed to ``like``'s shape and cast to its dtype (the same elements)."""
+    shape, dtype = G.shape_of(like), G.dtype_of(like)
+    out = value
+    if G.shape_of(out) != shape:
+        out = fx_utils.call(graph, torch.ops.aten.view.default, (out, list(shape)), like=like)
+    if G.dtype_of(out) != dtype:
+        out = fx_utils.call(graph, torch.ops.prims.convert_element_type.default, (out, dtype), like=like)
+    return out
+
+
+def _other_user_reason(n: fx.Node, u: fx.Node, norm: NormMatch) -> tuple[str, str]:
+    if n is norm.y:
+        return "norm_output_has_other_users", f"{n.name} is also used by {u.name}"
+    if u.op == "output" and n in norm.internal:
+        # An intermediate of the norm leaves the graph: in training the forward graph returns it
+        # for the backward pass.
+        return (
+            "intermediate_needed_for_backward",
+            f"{n.name} is saved for the backward pass; run the model under torch.no_grad() or "
+            "torch.inference_mode() to fuse it",
+        )
+    return "intermediate_has_other_users", f"{n.name} is also used by {u.name}"
+
+
+def _describe(m: QuantMatch) -> str:
+    return f"{m.dtype} {m.rule.describe() if m.rule else 'static'}"
+
+
+def _tokens(x_val: torch.Tensor) -> int | None:
+    """Rows of a [..., H] value; a symbolic size counts by its hint (None when it has none)."""
+    rows = 1
+    for size in x_val.shape[:-1]:
+        if isinstance(size, torch.SymInt):
+            hint = getattr(size.node, "hint", None)
+            if hint is None:
+                return None
+            size = hint
+        rows *= int(size)
+    return rows
+
+
+__all__ = ["NativeMatcher", "all_pattern_names", "pattern_name", "QuantKey", "Scheme"]

@@ -1,0 +1,449 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Real spellings of RMSNorm -> quantize, re-typed from public model and quantization code.
+
+Each function is our own re-typing of the arithmetic of the source named in its docstring
+(repository and path), written as that code writes it: the reductions, casts, clamps and
+constants it uses, in the order it uses them. The corpus tests (test_corpus.py) compose a norm
+with a quantizer, capture the post-grad graph and check that the pass fuses it with a result
+equivalent to the spelling's own (README, "Equivalent"), or refuses it with the expected reason.
+
+Quantizers take the norm output ``y`` (and a static scale ``s``) and return the quantized tensor,
+plus the scales the matmul reads for the dynamic ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8).max
+FP8_MIN = torch.finfo(FP8).min
+
+
+# --- norms -------------------------------------------------------------------------------------
+
+
+def norm_llama(x, w, eps):
+    """huggingface/transformers models/llama/modeling_llama.py LlamaRMSNorm (also Mistral, Qwen2,
+    Qwen3, Phi3, DeepSeek-V3, Llama4's text norm)."""
+    input_dtype = x.dtype
+    h = x.to(torch.float32)
+    variance = h.pow(2).mean(-1, keepdim=True)
+    h = h * torch.rsqrt(variance + eps)
+    return w * h.to(input_dtype)
+
+
+def norm_olmo2(x, w, eps):
+    """huggingface/transformers models/olmo2/modeling_olmo2.py Olmo2RMSNorm: the weight is applied
+    in fp32, then one cast."""
+    input_dtype = x.dtype
+    h = x.to(torch.float32)
+    variance = h.pow(2).mean(-1, keepdim=True)
+    h = h * torch.rsqrt(variance + eps)
+    return (w * h).to(input_dtype)
+
+
+def norm_gemma(x, w, eps):
+    """huggingface/transformers models/gemma/modeling_gemma.py GemmaRMSNorm: ``(1 + w)`` in fp32."""
+
+    def _norm(t):
+        return t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + eps)
+
+    out = _norm(x.float())
+    out = out * (1.0 + w.float())
+    return out.type_as(x)
+
+
+def norm_gemma3n(x, w, eps):
+    """huggingface/transformers models/gemma3n/modeling_gemma3n.py Gemma3nRMSNorm: the inverse
+    root as ``pow(mean + eps, -0.5)``."""
+
+    def _norm(t):
+        mean_squared = t.pow(2).mean(-1, keepdim=True) + eps
+        return t * torch.pow(mean_squared, -0.5)
+
+    out = _norm(x.float())
+    out = out * w.float()
+    return out.type_as(x)
+
+
+def norm_sqrt_div(x, w, eps):
+    """A norm written as a division by ``sqrt(mean + eps)`` (huggingface/transformers
+    models/gemma4 style ``x / torch.sqrt(ms + eps)``): no rsqrt in the graph."""
+    h = x.float()
+    h = h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return (h * w.float()).to(x.dtype)
+
+
+def norm_functional(x, w, eps):
+    """pytorch/pytorch torch/nn/functional.py ``rms_norm`` (``torch.nn.RMSNorm``)."""
+    return F.rms_norm(x, (x.shape[-1],), w, eps)
+
+
+def norm_vllm(x, w, eps):
+    """vllm-project/vllm vllm/model_executor/layers/layernorm.py RMSNorm.forward_static (no
+    residual): upcast, normalize, cast back, weight in the model dtype."""
+    orig_dtype = x.dtype
+    h = x.to(torch.float32)
+    variance = h.pow(2).mean(dim=-1, keepdim=True)
+    h = h * torch.rsqrt(variance + eps)
+    h = h.to(orig_dtype)
+    return h * w
+
+
+NORMS: dict[str, Callable] = {
+    "llama": norm_llama,
+    "olmo2": norm_olmo2,
+    "gemma": norm_gemma,
+    "gemma3n": norm_gemma3n,
+    "sqrt_div": norm_sqrt_div,
+    "functional": norm_functional,
+    "vllm": norm_vllm,
+}
+
+
+def residual_hf(x, r):
+    """huggingface/transformers decoder layers: ``hidden_states = residual + hidden_states`` in
+    the model dtype; the sum is the new residual and the norm's input."""
+    h = r + x
+    return h, h
+
+
+# --- quantizers ----------------------------------------------------------------------------------
+
+
+def q_vllm_static(y, s):
+    """vllm-project/vllm vllm/model_executor/layers/quantization/input_quant_fp8.py
+    QuantFP8.forward_native, static: multiply by the scale's reciprocal."""
+    out = (y.to(torch.float32) * s.reciprocal()).clamp(FP8_MIN, FP8_MAX).to(FP8)
+    return out
+
+
+def q_vllm_per_token(y, s):
+    """vllm-project/vllm input_quant_fp8.py QuantFP8.forward_native, dynamic per-token:
+    ``abs().max(dim=-1)`` + getitem + unsqueeze, scale floored at 1 / (448 * 512)."""
+    x_max, _ = y.abs().max(dim=-1)
+    x_max = x_max.unsqueeze(-1).to(torch.float32)
+    scale = (x_max / FP8_MAX).clamp(min=1.0 / (FP8_MAX * 512.0))
+    out = (y.to(torch.float32) * scale.reciprocal()).clamp(FP8_MIN, FP8_MAX).to(FP8)
+    return out, scale
+
+
+def _vllm_group(y, group_size, ue8m0):
+    """vllm-project/vllm input_quant_fp8.py QuantFP8._quantize_group_native: absmax in the model
+    dtype, upcast, scale floored at 1 / (448 * 512) after the division (and after UE8M0)."""
+    hidden = y.shape[-1]
+    num_groups = hidden // group_size
+    yg = y.view(-1, num_groups, group_size)
+    absmax = yg.abs().max(dim=-1, keepdim=True)[0].float()
+    scales_raw = absmax / FP8_MAX
+    if ue8m0:
+        scales_raw = torch.exp2(torch.ceil(torch.log2(scales_raw)))
+    scales = torch.clamp(scales_raw, min=1.0 / (FP8_MAX * 512.0))
+    q = (yg / scales).clamp(FP8_MIN, FP8_MAX).to(FP8)
+    return q.view(y.shape), scales.squeeze(-1).reshape(*y.shape[:-1], num_groups)
+
+
+def q_vllm_group128(y, s):
+    return _vllm_group(y, 128, False)
+
+
+def q_vllm_group128_ue8m0(y, s):
+    return _vllm_group(y, 128, True)
+
+
+def q_vllm_test_per_token(y, s):
+    """vllm-project/vllm tests/kernels/quant_utils.py ref_dynamic_per_token_quant (FP8): the
+    constants are 0-d fp32 tensors (tensor clamp bounds), and a division by the scale."""
+    qmax = torch.tensor(FP8_MAX, dtype=torch.float32)
+    s_1 = torch.tensor(1.0, dtype=torch.float32)
+    s_512 = torch.tensor(512.0, dtype=torch.float32)
+    x_token_max, _ = y.abs().max(dim=-1)
+    x_token_max = x_token_max.to(torch.float32)
+    scales = (x_token_max / qmax)[..., None]
+    scales = scales.clamp(min=s_1 / (qmax * s_512))
+    out = (y.to(torch.float32) / scales).clamp(FP8_MIN, FP8_MAX).to(FP8)
+    return out, scales
+
+
+def q_vllm_test_int8_per_token(y, s):
+    """vllm-project/vllm tests/kernels/quant_utils.py ref_dynamic_per_token_quant (INT8): no floor,
+    ``x * (1 / scale)``, round, clamp."""
+    x_token_max, _ = y.abs().max(dim=-1)
+    x_token_max = x_token_max.to(torch.float32)
+    scales = (x_token_max / 127.0)[..., None]
+    iscales = 1.0 / scales
+    out = (y.to(torch.float32) * iscales).round().clamp(-128, 127).to(torch.int8)
+    return out, scales
+
+
+def _sglang_group(y, group_size, dtype, eps):
+    """sgl-project/sglang python/sglang/test/test_utils-style native_per_token_group_quant_fp8 /
+    vllm tests/kernels/quantization/test_per_token_group_quant.py: 2-D ``[numel / g, g]`` view,
+    ``clamp(min=eps)`` in the model dtype before the upcast."""
+    x_ = y.reshape(y.numel() // group_size, group_size)
+    amax = x_.abs().max(dim=-1, keepdim=True)[0].clamp(min=eps).to(torch.float32)
+    if dtype == torch.int8:
+        x_s = amax / 127.0
+        x_q = (x_ / x_s).round().clamp(min=-128, max=127).to(torch.int8)
+    else:
+        x_s = amax / FP8_MAX
+        x_q = (x_ / x_s).clamp(min=FP8_MIN, max=FP8_MAX).to(FP8)
+    return x_q.reshape(y.shape), x_s.reshape(*y.shape[:-1], y.shape[-1] // group_size)
+
+
+def q_sglang_group128(y, s):
+    return _sglang_group(y, 128, FP8, 1e-10)
+
+
+def q_sglang_group64(y, s):
+    return _sglang_group(y, 64, FP8, 1e-10)
+
+
+def q_sglang_int8_group128(y, s):
+    return _sglang_group(y, 128, torch.int8, 1e-10)
+
+
+def q_torchao_per_row(y, s):
+    """pytorch/ao torchao/quantization/quant_primitives.py _choose_scale_float8 +
+    _quantize_affine_float8 (Float8DynamicActivationFloat8WeightConfig, PerRow): the absmax and
+    ``amax / 448`` in the model dtype, cast to fp32 afterwards; no floor; divide, clamp, cast."""
+    max_abs = y.abs().amax(dim=-1, keepdim=True)
+    scale = max_abs / FP8_MAX
+    scale = scale.to(torch.float32)
+    q = (y.to(torch.float32) / scale).clamp(min=-FP8_MAX, max=FP8_MAX).to(FP8)
+    return q, scale
+
+
+def q_torchao_per_tensor(y, s):
+    """pytorch/ao quant_primitives.py, PerTensor granularity: one absmax over the whole tensor."""
+    max_abs = y.abs().amax()
+    scale = (max_abs / FP8_MAX).to(torch.float32)
+    q = (y.to(torch.float32) / scale).clamp(min=-FP8_MAX, max=FP8_MAX).to(FP8)
+    return q, scale
+
+
+def _ct_token(y, q_min, q_max, dtype):
+    """neuralmagic/compressed-tensors src/compressed_tensors/quantization/utils/helpers.py
+    calculate_qparams + lifecycle/forward.py _quantize (dynamic TOKEN strategy, symmetric):
+    amin/amax against zero, the larger magnitude divided by (q_max - q_min) / 2 in the model
+    dtype, zero scales replaced by the dtype's eps, ``x / scale + zero_point``, clamp with 0-d
+    tensor bounds, then the cast (FP8 through the model dtype and back, INT8 rounded)."""
+    min_vals = torch.amin(y, dim=-1, keepdim=True)
+    max_vals = torch.amax(y, dim=-1, keepdim=True)
+    min_vals = torch.min(min_vals, torch.zeros_like(min_vals))
+    max_vals = torch.max(max_vals, torch.zeros_like(max_vals))
+    max_val_pos = torch.max(torch.abs(min_vals), torch.abs(max_vals))
+    scales = max_val_pos / (float(q_max - q_min) / 2)
+    scales = torch.where(scales == 0, torch.tensor(torch.finfo(scales.dtype).eps, dtype=scales.dtype), scales)
+    zero_points = torch.zeros(scales.shape, dtype=y.dtype)
+    scaled = y / scales + zero_points
+    clamped = torch.clamp(scaled, torch.tensor(q_min, dtype=y.dtype), torch.tensor(q_max, dtype=y.dtype))
+    if dtype == torch.int8:
+        q = torch.round(clamped).to(torch.int8)
+    else:
+        q = clamped.to(FP8).to(y.dtype).to(FP8)
+    return q, scales
+
+
+def q_ct_token_fp8(y, s):
+    return _ct_token(y, FP8_MIN, FP8_MAX, FP8)
+
+
+def q_ct_token_int8(y, s):
+    return _ct_token(y, -128, 127, torch.int8)
+
+
+def q_ct_static_fp8(y, s):
+    """neuralmagic/compressed-tensors lifecycle/forward.py _quantize with a static (calibrated)
+    per-tensor scale: ``x / scale + zero_point``, tensor clamp bounds, cast."""
+    zero_point = torch.zeros((), dtype=y.dtype)
+    scaled = y / s + zero_point
+    clamped = torch.clamp(scaled, torch.tensor(FP8_MIN, dtype=y.dtype), torch.tensor(FP8_MAX, dtype=y.dtype))
+    return clamped.to(FP8)
+
+
+def q_fbgemm_row(y, s):
+    """pytorch/FBGEMM fbgemm_gpu/experimental/gemm/triton_gemm/fp8_gemm.py quantize_fp8_row, torch
+    path: inverse scale ``448 / max(amax, 1e-12)``, inf mapped to 1, no clamp, returns 1 / inv."""
+    row_max = torch.max(torch.abs(y), dim=-1)[0]
+    row_max = torch.clamp(row_max, min=1e-12)
+    a_scale = FP8_MAX / row_max.to(torch.float32)
+    a_scale[a_scale == float("inf")] = 1.0
+    q = (y * a_scale[..., None]).to(FP8)
+    return q, 1.0 / a_scale
+
+
+def _deepseek_act_quant(y, ue8m0):
+    """deepseek-ai/DeepSeek-V3 inference/kernel.py act_quant (block 128), in its plain-torch form:
+    absmax floored at 1e-4, ``amax / 448`` (UE8M0: rounded up to a power of two), no clamp."""
+    yg = y.float().view(*y.shape[:-1], y.shape[-1] // 128, 128)
+    amax = yg.abs().amax(dim=-1, keepdim=True).clamp(min=1e-4)
+    sc = amax / FP8_MAX
+    if ue8m0:
+        sc = torch.pow(2.0, torch.ceil(torch.log2(sc)))
+    q = (yg / sc).to(FP8)
+    return q.view(y.shape), sc.squeeze(-1)
+
+
+def q_deepseek_group128(y, s):
+    return _deepseek_act_quant(y, False)
+
+
+def q_deepseek_group128_ue8m0(y, s):
+    return _deepseek_act_quant(y, True)
+
+
+def q_input_to_float8(y, s):
+    """sgl-project/sglang srt/layers/quantization/fp8_utils.py input_to_float8 / vllm
+    scaled_fp8_quant's native path: dynamic per-tensor (a global absmax)."""
+    min_val, max_val = y.aminmax()
+    amax = torch.maximum(min_val.abs(), max_val.abs()).float().clamp(min=1e-12)
+    scale = FP8_MAX / amax
+    q = (y.float() * scale).clamp(min=FP8_MIN, max=FP8_MAX).to(FP8)
+    return q, scale.float().reciprocal()
+
+
+QUANTS: dict[str, Callable] = {
+    "vllm_static": q_vllm_static,
+    "vllm_per_token": q_vllm_per_token,
+    "vllm_group128": q_vllm_group128,
+    "vllm_group128_ue8m0": q_vllm_group128_ue8m0,
+    "vllm_test_per_token": q_vllm_test_per_token,
+    "vllm_test_int8_per_token": q_vllm_test_int8_per_token,
+    "sglang_group128": q_sglang_group128,
+    "sglang_group64": q_sglang_group64,
+    "sglang_int8_group128": q_sglang_int8_group128,
+    "torchao_per_row": q_torchao_per_row,
+    "torchao_per_tensor": q_torchao_per_tensor,
+    "ct_token_fp8": q_ct_token_fp8,
+    "ct_token_int8": q_ct_token_int8,
+    "ct_static_fp8": q_ct_static_fp8,
+    "fbgemm_row": q_fbgemm_row,
+    "deepseek_group128": q_deepseek_group128,
+    "deepseek_group128_ue8m0": q_deepseek_group128_ue8m0,
+    "input_to_float8": q_input_to_float8,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    norm: str
+    quant: str
+    residual: bool = False
+    consumers: int = 1  # identical quantizers of the one norm output (q/k/v: 3, gate/up: 2)
+
+    @property
+    def id(self) -> str:
+        res = "add+" if self.residual else ""
+        fan = f"x{self.consumers}" if self.consumers > 1 else ""
+        return f"{res}{self.norm}+{self.quant}{fan}"
+
+    def fn(self, eps: float = 1e-6):
+        norm, quant, residual, consumers = NORMS[self.norm], QUANTS[self.quant], self.residual, self.consumers
+
+        def f(x, r, w, s):
+            if residual:
+                x, r = residual_hf(x, r)
+            y = norm(x, w, eps)
+            outs = []
+            for _ in range(consumers):
+                o = quant(y, s)
+                outs += list(o) if isinstance(o, tuple) else [o]
+            return (*outs, r) if residual else tuple(outs)
+
+        return f
+
+
+#: The real spellings: (norm, quantizer) pairs as models meet them.
+CASES = [
+    # vLLM: its own norm and quantizers
+    Case("vllm", "vllm_static"),
+    Case("vllm", "vllm_per_token"),
+    Case("vllm", "vllm_group128"),
+    Case("vllm", "vllm_group128_ue8m0"),
+    Case("llama", "vllm_static", residual=True),
+    Case("llama", "vllm_per_token", residual=True),
+    Case("llama", "vllm_group128", residual=True),
+    Case("llama", "vllm_test_per_token"),
+    Case("llama", "vllm_test_int8_per_token"),
+    # SGLang group references
+    Case("llama", "sglang_group128"),
+    Case("llama", "sglang_group64", residual=True),
+    Case("llama", "sglang_int8_group128"),
+    # torchao float8 dynamic activation quantization
+    Case("llama", "torchao_per_row"),
+    Case("llama", "torchao_per_row", residual=True),
+    Case("llama", "torchao_per_row", consumers=3),
+    Case("llama", "torchao_per_row", consumers=2, residual=True),
+    Case("functional", "torchao_per_row"),
+    Case("gemma", "torchao_per_row"),
+    Case("llama", "torchao_per_tensor"),
+    # compressed-tensors
+    Case("llama", "ct_token_fp8"),
+    Case("llama", "ct_token_fp8", consumers=3),
+    Case("llama", "ct_token_int8"),
+    Case("llama", "ct_static_fp8"),
+    Case("llama", "ct_static_fp8", residual=True, consumers=2),
+    # FBGEMM
+    Case("llama", "fbgemm_row"),
+    Case("llama", "fbgemm_row", residual=True),
+    # DeepSeek-V3
+    Case("llama", "deepseek_group128"),
+    Case("llama", "deepseek_group128_ue8m0", residual=True),
+    # other norms with common quantizers
+    Case("olmo2", "vllm_per_token"),
+    Case("gemma3n", "vllm_static"),
+    Case("sqrt_div", "vllm_per_token"),
+    Case("functional", "vllm_group128", residual=True),
+    Case("gemma", "vllm_per_token", consumers=2),
+    # dynamic per-tensor (SGLang / vLLM)
+    Case("llama", "input_to_float8"),
+]
+
+
+# --- capture and compare -----------------------------------------------------------------------
+
+
+def run_pass(fn, args, graph_pass):
+    """Capture ``fn``'s forward graph as the post-grad pass sees it (AOTAutograd with Inductor's
+    decompositions), run ``graph_pass`` on it and run the rewritten graph eagerly (no Inductor
+    code generation). Returns (graph module, outputs)."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._inductor.decomposition import select_decomp_table
+
+    graphs = []
+
+    def fw(gm, example_inputs):
+        graph_pass(gm.graph)
+        gm.recompile()
+        graphs.append(gm)
+        return gm
+
+    torch._dynamo.reset()
+    try:
+        out = torch.compile(fn, backend=aot_autograd(fw_compiler=fw, decompositions=select_decomp_table()))(*args)
+    finally:
+        torch._dynamo.reset()
+    assert len(graphs) == 1
+    return graphs[0], out
+
+
+def inputs(dtype: torch.dtype, rows: int = 12, hidden: int = 256, seed: int = 0):
+    """x, residual, weight, static scale; row 0 of x and residual is all zero (an all-zero norm
+    output), row 1 holds one outlier (about 3e4) among values of about 1e-3."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, hidden, generator=g)
+    r = torch.randn(rows, hidden, generator=g)
+    x[0] = 0.0
+    r[0] = 0.0
+    x[1] = 1e-3 * torch.randn(hidden, generator=g)
+    r[1] = 0.0
+    x[1, 7] = 3.0e4 if dtype != torch.float16 else 3.0e4 / 4
+    w = 1 + 0.3 * torch.randn(hidden, generator=g)
+    s = torch.tensor(4.0 / 448)
+    return x.to(dtype), r.to(dtype), w.to(dtype), s

@@ -1,0 +1,195 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The pass on real spellings (corpus.py): which ones fuse, and that each fused one computes what
+the spelling computes within the README's equivalence rule, on ordinary rows, an all-zero row
+and an outlier row; the near misses are refused with a reason that names the difference."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.utils._pytree as pytree
+
+from fusion_kernels.testing import SCALE_RTOL, assert_quant_close, op_counts, quant_steps
+from fusion_passes import FusionPass
+
+_spec = importlib.util.spec_from_file_location("fusion_corpus", Path(__file__).with_name("corpus.py"))
+corpus = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = corpus  # its dataclasses look their module up there
+_spec.loader.exec_module(corpus)
+
+#: Spellings the kernels do not reproduce, and why (everything else in CASES must fuse).
+REFUSED = {
+    "llama+torchao_per_tensor": "dynamic_per_tensor_unsupported",
+    "llama+input_to_float8": "dynamic_per_tensor_unsupported",
+    "llama+ct_token_int8": "int8_scaled_in_model_dtype",
+}
+
+
+def _split(outs, n_quant_outputs):
+    return list(outs[:n_quant_outputs]), list(outs[n_quant_outputs:])
+
+
+def assert_equivalent(got, expected, model_dtype):
+    """Quantized tensors within one step on at most 5% of the elements whose scale equals the
+    spelling's (where a scale differs within its tolerance, compared dequantized), scales within
+    two roundings of the model dtype, NaN where the spelling has NaN, everything else exact."""
+    got, expected = pytree.tree_leaves(got), pytree.tree_leaves(expected)
+    assert len(got) == len(expected)
+    i = 0
+    while i < len(got):
+        a, e = got[i], expected[i]
+        assert a.dtype == e.dtype and a.shape == e.shape, (i, a.dtype, e.dtype, a.shape, e.shape)
+        if a.dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.int8):
+            sc = None
+            if (
+                i + 1 < len(got)
+                and got[i + 1].is_floating_point()
+                and got[i + 1].dtype.itemsize > 1
+                and (got[i + 1].numel() < a.numel())
+            ):
+                sa, se = got[i + 1], expected[i + 1]
+                assert sa.shape == se.shape and sa.dtype == se.dtype
+                nan = torch.isnan(se.float())
+                assert torch.equal(torch.isnan(sa.float()), nan), "NaN scales differ"
+                torch.testing.assert_close(sa.float()[~nan], se.float()[~nan], rtol=SCALE_RTOL[model_dtype], atol=0)
+                sc = (_per_element(sa, a), _per_element(se, e))
+                i += 1
+            assert_quant_close(a, e, 0.05, what=f"output {i}", scales=sc)
+            qa, qe = a.float(), e.float()
+            if a.dtype != torch.int8:
+                assert torch.equal(torch.isnan(qa), torch.isnan(qe)), "NaN outputs differ"
+        else:
+            torch.testing.assert_close(a, e, rtol=0, atol=0)
+        i += 1
+
+
+def _per_element(scales, q):
+    """Scales of any layout ([..., 1], [..., G], [rows * G, 1]) as one value per element of q."""
+    groups = scales.numel() // (q.numel() // q.shape[-1])
+    flat = scales.reshape(-1, groups)
+    return flat.repeat_interleave(q.shape[-1] // groups, dim=-1).reshape(q.shape)
+
+
+@pytest.mark.parametrize("case", corpus.CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_real_spelling(case, dtype):
+    fn = case.fn()
+    args = corpus.inputs(dtype)
+    p = FusionPass(native="always")
+    gm, got = corpus.run_pass(fn, args, p)
+    expected = fn(*args)
+    if case.id in REFUSED:
+        assert op_counts(gm) == {}, p.report
+        assert p.report.refusals_per_reason() == {REFUSED[case.id]: 1}, p.report
+        return
+    counts = op_counts(gm)
+    assert sum(counts.values()) == 1 and p.report.fused == 1 and p.report.refused == 0, (counts, p.report)
+    assert not any(n.target is torch.ops.aten.rsqrt.default for n in gm.graph.nodes)
+    assert_equivalent(got, expected, dtype)
+
+
+def test_corpus_reaches_six_sources_and_fuses_nine_in_ten():
+    sources = {c.quant.split("_")[0] for c in corpus.CASES} | {c.norm for c in corpus.CASES}
+    assert len(corpus.CASES) >= 30
+    assert {"vllm", "sglang", "torchao", "ct", "fbgemm", "deepseek"} <= sources
+    assert len(REFUSED) <= 0.1 * len(corpus.CASES)
+
+
+# --- near misses: refused, and left computing what they compute ---------------------------------
+
+
+def _refused(fn, dtype=torch.bfloat16):
+    args = corpus.inputs(dtype)
+    p = FusionPass(native="always")
+    gm, got = corpus.run_pass(fn, args, p)
+    assert op_counts(gm) == {}, p.report
+    for a, e in zip(pytree.tree_leaves(got), pytree.tree_leaves(fn(*args))):
+        assert torch.equal(
+            a.view(torch.uint8) if a.dtype.itemsize == 1 else a, e.view(torch.uint8) if e.dtype.itemsize == 1 else e
+        )
+    return p.report.refusals_per_reason()
+
+
+def test_layer_norms_are_not_rmsnorms():
+    def layer_norm(x, r, w, s):
+        return corpus.q_vllm_per_token(torch.nn.functional.layer_norm(x, (x.shape[-1],), w, None, 1e-6), s)
+
+    def cohere(x, r, w, s):
+        """huggingface/transformers models/cohere/modeling_cohere.py CohereLayerNorm: mean-subtracted."""
+        h = x.to(torch.float32)
+        mean = h.mean(-1, keepdim=True)
+        variance = (h - mean).pow(2).mean(-1, keepdim=True)
+        h = (h - mean) * torch.rsqrt(variance + 1e-5)
+        return corpus.q_vllm_per_token((w.to(torch.float32) * h).to(x.dtype), s)
+
+    assert _refused(layer_norm) == {}
+    assert _refused(cohere) == {}
+
+
+def test_absmax_over_another_axis_is_refused():
+    def fn(x, r, w, s):
+        y = corpus.norm_llama(x, w, 1e-6)
+        amax = y.abs().amax(dim=0, keepdim=True).float()
+        scale = (amax / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+        return (y.float() / scale).clamp(-448, 448).to(corpus.FP8), scale
+
+    assert _refused(fn) == {"absmax_not_over_last_dim": 1}
+
+
+def test_another_clamp_bound_is_refused():
+    def fn(x, r, w, s):
+        y = corpus.norm_llama(x, w, 1e-6)
+        return (y.float() * s.reciprocal()).clamp(-224.0, 224.0).to(corpus.FP8)
+
+    assert _refused(fn) == {"clamp_bound_mismatch": 1}
+
+
+def test_a_divisor_that_is_not_a_constant_is_refused():
+    def fn(x, r, w, s):
+        y = corpus.norm_llama(x, w, 1e-6)
+        amax = y.abs().amax(dim=-1, keepdim=True).float()
+        scale = amax / (s * 1e4)  # the divisor is a tensor input
+        return (y.float() / scale).clamp(-448, 448).to(corpus.FP8), scale
+
+    assert _refused(fn) == {"scale_not_recognised": 1}
+
+
+def test_a_scale_from_another_tensor_is_refused():
+    def fn(x, r, w, s):
+        y = corpus.norm_llama(x, w, 1e-6)
+        amax = x.abs().amax(dim=-1, keepdim=True).float()  # the norm's input, not its output
+        scale = amax / 448.0
+        return (y.float() / scale).clamp(-448, 448).to(corpus.FP8), scale
+
+    assert _refused(fn) == {"scale_reads_another_tensor": 1}
+
+
+def test_a_static_scale_without_a_clamp_is_refused():
+    def fn(x, r, w, s):
+        y = corpus.norm_llama(x, w, 1e-6)
+        return (y.float() / s).to(corpus.FP8)  # out-of-range values become NaN here
+
+    assert _refused(fn) == {"no_clamp": 1}
+
+
+def test_different_quantizers_of_one_norm_are_refused():
+    def fn(x, r, w, s):
+        y = corpus.norm_llama(x, w, 1e-6)
+        return (*corpus.q_vllm_per_token(y, s), corpus.q_vllm_static(y, s))
+
+    assert _refused(fn) == {"different_quantizers_of_one_norm": 1}
+
+
+def test_norm_output_with_a_bf16_consumer_is_refused():
+    def fn(x, r, w, s):
+        y = corpus.norm_llama(x, w, 1e-6)
+        return (*corpus.q_vllm_per_token(y, s), y * 2)
+
+    assert _refused(fn) == {"norm_output_has_other_users": 1}
+
+
+def test_quant_steps_helper_sees_nan():
+    a = torch.tensor([float("nan"), 1.0]).to(torch.float8_e4m3fn)
+    assert quant_steps(a, a).max() == 0
