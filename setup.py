@@ -4,7 +4,7 @@
 * the C++/CUDA sources ship inside the fusion_kernels package (``fusion_kernels/csrc``), so a
   non-editable install can JIT-build them;
 * with ``FUSION_KERNELS_WHEEL_TARGETS`` set (e.g. ``cuda:sm_80,sm_89,sm_90``), the wheel also
-  carries prebuilt libraries, compiled by the same build module as the JIT path, and is tagged
+  carries prebuilt libraries, compiled by the same build package as the JIT path, and is tagged
   for the platform (the library uses no Python C API, so one wheel serves every Python 3).
 """
 
