@@ -193,3 +193,57 @@ def test_norm_output_with_a_bf16_consumer_is_refused():
 def test_quant_steps_helper_sees_nan():
     a = torch.tensor([float("nan"), 1.0]).to(torch.float8_e4m3fn)
     assert quant_steps(a, a).max() == 0
+
+
+# --- the libraries' own functions, traced (where they install on CPU) ----------------------------
+
+
+def _library_case(make_quant, dtype=torch.bfloat16):
+    def fn(x, r, w, s):
+        return make_quant(corpus.norm_llama(x, w, 1e-6))
+
+    args = corpus.inputs(dtype)
+    p = FusionPass(native="always")
+    gm, got = corpus.run_pass(fn, args, p)
+    return p, gm, got, fn(*args)
+
+
+@pytest.mark.parametrize("granularity", ["row", "tensor"])
+def test_torchao_float8_quantizers_as_torchao_writes_them(granularity):
+    qp = pytest.importorskip("torchao.quantization.quant_primitives", reason="torchao is not installed ([hf] extra)")
+
+    def quant(y):
+        block = [1, y.shape[-1]] if granularity == "row" else list(y.shape)
+        scale = qp._choose_scale_float8(y, block_size=block, float8_dtype=torch.float8_e4m3fn)
+        return qp._quantize_affine_float8(y, scale, torch.float8_e4m3fn), scale
+
+    p, gm, got, expected = _library_case(quant)
+    if granularity == "tensor":
+        assert op_counts(gm) == {} and p.report.refusals_per_reason() == {"dynamic_per_tensor_unsupported": 1}
+        return
+    assert op_counts(gm) == {"rms_norm_dynamic_quant": 1}, p.report
+    assert_equivalent(got, expected, torch.bfloat16)
+
+
+@pytest.mark.parametrize("kind", ["float", "int"])
+def test_compressed_tensors_token_quantizers_as_the_library_writes_them(kind):
+    pytest.importorskip("compressed_tensors", reason="compressed-tensors is not installed ([hf] extra)")
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.lifecycle.forward import quantize
+    from compressed_tensors.quantization.utils.helpers import calculate_qparams
+
+    qa = QuantizationArgs(num_bits=8, type=kind, strategy="token", dynamic=True, symmetric=True)
+    qdtype = torch.float8_e4m3fn if kind == "float" else torch.int8
+
+    def quant(y):
+        scale, zp = calculate_qparams(y.amin(dim=-1, keepdim=True), y.amax(dim=-1, keepdim=True), qa)
+        return quantize(y, scale, zp, qa, dtype=qdtype), scale
+
+    p, gm, got, expected = _library_case(quant)
+    if kind == "int":
+        # The library divides in the model dtype: the quotient is rounded to bf16 before it is
+        # rounded to an integer, which moves far more than 5% of the values by a step.
+        assert op_counts(gm) == {} and p.report.refusals_per_reason() == {"int8_scaled_in_model_dtype": 1}
+        return
+    assert op_counts(gm) == {"rms_norm_dynamic_quant": 1}, p.report
+    assert_equivalent(got, expected, torch.bfloat16)

@@ -127,7 +127,9 @@ def _const_node(node: fx.Node) -> float | None:
         inner = _const_node(args[0]) if isinstance(args[0], fx.Node) else None
         if inner is None or cast_target(node) is None:
             return inner
-        return round_to(inner, cast_target(node)) if cast_target(node).is_floating_point else None
+        if cast_target(node).is_floating_point:
+            return round_to(inner, cast_target(node))
+        return float(inner) if float(inner).is_integer() else None  # an integral value cast to an int dtype
     if t is aten.scalar_tensor.default:
         return number(args[0])
     if t in (aten.full.default, aten.full_like.default):
@@ -149,9 +151,21 @@ def _const_node(node: fx.Node) -> float | None:
             return None
         dt = dtype_of(node) or torch.float32
         return round_to(binary[t](a, b), dt) if dt.is_floating_point else binary[t](a, b)
+    if t is aten.round.default:
+        a = const(args[0])
+        return None if a is None else float(round(a))  # Python rounds half to even, as torch does
     if t is aten.reciprocal.default:
         a = const(args[0])
         return None if not a else 1.0 / a
+    if t in (aten.clamp_min.default, aten.clamp_max.default, aten.clamp.default):
+        a = const(args[0])
+        bounds = [const(b) if b is not None else None for b in args[1:3]]
+        if a is None or any(b is None and i < len(args) - 1 for i, b in enumerate(bounds)):
+            return None
+        lo = bounds[0] if t is not aten.clamp_max.default else None
+        hi = bounds[0] if t is aten.clamp_max.default else (bounds[1] if len(bounds) > 1 else None)
+        a = a if lo is None else max(a, lo)
+        return a if hi is None else min(a, hi)
     return None
 
 
