@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Cost of the pass on a 32-layer decoder graph: pass construction (registration) and matching
-per compile, for the native form and for our custom-op form (CPU, captured forward graphs)."""
+per compile, for the native form, for real spellings (two norms per layer, one torchao-style
+quantizer per linear: 3 + 2 merged per layer) and for our custom-op form (CPU, captured forward
+graphs)."""
 
 import copy
 import time
@@ -36,6 +38,27 @@ def ops_model(x, r, w, s):
     return outs
 
 
+def _torchao_row(y):
+    """torchao's PerRow activation quantizer (absmax and scale in the model dtype), one per linear."""
+    scale = (y.abs().amax(dim=-1, keepdim=True) / 448.0).to(torch.float32)
+    return (y.to(torch.float32) / scale).clamp(-448.0, 448.0).to(torch.float8_e4m3fn), scale
+
+
+def real_model(x, r, w, s):
+    """Two norms per layer, each read by one quantizer per linear (q/k/v, then gate/up)."""
+    outs = []
+    for _ in range(LAYERS):
+        x, r = nf.add_residual(x, r)
+        y = nf.rms_norm_hf(x, w, 1e-6)
+        qkv = [_torchao_row(y) for _ in range(3)]
+        x, r = nf.add_residual(sum(q.to(torch.bfloat16) * sc.to(torch.bfloat16) for q, sc in qkv), r)
+        y = nf.rms_norm_hf(x, w, 1e-6)
+        gate_up = [nf.quant_fp8_per_token(y) for _ in range(2)]
+        outs += [q for q, _ in qkv + gate_up]
+        x = sum(q.to(torch.bfloat16) * sc.to(torch.bfloat16) for q, sc in gate_up)
+    return outs
+
+
 def capture(fn, args):
     graphs = []
 
@@ -57,7 +80,7 @@ def main():
     t = time.perf_counter()
     p = FusionPass(native="always")
     construct = time.perf_counter() - t
-    for name, fn in (("native", native_model), ("custom-op", ops_model)):
+    for name, fn in (("native", native_model), ("real", real_model), ("custom-op", ops_model)):
         gm = capture(fn, args)
         nodes = len(gm.graph.nodes)
         times = []

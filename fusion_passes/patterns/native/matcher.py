@@ -158,8 +158,7 @@ class NativeMatcher:
     def _rewrite(self, graph: fx.Graph, norm: NormMatch, quants: list[QuantMatch], call: FusedCall) -> fx.Node:
         residual = norm.residual is not None
         head = (norm.residual[0], norm.residual[1], norm.weight) if residual else (norm.x, norm.weight)
-        order = {n: i for i, n in enumerate(graph.nodes)}
-        first = min((q.q for q in quants), key=order.__getitem__)
+        first = _first_in_graph([q.q for q in quants])
         with graph.inserting_before(first):
             args = list(head) + list(call.tail)
             if quants[0].static_scale is not None and G.dtype_of(quants[0].static_scale) != torch.float32:
@@ -187,6 +186,24 @@ class NativeMatcher:
             if not n.users:
                 graph.erase_node(n)
         return fused
+
+
+def _first_in_graph(nodes: list[fx.Node]) -> fx.Node:
+    """The one of ``nodes`` that comes first in the graph (walking back from each is cheaper
+    than numbering a large graph)."""
+    if len(nodes) == 1:
+        return nodes[0]
+    rest = set(nodes)
+    for n in nodes:
+        cur, earlier = n.prev, False
+        while cur.op != "root":
+            if cur in rest:
+                earlier = True
+                break
+            cur = cur.prev
+        if not earlier:
+            return n
+    return nodes[0]
 
 
 def _as(graph: fx.Graph, value: fx.Node, like: fx.Node) -> fx.Node:

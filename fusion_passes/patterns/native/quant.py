@@ -90,8 +90,7 @@ def quant_casts(y: fx.Node, depth: int = 14) -> list[fx.Node]:
                     found.append(u)
                 nxt.append(u)
         frontier = nxt
-    order = {n: i for i, n in enumerate(y.graph.nodes)}
-    return sorted(found, key=order.__getitem__)
+    return found
 
 
 _HEAVY = {
