@@ -1,10 +1,19 @@
 # SPDX-License-Identifier: Apache-2.0
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import fusion_kernels
+
+# `python -m pytest` puts the working directory on sys.path. Run from the repository root, the
+# folder kernels/ (installed as fusion_kernels) would then be importable as `kernels` and shadow
+# Hugging Face's `kernels` package, which transformers and compressed-tensors import when it is
+# importable. The packages are installed; the repository root is not needed on the path.
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
 
 # The GPU machine runs the same tests with device "cuda" added; CPU everywhere.
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
