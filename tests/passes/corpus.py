@@ -103,6 +103,7 @@ NORMS: dict[str, Callable] = {
     "sqrt_div": norm_sqrt_div,
     "functional": norm_functional,
     "vllm": norm_vllm,
+    "weightless": lambda x, w, eps: norm_weightless(x, w, eps),
 }
 
 
@@ -334,12 +335,12 @@ QUANTS: dict[str, Callable] = {
 class Case:
     norm: str
     quant: str
-    residual: bool = False
+    residual: bool | str = False  # True: the Hugging Face add; "fp32": vLLM's add in fp32
     consumers: int = 1  # identical quantizers of the one norm output (q/k/v: 3, gate/up: 2)
 
     @property
     def id(self) -> str:
-        res = "add+" if self.residual else ""
+        res = {False: "", True: "add+", "fp32": "add32+"}[self.residual]
         fan = f"x{self.consumers}" if self.consumers > 1 else ""
         return f"{res}{self.norm}+{self.quant}{fan}"
 
@@ -347,9 +348,12 @@ class Case:
         norm, quant, residual, consumers = NORMS[self.norm], QUANTS[self.quant], self.residual, self.consumers
 
         def f(x, r, w, s):
-            if residual:
-                x, r = residual_hf(x, r)
-            y = norm(x, w, eps)
+            if residual == "fp32":
+                y, r = norm_vllm_residual_fp32(x, r, w, eps)
+            else:
+                if residual:
+                    x, r = residual_hf(x, r)
+                y = norm(x, w, eps)
             outs = []
             for _ in range(consumers):
                 o = quant(y, s)
@@ -401,6 +405,10 @@ CASES = [
     Case("sqrt_div", "vllm_per_token"),
     Case("functional", "vllm_group128", residual=True),
     Case("gemma", "vllm_per_token", consumers=2),
+    # vLLM's / SGLang's own residual add (in fp32) and a norm without a weight
+    Case("vllm", "vllm_per_token", residual="fp32"),
+    Case("vllm", "vllm_static", residual="fp32"),
+    Case("weightless", "vllm_per_token"),
     # dynamic per-tensor (SGLang / vLLM)
     Case("llama", "input_to_float8"),
 ]
@@ -447,3 +455,22 @@ def inputs(dtype: torch.dtype, rows: int = 12, hidden: int = 256, seed: int = 0)
     w = 1 + 0.3 * torch.randn(hidden, generator=g)
     s = torch.tensor(4.0 / 448)
     return x.to(dtype), r.to(dtype), w.to(dtype), s
+
+
+def norm_vllm_residual_fp32(x, r, w, eps):
+    """vllm-project/vllm vllm/model_executor/layers/layernorm.py RMSNorm.forward_static with a
+    residual (also SGLang's forward_native): the add in fp32, the new residual rounded from it,
+    and the norm reading the unrounded fp32 sum."""
+    orig_dtype = x.dtype
+    h = x.to(torch.float32)
+    h = h + r.to(torch.float32)
+    residual = h.to(orig_dtype)
+    variance = h.pow(2).mean(dim=-1, keepdim=True)
+    h = h * torch.rsqrt(variance + eps)
+    h = h.to(orig_dtype)
+    return h * w, residual
+
+
+def norm_weightless(x, w, eps):
+    """pytorch/pytorch torch/nn/functional.py ``rms_norm`` without a weight (``elementwise_affine=False``)."""
+    return F.rms_norm(x, (x.shape[-1],), None, eps)

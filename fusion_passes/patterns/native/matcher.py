@@ -119,6 +119,9 @@ class NativeMatcher:
         m = quants[0]
         region = set(norm.internal) | {norm.y} | {n for q in quants for n in q.seen}
         outputs = {q.q for q in quants} | {n for q in quants for n in q.scale_nodes}
+        if norm.sum_unrounded:
+            region.add(norm.residual_out)
+            outputs.add(norm.residual_out)
         for n in region:
             if n in outputs:
                 continue
@@ -131,7 +134,7 @@ class NativeMatcher:
         x_val = fx_utils.val(norm.x)
         if x_val.dtype not in G.FLOAT_DTYPES:
             raise Refusal("unsupported_dtype", str(x_val.dtype))
-        w_dtype = G.dtype_of(norm.weight)
+        w_dtype = G.dtype_of(norm.weight) if norm.weight is not None else x_val.dtype
         if w_dtype not in (x_val.dtype, torch.float32):
             raise Refusal("unsupported_weight_dtype", str(w_dtype))
         if norm.spelling == "functional" and x_val.dtype != torch.float32 and m.dtype == torch.int8:
@@ -140,6 +143,10 @@ class NativeMatcher:
             # are fine enough that this moves more than 5% of the values by one step (measured
             # 6.5% in bf16): not equivalent, so not rewritten.
             raise Refusal("int8_rounding_points_differ", "F.rms_norm in a 16-bit model followed by INT8")
+        if norm.sum_unrounded and m.dtype == torch.int8:
+            # The norm reads the fp32 residual sum where ours reads it rounded to the model dtype:
+            # a 16-bit rounding of the input, too coarse for INT8 steps (as above).
+            raise Refusal("int8_rounding_points_differ", "the norm reads the unrounded fp32 residual sum")
         if m.rule is not None and m.rule.group_size and x_val.shape[-1] % m.rule.group_size:
             raise Refusal("group_size_not_dividing_hidden")
         call = choose_op(self.registry, m, norm.residual is not None, float(eps))
@@ -157,8 +164,18 @@ class NativeMatcher:
 
     def _rewrite(self, graph: fx.Graph, norm: NormMatch, quants: list[QuantMatch], call: FusedCall) -> fx.Node:
         residual = norm.residual is not None
-        head = (norm.residual[0], norm.residual[1], norm.weight) if residual else (norm.x, norm.weight)
         first = _first_in_graph([q.q for q in quants])
+        weight = norm.weight
+        if weight is None:  # a norm without a weight: ours with a weight of ones (exact)
+            x_val = fx_utils.val(norm.x)
+            with graph.inserting_before(first):
+                weight = graph.call_function(
+                    torch.ops.aten.full.default,
+                    ([x_val.shape[-1]], 1.0),
+                    {"dtype": x_val.dtype, "layout": torch.strided, "device": x_val.device, "pin_memory": False},
+                )
+            weight.meta["val"] = x_val.new_ones((x_val.shape[-1],))
+        head = (norm.residual[0], norm.residual[1], weight) if residual else (norm.x, weight)
         with graph.inserting_before(first):
             args = list(head) + list(call.tail)
             if quants[0].static_scale is not None and G.dtype_of(quants[0].static_scale) != torch.float32:
@@ -175,12 +192,12 @@ class NativeMatcher:
                     s.replace_all_uses_with(_as(graph, scales, s))
             if residual:
                 new_res = fx_utils.getitem(graph, fused, 2 if dynamic else 1)
-                norm.x.replace_all_uses_with(new_res)
+                norm.residual_out.replace_all_uses_with(new_res)
         dead = (
             [n for m in quants for n in m.seen] + [n for m in quants for n in m.scale_nodes] + [norm.y] + norm.internal
         )
         if residual:
-            dead.append(norm.x)
+            dead.append(norm.residual_out)
         wanted = set(dead)
         for n in reversed([n for n in graph.nodes if n in wanted]):
             if not n.users:

@@ -32,6 +32,10 @@ class NormMatch:
     y: fx.Node  # the normalized, weighted output the quantizer reads
     internal: list[fx.Node]  # nodes replaced along with the quantizer
     residual: tuple[fx.Node, fx.Node] | None = None  # (a, b) with x = a + b
+    residual_out: fx.Node | None = None  # the node holding the new residual (a + b in the model dtype)
+    #: the residual add is done in fp32 and the norm reads the unrounded sum (vLLM, SGLang); ours
+    #: reads the sum rounded to the model dtype
+    sum_unrounded: bool = False
 
 
 def anchors(graph: fx.Graph) -> list[fx.Node]:
@@ -95,6 +99,9 @@ def match_norm(anchor: fx.Node) -> NormMatch | None:
     x_dtype = dtype_of(x)
     if x_dtype not in FLOAT_DTYPES:
         return None
+    fp32_sum = None if upcast else _fp32_residual_sum(xf)
+    if fp32_sum is not None:
+        x_dtype = fp32_sum[2]
     internal = [mean.args[0], mean, add, anchor]
     if anchor.target is aten.sqrt.default:
         normed = _user(anchor, lambda u: is_call(u, (aten.div.Tensor,)) and u.args[0] is xf and u.args[1] is anchor)
@@ -114,12 +121,13 @@ def match_norm(anchor: fx.Node) -> NormMatch | None:
     cast_back = _user(normed, lambda u: cast_target(u) == x_dtype) if x_dtype != torch.float32 else None
     weight_mul = _user(normed, lambda u: is_call(u, MUL))
     if cast_back is not None:
-        # Hugging Face: cast back to the model dtype, then weight * x.
+        # Hugging Face: cast back to the model dtype, then weight * x (or no weight at all).
         y = _user(cast_back, lambda u: is_call(u, MUL))
         if y is None:
-            return None
-        weight = _other(y, cast_back)
-        internal.append(cast_back)
+            y, weight = cast_back, None
+        else:
+            weight = _other(y, cast_back)
+            internal.append(cast_back)
         spelling = "hf"
     elif weight_mul is not None:
         # functional: (x * invroot) * weight in fp32, then one cast to the model dtype (or the
@@ -135,12 +143,19 @@ def match_norm(anchor: fx.Node) -> NormMatch | None:
                 y = cast
     else:
         return None
-    w_val = fx_utils.val(weight)
-    if not isinstance(weight, fx.Node) or not isinstance(w_val, torch.Tensor) or w_val.dim() != 1:
-        return None
-    if w_val.shape[0] != xf_val.shape[-1]:
-        return None
+    if weight is not None:
+        w_val = fx_utils.val(weight)
+        if not isinstance(weight, fx.Node) or not isinstance(w_val, torch.Tensor) or w_val.dim() != 1:
+            return None
+        if w_val.shape[0] != xf_val.shape[-1]:
+            return None
     m = NormMatch(spelling, x, weight, eps, y, internal)
+    if fp32_sum is not None:
+        a, b, _, ups, rounded = fp32_sum
+        m.residual, m.residual_out, m.sum_unrounded = (a, b), rounded, True
+        m.x = a  # the fused op reads the inputs of the add; xf itself is replaced
+        m.internal = ups + [xf] + m.internal
+        return m
     # A residual add feeding the norm: h = a + b (same shape and dtype, no broadcasting).
     if is_call(x, (aten.add.Tensor,)) and len(x.args) == 2 and not x.kwargs.get("alpha"):
         a, b = x.args
@@ -150,4 +165,25 @@ def match_norm(anchor: fx.Node) -> NormMatch | None:
             and va.shape == vb.shape == vx.shape and va.dtype == vb.dtype == vx.dtype
         ):  # fmt: skip
             m.residual = (a, b)
+            m.residual_out = x
     return m
+
+
+def _fp32_residual_sum(xf: fx.Node):
+    """(a, b, model dtype, [upcasts], rounded) for ``xf = a.float() + b.float()`` whose sum is
+    also rounded back to the model dtype (the new residual) by a cast ``rounded``."""
+    if not is_call(xf, (aten.add.Tensor,)) or len(xf.args) != 2 or xf.kwargs.get("alpha"):
+        return None
+    ups = list(xf.args)
+    if not all(cast_target(u) == torch.float32 for u in ups):
+        return None
+    a, b = (u.args[0] for u in ups)
+    va, vb = fx_utils.val(a), fx_utils.val(b)
+    if not (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor)):
+        return None
+    if va.dtype != vb.dtype or va.dtype not in (torch.float16, torch.bfloat16) or va.shape != vb.shape:
+        return None
+    rounded = _user(xf, lambda u: cast_target(u) == va.dtype)
+    if rounded is None:
+        return None
+    return a, b, va.dtype, ups, rounded
