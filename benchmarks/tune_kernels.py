@@ -9,6 +9,11 @@ recorded in BENCHMARKS.md.
     python benchmarks/tune_kernels.py --out tune/ \
         --variant base: --variant nopipe:FK_PIPELINE=0 --variant s2:FK_CACHED_SLOTS=2 \
         --cells static:4096:16,group128:7168:16384
+
+An A/B of two commits' sources: build each library (``python -m fusion_kernels build --target
+cuda --archs sm_90 --out DIR`` in each checkout), then ``--library old:DIR/libfusion_kernels.so
+--library new:... --cells record`` times both over every cell of the record's grid, each in its
+own process.
 """
 
 from __future__ import annotations
@@ -70,27 +75,43 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], help="name:DEF=V,DEF=V")
     parser.add_argument("--arch", default="sm_90")
     parser.add_argument("--cells", default="", help="case:H:T,... (default: a fixed set of 14)")
+    parser.add_argument(
+        "--library", action="append", default=[], metavar="NAME:PATH",
+        help="time an already built library (e.g. one built from another commit's sources) as a variant",
+    )  # fmt: skip
     parser.add_argument("--time", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    cells = parse_cells(args.cells) if args.cells else CELLS
+    if args.cells == "record":  # every cell of the default grid: an A/B over the whole record
+        sys.path.insert(0, str(HERE))
+        import bench_cases as bc
+
+        cells = [(c.case, c.hidden, c.tokens) for c in bc.cells(False)]
+    else:
+        cells = parse_cells(args.cells) if args.cells else CELLS
     if args.time:
         print(json.dumps(time_library(args.time, cells)))
         return
 
-    from fusion_kernels import build
-
     variants = {}
-    for v in args.variant or ["base:"]:
+    for v in args.variant or ([] if args.library else ["base:"]):
         name, _, defs = v.partition(":")
         variants[name] = tuple(d for d in defs.split(",") if d)
-    jobs = max(2, (os.cpu_count() or 4) // max(1, len(variants)))
+    libs = {}
+    if variants:
+        from fusion_kernels import build
 
-    def build_one(item):
-        name, defs = item
-        return name, build.build(build.Target("cuda", (args.arch,)), args.out / name, jobs=jobs, defines=defs)
+        jobs = max(2, (os.cpu_count() or 4) // max(1, len(variants)))
 
-    with concurrent.futures.ThreadPoolExecutor(len(variants)) as pool:
-        libs = dict(pool.map(build_one, variants.items()))
+        def build_one(item):
+            name, defs = item
+            return name, build.build(build.Target("cuda", (args.arch,)), args.out / name, jobs=jobs, defines=defs)
+
+        with concurrent.futures.ThreadPoolExecutor(len(variants)) as pool:
+            libs = dict(pool.map(build_one, variants.items()))
+    for item in args.library:
+        name, _, path = item.partition(":")
+        libs[name] = path
+        variants[name] = ("prebuilt", path)
     results = {}
     for name, lib in libs.items():
         cmd = [sys.executable, __file__, "--time", str(lib), "--cells", ",".join(f"{c}:{h}:{t}" for c, h, t in cells)]
