@@ -28,7 +28,15 @@ from fusion_kernels import platform
 from fusion_passes import fx_utils
 from fusion_passes.patterns import Refusal
 from fusion_passes.quant_key import QuantKey, Scheme
-from fusion_passes.registry import NORM_OP_NAMES, Registry, family_key, fused_op_name, quant_op_name
+from fusion_passes.registry import (
+    NORM_OP_NAMES,
+    RULE_FUSED_OP_NAMES,
+    RULE_QUANT_OP_NAME,
+    Registry,
+    family_key,
+    fused_op_name,
+    quant_op_name,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +51,7 @@ class Family:
     #: (quant args) -> the fused op's trailing arguments after (input[, residual], weight, ...)
     fused_tail: Callable[[dict[str, Any], Any], tuple]
     dynamic: bool  # the quant returns (out, scales)
+    rule: bool = False  # the rule op: its fused op takes the scale rule's arguments
 
 
 def _fp8_static_tail(q, eps):
@@ -65,6 +74,20 @@ def _int8_token_tail(q, eps):
     return (eps, torch.int8, None)
 
 
+_RULE_ARGS = ("quant_dtype", "group_size", "divisor", "absmax_floor", "scale_floor", "zero_scale", "scale_dtype",
+              "scale_ue8m0")  # fmt: skip
+
+
+def _rule_tail(q, eps):
+    return (eps, *(q[name] for name in _RULE_ARGS))
+
+
+def _rule_key(q) -> QuantKey:
+    if q["group_size"]:
+        return QuantKey(q["quant_dtype"], Scheme.PER_GROUP, q["group_size"])
+    return QuantKey(q["quant_dtype"], Scheme.PER_TOKEN)
+
+
 FAMILIES = (
     Family("fp8_static", "static_scaled_fp8_quant", Scheme.STATIC,
            lambda q: QuantKey(q["fp8_dtype"], Scheme.STATIC), _fp8_static_tail, False),
@@ -76,6 +99,7 @@ FAMILIES = (
            lambda q: QuantKey(torch.int8, Scheme.STATIC), _int8_static_tail, False),
     Family("int8_per_token", "dynamic_scaled_int8_quant", Scheme.PER_TOKEN,
            lambda q: QuantKey(torch.int8, Scheme.PER_TOKEN), _int8_token_tail, True),
+    Family("dynamic_rule", RULE_QUANT_OP_NAME, Scheme.PER_TOKEN, _rule_key, _rule_tail, True, rule=True),
 )  # fmt: skip
 
 
@@ -93,9 +117,16 @@ class CustomOpPattern:
         return f"{self.norm_op}+{self.family.quant_op}"
 
     def fused_op_name(self) -> str:
+        if self.family.rule:
+            return RULE_FUSED_OP_NAMES[self.residual]
         sample = family_key(self.family.name)
         assert quant_op_name(sample) == self.family.quant_op
         return fused_op_name(sample, self.residual)
+
+    def _fused_op(self, registry: Registry, key: QuantKey):
+        if self.family.rule:
+            return registry.rule_op(self.residual)
+        return registry.fused_ops.get((key, self.residual))
 
     def unavailable_reason(self, registry: Registry) -> str | None:
         for op in (self.norm_op, self.family.quant_op, self.fused_op_name()):
@@ -145,9 +176,11 @@ class CustomOpPattern:
             key = self.family.key(m.q)
         except (ValueError, TypeError) as exc:
             raise Refusal("unsupported_quant_args", str(exc)) from None
-        fused = registry.fused_ops.get((key, self.residual))
+        fused = self._fused_op(registry, key)
         if fused is None:
-            raise Refusal("fused_op_missing", fused_op_name(key, self.residual))
+            raise Refusal(
+                "fused_op_missing", self.fused_op_name() if self.family.rule else fused_op_name(key, self.residual)
+            )
         x_val = fx_utils.val(m.n["input"])
         y_val = fx_utils.val(m.qnode.args[0] if m.view is not None else m.y)
         if x_val is None or y_val is None:
@@ -159,7 +192,7 @@ class CustomOpPattern:
         if m.view is not None:
             if y_val.shape[-1] != x_val.shape[-1]:
                 raise Refusal("view_changes_hidden_dim")
-            if key.scheme is Scheme.PER_GROUP and m.q["column_major_scales"]:
+            if key.scheme is Scheme.PER_GROUP and m.q.get("column_major_scales"):
                 raise Refusal("column_major_needs_2d_input", "the norm's input is not 2-D")
         if key.scheme is Scheme.PER_GROUP:
             hidden = x_val.shape[-1]
@@ -167,14 +200,14 @@ class CustomOpPattern:
                 raise Refusal("symbolic_hidden_size")
             if hidden % key.group_size != 0:
                 raise Refusal("group_size_not_dividing_hidden", f"H={hidden}, group_size={key.group_size}")
-            if m.q["column_major_scales"] and x_val.dim() != 2:
+            if m.q.get("column_major_scales") and x_val.dim() != 2:
                 raise Refusal("column_major_needs_2d_input")
         return key
 
     # -- rewriting -----------------------------------------------------------------------
 
     def rewrite(self, graph: fx.Graph, m: _Match, key: QuantKey, registry: Registry) -> fx.Node:
-        fused_op = registry.fused_ops[(key, self.residual)]
+        fused_op = self._fused_op(registry, key)
         n = m.n
         head = (n["input"], n["residual"], n["weight"]) if self.residual else (n["input"], n["weight"])
         args = head + self.family.fused_tail(m.q, n["epsilon"])

@@ -6,6 +6,7 @@ graph of the same code has the same nodes), runs the pass, checks exact node cou
 the rewritten graph on real tensors and compares with the function run eagerly, bit for bit.
 """
 
+import dataclasses
 import operator
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch.fx.experimental.proxy_tensor import make_fx
 
+import fusion_kernels
 from fusion_kernels import platform
 from fusion_kernels.testing import op_counts
 from fusion_passes import FusionPass
@@ -71,6 +73,13 @@ FAMILIES = {
                     "rms_norm_static_int8_quant", "fused_add_rms_norm_static_int8_quant"),
     "int8_per_token": (lambda y, s, ub: ops.dynamic_scaled_int8_quant(y),
                        "rms_norm_dynamic_per_token_quant", "fused_add_rms_norm_dynamic_per_token_quant"),
+    # the rule op: torchao's per-row rule (scale rounded to bf16, no floor), an INT8 group rule
+    "rule_fp8_row_bf16_scale": (
+        lambda y, s, ub: ops.dynamic_quant(y, FP8, 0, 448.0, 0.0, 0.0, 0.0, torch.bfloat16, False),
+        "rms_norm_dynamic_quant", "fused_add_rms_norm_dynamic_quant"),
+    "rule_int8_group64": (
+        lambda y, s, ub: ops.dynamic_quant(y, torch.int8, 64, 127.0, 1e-10, 0.0, 0.0, torch.float32, False),
+        "rms_norm_dynamic_quant", "fused_add_rms_norm_dynamic_quant"),
 }  # fmt: skip
 
 
@@ -272,6 +281,20 @@ def test_uuid_tracks_options_and_is_stable():
     assert FusionPass(native="always", patterns=["rms_norm+static_scaled_fp8_quant"]).uuid() != a.uuid()
     with pytest.raises(ValueError, match="native must be one of"):
         FusionPass(native="sometimes")
+
+
+def test_uuid_tracks_what_the_library_is_not_how_it_was_obtained(monkeypatch):
+    """A fresh build and the same library from the cache give one key (else the second run of a
+    program misses Inductor's FX graph cache); another library gives another."""
+    from fusion_kernels.build import loader
+
+    st = fusion_kernels.state()
+    monkeypatch.setattr(loader, "_state", dataclasses.replace(st, source="jit-build", build_seconds=12.0))
+    built = FusionPass(native="always").uuid()
+    monkeypatch.setattr(loader, "_state", dataclasses.replace(st, source="jit-cache", build_seconds=None))
+    assert FusionPass(native="always").uuid() == built
+    monkeypatch.setattr(loader, "_state", dataclasses.replace(st, source_hash="0" * 16))
+    assert FusionPass(native="always").uuid() != built
 
 
 def test_report_of_a_pass_that_saw_no_graph_says_why():

@@ -21,7 +21,7 @@ from fusion_passes.patterns import Refusal
 from fusion_passes.patterns.native.quant import QuantMatch, ScaleRule
 from fusion_passes.quant_key import GROUP_SIZES, QuantKey, Scheme
 
-RULE_OPS = {False: "rms_norm_dynamic_quant", True: "fused_add_rms_norm_dynamic_quant"}
+RULE_OPS = reg.RULE_FUSED_OP_NAMES
 
 
 def _legacy(form_key: QuantKey):
@@ -109,7 +109,7 @@ def choose_op(registry: reg.Registry, m: QuantMatch, residual: bool, eps: float)
             if key.scheme is Scheme.PER_TOKEN:
                 return FusedCall(op, (eps, key.dtype, None), key)
             return FusedCall(op, (eps, rule.group_size, False, rule.ue8m0, key.dtype), key)
-    op = registry.rule_ops.get(residual) if hasattr(registry, "rule_ops") else None
+    op = registry.rule_op(residual)
     if op is None:
         supported = f"the library's op computes {legacy.describe()}" if legacy is not None else "no fixed-rule op"
         raise Refusal(
