@@ -99,14 +99,81 @@ def stable_topological_sort(graph: fx.Graph) -> None:
         raise RuntimeError("fusion_passes: the rewritten graph has a cycle")
 
 
-def source_line(node: fx.Node) -> str:
-    """The user's source line that produced a node, if the graph kept it: "file.py:12 (fn): code"."""
-    trace = node.meta.get("stack_trace") or ""
+class Location(str):
+    """Where a site is, for reports: the user's source line (the string itself, "" when the graph
+    kept none) plus ``module``, the module path of the site's norm (``layers.3.post_attention_layernorm``,
+    "" for the compiled module itself or a plain function)."""
+
+    module: str
+
+    def __new__(cls, source: str = "", module: str = "") -> Location:
+        loc = super().__new__(cls, source)
+        loc.module = module
+        return loc
+
+    def __reduce__(self):
+        return (Location, (str(self), self.module))
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+#: Norm nodes: a site is named after the module of the norm its quantizer reads.
+_NORM_OPS = ("fusion_kernels::rms_norm", "fusion_kernels::fused_add_rms_norm")
+
+
+def source_line(node: fx.Node) -> Location:
+    """Where the site at ``node`` (its quantizer or its norm) is: the user's source line that
+    produced the node, "file.py:12 (fn): code", and the module path of the site's norm.
+
+    The source line is the innermost frame outside this package (so a helper such as
+    ``native_forms.quant_fp8_static`` reports its caller's line).
+    """
+    return Location(_user_frame(node.meta.get("stack_trace") or ""), module_path(_site_norm(node) or node))
+
+
+def _user_frame(trace: str) -> str:
     lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip()]
-    for i in range(len(lines) - 1, -1, -1):
-        m = re.match(r'File "([^"]+)", line (\d+), in (\S+)', lines[i])
-        if m:
-            code = lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith("File ") else ""
-            where = f"{os.path.basename(m.group(1))}:{m.group(2)} ({m.group(3)})"
-            return f"{where}: {code}" if code else where
-    return ""
+    frames = [(i, m) for i, ln in enumerate(lines) if (m := _FRAME.match(ln))]
+    if not frames:
+        return ""
+    outside = [(i, m) for i, m in frames if not os.path.abspath(m.group(1)).startswith(_PACKAGE_DIR + os.sep)]
+    i, m = (outside or frames)[-1]
+    code = lines[i + 1] if i + 1 < len(lines) and not _FRAME.match(lines[i + 1]) else ""
+    where = f"{os.path.basename(m.group(1))}:{m.group(2)} ({m.group(3)})"
+    return f"{where}: {code}" if code else where
+
+
+def _site_norm(node: fx.Node, limit: int = 256) -> fx.Node | None:
+    """The nearest norm upstream of ``node`` (itself included): our norm op, or the ``rsqrt`` of a
+    native RMSNorm. Breadth-first over inputs, at most ``limit`` nodes."""
+    seen = {node}
+    queue = [node]
+    for n in queue:
+        if n.op == "call_function":
+            schema = getattr(n.target, "_schema", None)
+            if n.target is torch.ops.aten.rsqrt.default or (schema is not None and schema.name in _NORM_OPS):
+                return n
+        for inp in n.all_input_nodes:
+            if inp not in seen and len(seen) < limit:
+                seen.add(inp)
+                queue.append(inp)
+    return None
+
+
+def module_path(node: fx.Node) -> str:
+    """The path of the innermost ``nn.Module`` that produced ``node`` (from Dynamo's
+    ``meta["nn_module_stack"]``), relative to the compiled module: ``layers.3.mlp``."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    return _normalize_module_path(path if isinstance(path, str) else str(path))
+
+
+def _normalize_module_path(path: str) -> str:
+    # Dynamo spells paths from the frame's local: "L['self'].layers.3.norm", or with indexing
+    # ("L['self'].layers[3]", "._modules['norm']") in some versions.
+    path = re.sub(r"^[LG]\['[^']*'\]", "", path)
+    path = re.sub(r"\._modules\['([^']*)'\]", r".\1", path)
+    path = re.sub(r"\['([^']*)'\]|\[(\d+)\]", lambda m: "." + (m.group(1) or m.group(2)), path)
+    return path.lstrip(".")

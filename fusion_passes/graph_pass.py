@@ -21,7 +21,7 @@ from fusion_kernels import platform
 from fusion_passes import fx_utils, policy
 from fusion_passes.patterns import Refusal, custom_op
 from fusion_passes.registry import NORM_OP_NAMES, get_registry
-from fusion_passes.reporting import GraphReport, Report, Site
+from fusion_passes.reporting import GraphReport, Report, Site, cache_lookup_started
 
 log = logging.getLogger("fusion_passes")
 
@@ -121,6 +121,7 @@ class FusionPass(CustomGraphPass):
         self._log(g)
 
     def uuid(self) -> str:
+        cache_lookup_started()  # a compile looks this pass up: lets the report see cache hits
         if self._uuid is None:
             h = hashlib.sha256()
             for path in sorted(_PACKAGE_DIR.rglob("*.py")):
@@ -186,7 +187,7 @@ class FusionPass(CustomGraphPass):
         )
         for s in g.sites:
             log.debug("fusion_passes: %s", s.line())
-        if g.fused == 0 and g.norms and g.quants:
+        if g.fused == 0 and g.norms and g.quants and self.report.active_patterns:  # else __init__ said why
             log.warning(
                 "fusion_passes: graph %d has %d norm(s) and %d quantization(s) but nothing was fused%s",
                 g.index,

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,9 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def pytest_configure(config):
-    # Each test session gets its own Inductor cache, so cache tests start cold and stay isolated.
-    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        import tempfile
-
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fusion_passes_inductor_")
+    # Each test session gets its own Inductor cache, also when the user has set
+    # TORCHINDUCTOR_CACHE_DIR: tests must not fill (or be served from) a user's cache.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fusion_passes_inductor_")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -49,3 +48,14 @@ def fresh_dynamo():
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
+
+
+@pytest.fixture
+def fresh_inductor_cache():
+    """An empty Inductor cache (on disk and in memory) for this test: cache tests start cold
+    whatever ran before them."""
+    from torch._inductor import utils
+
+    fresh = getattr(utils, "fresh_cache", None) or utils.fresh_inductor_cache  # renamed in torch 2.8
+    with fresh():
+        yield
