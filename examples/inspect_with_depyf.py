@@ -1,8 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
 """The shortest path to the rewritten graph on disk.
 
-python examples/inspect_with_depyf.py && ls dump/
+    python examples/inspect_with_depyf.py                  # into a new temporary directory
+    python examples/inspect_with_depyf.py --out dump/      # or into dump/
+
+Without the compiled op library (FUSION_KERNELS_DISABLE=1, no C++ compiler, a failed build)
+nothing is rewritten; the dumps and the report are still written and say why.
 """
+
+import argparse
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -14,8 +22,23 @@ def norm_then_quant(x, weight, scale):
     return nf.quant_fp8_static(nf.rms_norm_hf(x, weight, 1e-6), scale)
 
 
-x = torch.randn(8, 256, dtype=torch.bfloat16)
-w = torch.ones(256, dtype=torch.bfloat16)
-report = fusion_passes.inspect(norm_then_quant, x, w, torch.tensor(0.01), out_dir="dump", native="always")
-print(report)
-print("rewritten post-grad graph: dump/graphs/graph_0_after.py; depyf's dumps: dump/depyf/")
+def main(argv=None) -> fusion_passes.Report:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default: a new temporary one)")
+    args = parser.parse_args(argv)
+    out = args.out or Path(tempfile.mkdtemp(prefix="fusion_passes_inspect_"))
+
+    x = torch.randn(8, 256, dtype=torch.bfloat16)
+    w = torch.ones(256, dtype=torch.bfloat16)
+    report = fusion_passes.inspect(norm_then_quant, x, w, torch.tensor(0.01), out_dir=out, native="always")
+    print(report)
+    if report.fused == 0:
+        print(f"\nnothing was rewritten: {report.library}" if report.active_patterns == []
+              else f"\nnothing was rewritten: {', '.join(sorted(report.refusals_per_reason())) or 'no site matched'}")  # fmt: skip
+    print(f"\nthe post-grad graph before and after the pass: {out / 'graphs'}/graph_0_before.py, graph_0_after.py")
+    print(f"depyf's dumps: {out / 'depyf'} (index: {out / 'depyf' / 'INDEX.txt'}); the report: {out / 'report.txt'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -14,6 +14,9 @@ activation scales (--quant). The default form calls our unfused ops (torch.ops.f
 so the plugin's rewrite is visible on CPU too; --form native writes the norms and quantizers in
 plain torch (fusion_passes.native_forms), which the plugin rewrites only with native="always"
 (or where "auto"'s measured policy says ours is faster).
+
+Without the compiled op library (FUSION_KERNELS_DISABLE=1, no C++ compiler, a failed build) it
+runs the plain-torch form, says why nothing was fused, and still compares the two compiles.
 """
 
 from __future__ import annotations
@@ -136,13 +139,35 @@ class Quantize:
         return nf.quant_fp8_per_group(y, 128, self.fp8)
 
 
+class RMSNorm(torch.nn.Module):
+    """RMSNorm, optionally after the residual add (returns the new residual), as our unfused ops
+    or in plain torch."""
+
+    def __init__(self, hidden: int, form: str, gen: torch.Generator, eps: float = 1e-6):
+        super().__init__()
+        self.form, self.eps = form, eps
+        self.weight = torch.nn.Parameter((1 + 0.1 * torch.randn(hidden, generator=gen)).bfloat16(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.form == "ops":
+            if residual is None:
+                return ops.rms_norm(x, self.weight, self.eps), x
+            return ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
+        if residual is not None:
+            x, residual = nf.add_residual(x, residual)
+        else:
+            residual = x
+        return nf.rms_norm_hf(x, self.weight, self.eps), residual
+
+
 class DecoderLayer(torch.nn.Module):
     def __init__(self, hidden: int, heads: int, quant: str, form: str, fp8: torch.dtype, gen: torch.Generator):
         super().__init__()
-        self.heads, self.form, self.eps = heads, form, 1e-6
+        self.heads = heads
         inter = 2 * hidden
-        self.ln1 = torch.nn.Parameter((1 + 0.1 * torch.randn(hidden, generator=gen)).bfloat16(), requires_grad=False)
-        self.ln2 = torch.nn.Parameter((1 + 0.1 * torch.randn(hidden, generator=gen)).bfloat16(), requires_grad=False)
+        # Named as in Hugging Face's Llama: the report names each site by its norm's module path.
+        self.input_layernorm = RMSNorm(hidden, form, gen)
+        self.post_attention_layernorm = RMSNorm(hidden, form, gen)
         self.qkv = FP8Linear(hidden, 3 * hidden, quant, fp8, gen)
         self.o = FP8Linear(hidden, hidden, quant, fp8, gen)
         self.gate_up = FP8Linear(hidden, 2 * inter, quant, fp8, gen)
@@ -151,25 +176,14 @@ class DecoderLayer(torch.nn.Module):
         for name in ("s_qkv", "s_o", "s_gu", "s_down"):
             self.register_buffer(name, torch.tensor(self.quantize.static_scale))
 
-    def _norm(self, x, residual, weight):
-        if self.form == "ops":
-            if residual is None:
-                return ops.rms_norm(x, weight, self.eps), x
-            return ops.fused_add_rms_norm(x, residual, weight, self.eps)
-        if residual is not None:
-            x, residual = nf.add_residual(x, residual)
-        else:
-            residual = x
-        return nf.rms_norm_hf(x, weight, self.eps), residual
-
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         b, t, h = x.shape
-        y, residual = self._norm(x, residual, self.ln1)
+        y, residual = self.input_layernorm(x, residual)
         qkv = self.qkv(*self.quantize(y, self.s_qkv))
         q, k, v = qkv.view(b, t, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
         attn = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, h)
         attn = self.o(*self.quantize(attn.contiguous(), self.s_o))
-        y, residual = self._norm(attn, residual, self.ln2)
+        y, residual = self.post_attention_layernorm(attn, residual)
         gate, up = self.gate_up(*self.quantize(y, self.s_gu)).chunk(2, dim=-1)
         act = (F.silu(gate) * up).contiguous()
         return self.down(*self.quantize(act, self.s_down)), residual
@@ -232,11 +246,14 @@ def main(argv=None) -> dict:
 
     state = fusion_kernels.load()
     if not state.loaded:
-        print(f"note: the op library is unavailable ({state.reason}); the plugin will fuse nothing")
+        # Without the library our unfused ops do not exist either: run the plain-torch form.
+        print(f"note: the op library is unavailable ({state.reason}): the plugin fuses nothing"
+              + ("; the model runs in plain torch (--form native)" if args.form == "ops" else ""))  # fmt: skip
+        args.form = "native"
     device = torch.device(args.device)
     fp8 = platform.fp8_dtype(device)
     native = args.native or ("always" if args.form == "native" else "auto")
-    if args.form == "native" and native == "always":
+    if args.form == "native" and native == "always" and state.loaded:
         print('note: --form native compiles with native="always": plain-torch norms and quantizers are '
               "rewritten into our fused ops even where Inductor's own kernel may be as fast")  # fmt: skip
     needed = {"per_token": "rowwise", "group128": "blockwise"}.get(args.quant)
@@ -293,7 +310,11 @@ def main(argv=None) -> dict:
         ok = rel_plugin <= 2 * rel_plain + 1e-2
         verdict = "outputs agree within the rounding-point tolerance" if ok else "OUTPUTS DIFFER"
     print(verdict)
-    result = {"fused": rep.fused, "refused": rep.refused, "relative_error": rel_plugin, "ok": ok}
+    if rep.fused == 0:
+        why = state.reason if not state.loaded else "; ".join(sorted(rep.refusals_per_reason())) or "no site matched"
+        print(f"nothing was fused: {why}")
+    result = {"fused": rep.fused, "refused": rep.refused, "relative_error": rel_plugin, "ok": ok,
+              "sites": [s.name for s in rep.sites], "report": str(rep)}  # fmt: skip
     if device.type == "cuda":
         with torch.no_grad():
             t_plain, t_fused = gpu_step_times([plain, fused_model], x, args.steps)

@@ -7,7 +7,9 @@ python -m fusion_passes report
 python -m fusion_passes inspect llama_fp8 --out dump/ [-- --quant per_token ...]
 python -m fusion_passes inspect path/to/script.py --out dump/ [-- script args]
     runs the script (or an example by name) with every FusionPass it creates dumping its
-    graphs into dump/graphs/, depyf's dumps in dump/depyf/ and the reports in dump/
+    graphs into dump/graphs/pass<k>/ (k: the k-th FusionPass the script created), depyf's dumps
+    into dump/depyf/ (dump/depyf/INDEX.txt says which compile had the plugin), and the reports
+    into dump/ (dump/pass<k>/ when the script created several FusionPasses)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 
 def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
 
 
@@ -86,7 +88,7 @@ def cmd_inspect(target: str, out: Path, native: str | None, script_args: list[st
     import torch
 
     from fusion_passes import graph_pass
-    from fusion_passes.inspection import depyf_dumps, write_report
+    from fusion_passes.inspection import depyf_dumps, write_depyf_index, write_report
 
     path = Path(target)
     if not path.suffix:
@@ -108,13 +110,27 @@ def cmd_inspect(target: str, out: Path, native: str | None, script_args: list[st
         if exc.code not in (None, 0):
             print(f"inspect: {path.name} exited with {exc.code}", file=sys.stderr)
     passes = graph_pass.created_passes()
+    reports = []
     for i, p in enumerate(passes):
-        write_report(p.report, out / (f"pass{i}" if len(passes) > 1 else "."))
+        reports.append(out / (f"pass{i}" if len(passes) > 1 else ".") / "report.txt")
+        write_report(p.report, reports[-1].parent)
+    index = write_depyf_index(out / "depyf", passes)
     merged = sum((p.report.fused for p in passes), 0)
-    print(f"\ninspect: {len(passes)} FusionPass(es), {merged} site(s) fused; dumps in {out}")
+    print(f"\ninspect: {len(passes)} FusionPass(es), {merged} site(s) fused; dumps in {out}:")
+    for i, p in enumerate(passes):
+        print(f"  FusionPass {i}: graphs before/after it in {p.dump_dir}, its report in {reports[i].resolve()}")
+    if index is not None:
+        print(f"  depyf's dumps in {out / 'depyf'}; which compile is which: {index}")
     if not passes:
         print("inspect: the script created no FusionPass (compile with fusion_passes.compile)", file=sys.stderr)
     return 0
+
+
+_INSPECT_USAGE = "python -m fusion_passes inspect TARGET --out DIR [--native {auto,always,never}] [-- SCRIPT_ARGS ...]"
+_INSPECT_EPILOG = """\
+Arguments after a bare -- go to the script, e.g.:
+  python -m fusion_passes inspect llama_fp8 --out dump/ -- --quant per_token --layers 4
+  python -m fusion_passes inspect path/to/my_script.py --out dump/ -- --batch 8"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,12 +142,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fusion_passes")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("report", help="platform, library and active patterns per device")
-    ins = sub.add_parser("inspect", help="run a script or example with dumps and reports")
+    ins = sub.add_parser("inspect", help="run a script or example with dumps and reports", usage=_INSPECT_USAGE,
+                         epilog=_INSPECT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ins.add_argument("target", help="a .py script, or an example name (quickstart, llama_fp8)")
     ins.add_argument("--out", type=Path, required=True)
     ins.add_argument("--native", choices=("auto", "always", "never"), default=None,
                      help="override the native policy of every FusionPass the script creates")  # fmt: skip
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if args.cmd == "inspect":
+            rest = " ".join(unknown + script_args)
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}\n"
+                         f"Arguments for the script go after a bare --, e.g.: python -m fusion_passes inspect "
+                         f"{args.target} --out {args.out} -- {rest}")  # fmt: skip
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.cmd == "report":
         return cmd_report()
     return cmd_inspect(args.target, args.out, args.native, script_args)

@@ -72,12 +72,28 @@ def compile(model: Any = None, *, fusion_pass: FusionPass | None = None, native:
 
 def fusion_pass_of(compiled: Any) -> FusionPass:
     """The FusionPass that :func:`compile` installed for ``compiled``."""
+    if isinstance(compiled, FusionPass):
+        return compiled
     try:
         return _passes_of[compiled]
     except (KeyError, TypeError):
-        raise KeyError("this object was not compiled by fusion_passes.compile") from None
+        pass
+    what = type(compiled).__name__
+    hint = (
+        "this is the model itself: pass what fusion_passes.compile(model) returned"
+        if isinstance(compiled, torch.nn.Module) and not hasattr(compiled, "_orig_mod")
+        else "for torch.compile(..., options=fusion_passes.inductor_options(p)), read p.report instead"
+    )
+    raise TypeError(
+        f"expected the object returned by fusion_passes.compile(...) or a FusionPass, got a {what} "
+        f"that fusion_passes.compile did not return ({hint})"
+    )
 
 
 def report(compiled: Any) -> Report:
-    """The report of what the plugin did while compiling ``compiled`` (grows as it recompiles)."""
+    """The report of what the plugin did while compiling ``compiled`` (grows as it recompiles).
+
+    ``compiled`` is what :func:`compile` returned, or a :class:`FusionPass`; anything else raises
+    TypeError.
+    """
     return fusion_pass_of(compiled).report

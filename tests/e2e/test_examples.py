@@ -1,0 +1,71 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The examples run as a user runs them: at their tiny sizes, and without the op library."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_example(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_llama_example_runs_at_its_tiny_size_and_names_each_site(fresh_dynamo):
+    llama = _load_example("llama_fp8")
+    result = llama.main(["--device", "cpu", "--quant", "per_token"])
+    assert result["ok"] and result["fused"] == 4 and result["refused"] == 0
+    # Each site by its norm's module path and its graph node (all four share one source line).
+    modules = sorted(name.split(", node ")[0] for name in result["sites"])
+    assert modules == [f"layers.{i}.{n}" for i in (0, 1) for n in ("input_layernorm", "post_attention_layernorm")]
+    assert len(set(result["sites"])) == 4
+    assert "layers.1.post_attention_layernorm, node " in result["report"]
+    torch._dynamo.reset()
+    result = llama.main(["--device", "cpu", "--quant", "group128", "--form", "native", "--layers", "1"])
+    assert result["ok"] and result["fused"] == 2
+
+
+def test_examples_run_in_plain_torch_without_the_op_library(tmp_path):
+    """FUSION_KERNELS_DISABLE=1 (as without a compiler or after a failed build): each example runs
+    the model in plain torch, says why nothing was fused, and exits 0. One process for the three
+    (each run as __main__ with its own argv), at small sizes."""
+    runs = [
+        ("quickstart.py", ["--device", "cpu", "--hidden", "128", "--tokens", "8"]),
+        ("llama_fp8.py", ["--device", "cpu", "--hidden", "128", "--heads", "2", "--layers", "1", "--tokens", "8"]),
+        ("inspect_with_depyf.py", ["--out", str(tmp_path / "dump")]),
+    ]
+    driver = textwrap.dedent(
+        f"""
+        import runpy, sys
+        for script, argv in {runs!r}:
+            sys.argv = [script, *argv]
+            print(f"== {{script}}", flush=True)
+            try:
+                runpy.run_path({str(ROOT / "examples")!r} + "/" + script, run_name="__main__")
+            except SystemExit as exc:
+                if exc.code not in (None, 0):
+                    raise
+            print(f"== {{script}} exited 0", flush=True)
+        """
+    )
+    env = {**os.environ, "FUSION_KERNELS_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, env=env, timeout=900)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    sections = {s.split("\n", 1)[0].strip(): s for s in out.split("== ")[1:]}
+    for script, _ in runs:
+        assert f"{script} exited 0" in sections, out
+        text = sections[script]
+        assert "FUSION_KERNELS_DISABLE=1" in text, text  # the reason nothing was fused
+        assert "nothing was fused" in text or "nothing was rewritten" in text, text
+    assert "outputs agree" in sections["llama_fp8.py"]
+    assert (tmp_path / "dump" / "report.txt").is_file()
