@@ -15,7 +15,26 @@ namespace {
     if (!(cond)) fail(op, __VA_ARGS__); \
   } while (0)
 
-const char* name_of(ScalarType t) { return torch::headeronly::toString(t); }
+// Dtypes in messages as torch spells them (torch.float16, not c10's Half; torch.int8, not Char).
+const char* name_of(ScalarType t) {
+  switch (t) {
+    case ScalarType::Float: return "torch.float32";
+    case ScalarType::Half: return "torch.float16";
+    case ScalarType::BFloat16: return "torch.bfloat16";
+    case ScalarType::Double: return "torch.float64";
+    case ScalarType::Char: return "torch.int8";
+    case ScalarType::Byte: return "torch.uint8";
+    case ScalarType::Short: return "torch.int16";
+    case ScalarType::Int: return "torch.int32";
+    case ScalarType::Long: return "torch.int64";
+    case ScalarType::Bool: return "torch.bool";
+    case ScalarType::Float8_e4m3fn: return "torch.float8_e4m3fn";
+    case ScalarType::Float8_e4m3fnuz: return "torch.float8_e4m3fnuz";
+    case ScalarType::Float8_e5m2: return "torch.float8_e5m2";
+    case ScalarType::Float8_e5m2fnuz: return "torch.float8_e5m2fnuz";
+    default: return torch::headeronly::toString(t);
+  }
+}
 
 std::string device_str(const Tensor& t) {
   if (t.is_cpu()) return "cpu";

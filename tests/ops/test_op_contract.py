@@ -95,8 +95,9 @@ def _ops_with(arg):
 
 
 BAD_INPUTS = [
-    ("input", lambda x: x.to(torch.int32), "input must be float32, float16 or bfloat16"),
-    ("input", lambda x: x.to(torch.float64), "input must be float32, float16 or bfloat16"),
+    # Dtypes named as torch names them (torch.int32), not as C++ does (Int).
+    ("input", lambda x: x.to(torch.int32), "input must be float32, float16 or bfloat16, got torch.int32"),
+    ("input", lambda x: x.to(torch.float64), "input must be float32, float16 or bfloat16, got torch.float64"),
     ("input", lambda x: torch.empty(4, 0, dtype=torch.bfloat16), "hidden size (last dim) must be > 0"),
     (
         "input",
@@ -149,7 +150,7 @@ def test_bad_scale(op_name):
         _call(op_name, scale=torch.ones(2))
     with pytest.raises(RuntimeError, match="scale must hold exactly one element"):
         _call(op_name, scale=torch.ones(1, 1))
-    with pytest.raises(RuntimeError, match="scale must be float32, got BFloat16"):
+    with pytest.raises(RuntimeError, match="scale must be float32, got torch.bfloat16"):
         _call(op_name, scale=torch.ones(1, dtype=torch.bfloat16))
 
 
@@ -157,7 +158,7 @@ def test_bad_scale(op_name):
 def test_bad_scale_ub(op_name):
     with pytest.raises(RuntimeError, match="scale_ub must hold exactly one element"):
         _call(op_name, scale_ub=torch.ones(3))
-    with pytest.raises(RuntimeError, match="scale_ub must be float32"):
+    with pytest.raises(RuntimeError, match="scale_ub must be float32, got torch.float16"):
         _call(op_name, scale_ub=torch.ones((), dtype=torch.float16))
 
 
@@ -167,7 +168,7 @@ def test_bad_quant_dtype(op_name):
     with pytest.raises(RuntimeError, match=f"{arg} must be float8_e4m3fn or float8_e4m3fnuz"):
         _call(op_name, **{arg: torch.float16})
     if arg == "fp8_dtype":
-        with pytest.raises(RuntimeError, match="fp8_dtype must be"):
+        with pytest.raises(RuntimeError, match="fp8_dtype must be .*, got torch.int8"):
             _call(op_name, **{arg: torch.int8})
 
 
