@@ -116,7 +116,8 @@ def test_an_op_missing_from_the_library_removes_only_its_patterns(monkeypatch):
         registry, "_lookup_op", lambda name: None if name == "per_token_group_fp8_quant" else real(name)
     )
     p = FusionPass(native="always")
-    inactive = p.report.inactive_patterns
+    # (other libraries' patterns are inactive where their ops are not loaded: not ours to count)
+    inactive = {k: v for k, v in p.report.inactive_patterns.items() if not k.startswith("foreign:")}
     assert set(inactive) == {"rms_norm+per_token_group_fp8_quant", "fused_add_rms_norm+per_token_group_fp8_quant"}
     assert all("per_token_group_fp8_quant" in why for why in inactive.values())
     assert "native:rms_norm_hf+fp8_per_group" in p.report.active_patterns  # needs only the fused op
