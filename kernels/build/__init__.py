@@ -7,16 +7,16 @@ the wheel's prebuilt libraries, so there is one recipe. One subject per module:
 * :mod:`.sources`: the C++/CUDA sources (``csrc/``, shipped inside the distribution as
   ``fusion_kernels/csrc``), their hash, the targets (``CPU_SOURCES`` lists the host files);
 * :mod:`.toolchain`: finding the compilers, ninja and torch's directories; the target this
-  machine can build;
+  machine can build; the toolchain's identity;
 * :mod:`.recipe`: flags, the build plan, its ``build.ninja``, running it (:func:`build`);
 * :mod:`.hipify`: HIP sources from the CUDA ones, in the build directory;
-* :mod:`.cache`: the JIT cache keyed by torch version, source hash and target, and its file
-  lock;
+* :mod:`.cache`: the JIT cache keyed by torch version, source hash and target, its file lock,
+  and the failed builds it remembers;
 * :mod:`.loader`: prebuilt lookup, :func:`load` and the :class:`LibraryState` it records;
-* :mod:`.errors`: :class:`BuildError`.
+* :mod:`.errors`: :class:`BuildError`, whose message is one line naming the full log's file.
 """
 
-from fusion_kernels.build.cache import CACHE_ENV, cache_dir_for, cache_root, ensure_built
+from fusion_kernels.build.cache import CACHE_ENV, RememberedBuildError, cache_dir_for, cache_root, ensure_built
 from fusion_kernels.build.errors import BuildError
 from fusion_kernels.build.hipify import (
     hip_cpu_sources,
@@ -75,6 +75,7 @@ __all__ = [
     "BuildError",
     "LibraryState",
     "Plan",
+    "RememberedBuildError",
     "Target",
     "build",
     "cache_dir_for",

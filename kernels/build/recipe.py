@@ -8,7 +8,8 @@ libraries all build through :func:`build`:
   so one library serves torch 2.11 through 2.13;
 * CUDA sources added for CUDA targets (nvcc, ``-gencode`` per arch plus PTX of the newest),
   HIP for ROCm targets (hipified into the build directory, see :mod:`.hipify`);
-* a ``build.ninja`` per build directory, run by ninja.
+* a ``build.ninja`` per build directory, run by ninja. A failed build writes everything it
+  printed to a log file and raises a :class:`BuildError` naming it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from fusion_kernels.build import hipify, toolchain
-from fusion_kernels.build.errors import BuildError
+from fusion_kernels.build.errors import COMPILE_HINT, BuildError, summarize, write_log
 from fusion_kernels.build.sources import (
     CPU_SOURCES,
     GPU_SOURCES,
@@ -104,7 +105,7 @@ def make_plan(
     opt = ["-O0", "-g"] if debug else ["-O3"]
     defines = common_defines() + [f"-D{d}" for d in defines]
     gpu_define = {"cuda": ["-DFK_WITH_CUDA"], "rocm": ["-DFK_WITH_CUDA", "-DUSE_ROCM"]}.get(target.kind, [])
-    cxx = toolchain.find_cxx()
+    cxx = toolchain.find_cxx() or "c++"
     cmds: list[tuple[str, Path, list[str]]] = []
     objects: list[Path] = []
     obj_dir = out_dir / "obj"
@@ -123,7 +124,7 @@ def make_plan(
     if target.kind == "cuda":
         nvcc = toolchain.find_nvcc()
         if nvcc is None:
-            raise BuildError("nvcc not found: set CUDA_HOME or put nvcc on PATH")
+            raise BuildError("nvcc not found", "Set CUDA_HOME or put nvcc on PATH, or build for --target cpu.")
         for rel in GPU_SOURCES:
             o = obj_for(rel)
             cmd = [nvcc, *opt, "-std=c++17", "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden",
@@ -135,7 +136,7 @@ def make_plan(
     elif target.kind == "rocm":
         hipcc = toolchain.find_hip_compiler()
         if hipcc is None:
-            raise BuildError("no HIP compiler found (hipcc, or FUSION_KERNELS_HIPCC)")
+            raise BuildError("no HIP compiler found", "Install hipcc, or set FUSION_KERNELS_HIPCC to a HIP compiler.")
         hip_src = hipify.hipify_sources(src, out_dir / "hip_src")
         # The host files that include the CUDA entry point come out of hipify renamed.
         cmds, objects = [], []
@@ -159,15 +160,16 @@ def make_plan(
     return Plan(target, out_dir, src, cmds, link, objects)
 
 
-def run_plan(plan: Plan, jobs: int | None = None, verbose: bool = False) -> Path:
-    """Compile and link; returns the library path."""
+def run_plan(plan: Plan, jobs: int | None = None, verbose: bool = False, log_path: Path | None = None) -> Path:
+    """Compile and link; returns the library path. On failure the whole output goes to
+    ``log_path`` (default: ``build.log`` in the build directory) and the error names that file."""
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     (plan.out_dir / "obj").mkdir(exist_ok=True)
     ninja_file = plan.out_dir / "build.ninja"
     ninja_file.write_text(plan.ninja_text())
     ninja = toolchain.find_ninja()
     if ninja is None:
-        raise BuildError("ninja not found: pip install ninja")
+        raise BuildError("ninja not found", 'Run "pip install ninja", or use the prebuilt wheel (README "Building").')
     cmd = [ninja, "-C", str(plan.out_dir)]
     jobs = jobs or int(os.environ.get("MAX_JOBS", "0") or 0) or None
     if jobs:
@@ -175,10 +177,29 @@ def run_plan(plan: Plan, jobs: int | None = None, verbose: bool = False) -> Path
     if verbose:
         cmd.append("-v")
     proc = subprocess.run(cmd, capture_output=not verbose, text=True)
-    if proc.returncode != 0:
-        out = (proc.stdout or "") + (proc.stderr or "")
-        raise BuildError(f"building the fusion_kernels library failed (see {ninja_file}):\n{out[-6000:]}")
-    return plan.out_dir / LIB_NAME
+    if proc.returncode == 0:
+        return plan.out_dir / LIB_NAME
+    out = (proc.stdout or "") + (proc.stderr or "") if not verbose else "(printed above: a verbose build)\n"
+    error = BuildError(summarize(out, proc.returncode), COMPILE_HINT)
+    body = f"$ {' '.join(cmd)}\n{out}\n--- {ninja_file} ---\n{plan.ninja_text()}"
+    error.log = str(write_log(log_path or plan.out_dir / "build.log", _log_header(error, plan.target) + body))
+    raise error
+
+
+def _log_header(error: BuildError, target: Target) -> str:
+    return (
+        f"fusion_kernels: {error}\n"
+        f"target: {target.tag}\ntorch: {torch.__version__}\ntoolchain: {toolchain.identity(target)}\n"
+        f"PATH: {os.environ.get('PATH', '')}\n\n"
+    )
+
+
+def preflight(target: Target, log_path: Path) -> None:
+    """Fail before anything runs when a tool is missing, with the usual message and log."""
+    error = toolchain.missing_tool(target)
+    if error is not None:
+        error.log = str(write_log(log_path, _log_header(error, target)))
+        raise error
 
 
 def build(
@@ -188,10 +209,22 @@ def build(
     verbose: bool = False,
     debug: bool = False,
     defines: tuple[str, ...] = (),
+    log_path: Path | None = None,
 ) -> Path:
-    """Build the library for ``target`` into ``out_dir`` (used by the CLI, CI and the wheel)."""
-    plan = make_plan(target, out_dir, debug=debug, defines=defines)
-    path = run_plan(plan, jobs=jobs, verbose=verbose)
+    """Build the library for ``target`` into ``out_dir`` (the JIT cache, the CLI, CI and wheels).
+
+    A failure raises :class:`BuildError` whose message names ``log_path`` (default:
+    ``out_dir/build.log``), where the full output is."""
+    log_path = Path(log_path) if log_path is not None else Path(out_dir).resolve() / "build.log"
+    preflight(target, log_path)
+    try:
+        plan = make_plan(target, out_dir, debug=debug, defines=defines)
+        path = run_plan(plan, jobs=jobs, verbose=verbose, log_path=log_path)
+    except BuildError as error:
+        if error.log is None:
+            error.log = str(write_log(log_path, _log_header(error, target)))
+        raise
+    log_path.unlink(missing_ok=True)  # the log of an earlier failure
     write_manifest(out_dir, target)
     return path
 
@@ -214,7 +247,7 @@ def prebuild(dest_root: Path, spec: str, jobs: int | None = None) -> list[Path]:
     for target in parse_targets(spec):
         out = Path(dest_root) / target.tag
         lib = build(target, out, jobs=jobs)
-        for extra in ("obj", "hip_src", "build.ninja", ".ninja_log", ".ninja_deps"):
+        for extra in ("obj", "hip_src", "build.ninja", ".ninja_log", ".ninja_deps", "build.log"):
             path = out / extra
             if path.is_dir():
                 shutil.rmtree(path)
