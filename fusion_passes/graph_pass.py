@@ -20,6 +20,7 @@ import fusion_kernels
 from fusion_kernels import platform
 from fusion_passes import fx_utils, policy
 from fusion_passes.patterns import Refusal, custom_op
+from fusion_passes.patterns import foreign as foreign_patterns
 from fusion_passes.registry import NORM_OP_NAMES, get_registry
 from fusion_passes.reporting import GraphReport, Report, Site, cache_lookup_started
 
@@ -90,12 +91,16 @@ class FusionPass(CustomGraphPass):
 
         self.native_matcher = native_patterns.NativeMatcher(self.registry, native, wanted)
         inactive.update(self.native_matcher.inactive)
+        self.foreign_matcher = foreign_patterns.ForeignMatcher(self.registry, native, wanted)
+        inactive.update(self.foreign_matcher.inactive)
         if wanted is not None:
             known = {p.name for p in custom_op.all_patterns()} | self.native_matcher.all_names()
+            known |= self.foreign_matcher.all_names()
             unknown = wanted - known
             if unknown:
                 raise ValueError(f"unknown pattern names: {sorted(unknown)}")
         active = [p.name for p in self.custom_patterns] + self.native_matcher.active_names()
+        active += self.foreign_matcher.active_names()
         self.report = Report(active, inactive, self.registry.library, platform.describe(), native)
         if not active:
             log.warning("fusion_passes: no pattern is active (%s)", self.registry.library)
@@ -111,6 +116,7 @@ class FusionPass(CustomGraphPass):
         changed = False
         for pattern in self.custom_patterns:
             changed |= self._apply_custom(graph, pattern, g)
+        changed |= self.foreign_matcher.apply(graph, g)
         if self.native != "never":
             changed |= self.native_matcher.apply(graph, g)
         if changed:
@@ -132,6 +138,7 @@ class FusionPass(CustomGraphPass):
             h.update(f"native={self.native};dump={self.dump_dir}".encode())
             h.update(repr(sorted(policy.MEASURED_FASTER.items())).encode())
             h.update("\n".join(self.registry.schemas()).encode())
+            h.update("\n".join(self.foreign_matcher.schemas()).encode())  # other libraries' ops
             # What the library is, not how it was obtained (a fresh build and the cached one must
             # give the same key, or every second run misses the FX graph cache).
             h.update(fusion_kernels.state().identity.encode())
