@@ -124,6 +124,8 @@ def quantize(model: torch.nn.Module, granularity: str, use_config: bool = True) 
 
     config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow() if granularity == "row" else PerTensor())
     refusal = "its linears have no backward (--grad)"
+    if next(model.parameters()).device.type == "cpu":
+        use_config, refusal = False, "torchao's float8 config needs CUDA sm_89+, MI300 or XPU, not a CPU"
     try:
         if use_config:
             quantize_(model, config)
@@ -134,9 +136,9 @@ def quantize(model: torch.nn.Module, granularity: str, use_config: bool = True) 
         for name, child in parent.named_children():
             if isinstance(child, torch.nn.Linear):
                 setattr(parent, name, PrimitivesFP8Linear(child, granularity == "row"))
-    mm = "torch._scaled_mm" if use_config else "a matmul of the dequantized values"
     return (f"not torchao's config: {refusal}. Each linear quantizes its activation with torchao's "
-            f"_choose_scale_float8 + _quantize_affine_float8 ({granularity}-wise), then {mm}")  # fmt: skip
+            f"_choose_scale_float8 + _quantize_affine_float8 ({granularity}-wise), then runs torch._scaled_mm "
+            "(with autograd on: a matmul of the dequantized values)")  # fmt: skip
 
 
 def load_checkpoint(path: Path, device: torch.device):
