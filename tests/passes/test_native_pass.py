@@ -97,10 +97,13 @@ def test_catalogue_entry_is_fused_and_equivalent(quant, norm, residual, dtype):
     args = inputs(dtype, rank)
     p = FusionPass(native="always")
     gm, got = run_pass(fn, args, p)
-    if norm in ("functional", "fp32_output") and "int8" in quant and dtype != torch.float32:
+    once = norm in ("functional", "fp32_output") and dtype != torch.float32
+    if once and ("int8" in quant or (dtype == torch.float16 and quant != "fp8_static")):
         # Not equivalent in the README's sense (F.rms_norm rounds once): refused, left as written.
+        # INT8 steps are too fine for it; in fp16, a dynamic scale amplifies subnormal outputs.
+        reason = "int8_rounding_points_differ" if "int8" in quant else "rounding_points_differ_fp16"
         assert op_counts(gm) == {}
-        assert p.report.refusals_per_reason() == {"int8_rounding_points_differ": 1}
+        assert p.report.refusals_per_reason() == {reason: 1}
         torch.testing.assert_close(got[0].float(), fn(*args)[0].float(), rtol=0, atol=0)
         return
     expected_op = ("fused_add_rms_norm_" if residual else "rms_norm_") + QUANTS[quant][1] + "_quant"
