@@ -27,6 +27,14 @@ REFUSED = {
 }
 
 
+#: Refused in fp16 only: F.rms_norm rounds once where our op rounds twice, which moves fp16
+#: subnormal norm outputs (rows or groups of tiny values) by more than a step once a dynamic scale
+#: amplifies them.
+REFUSED_FP16 = {
+    c.id: "rounding_points_differ_fp16" for c in corpus.CASES if c.norm == "functional" and c.quant != "vllm_static"
+}
+
+
 def _split(outs, n_quant_outputs):
     return list(outs[:n_quant_outputs]), list(outs[n_quant_outputs:])
 
@@ -80,9 +88,10 @@ def test_real_spelling(case, dtype):
     p = FusionPass(native="always")
     gm, got = corpus.run_pass(fn, args, p)
     expected = fn(*args)
-    if case.id in REFUSED:
+    refused = REFUSED.get(case.id) or (REFUSED_FP16.get(case.id) if dtype == torch.float16 else None)
+    if refused:
         assert op_counts(gm) == {}, p.report
-        assert p.report.refusals_per_reason() == {REFUSED[case.id]: 1}, p.report
+        assert p.report.refusals_per_reason() == {refused: 1}, p.report
         return
     counts = op_counts(gm)
     assert sum(counts.values()) == 1 and p.report.fused == 1 and p.report.refused == 0, (counts, p.report)

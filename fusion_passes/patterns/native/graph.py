@@ -272,41 +272,46 @@ def inverse_form(node: Any, seen: list) -> tuple[float, Any] | None:
 
 
 def reciprocal_of(node: Any, seen: list) -> Any:
-    """x for ``1 / x`` (any spelling); ("inv", c, x, node) for ``c / x`` with c != 1 or behind an
-    inf guard (an inverse scale; ``node`` is the value its other readers see)."""
+    """x for ``1 / x`` (any spelling); ("inv", c, x, node, guard) for ``c / x`` with c != 1 or
+    behind an inf guard (an inverse scale; ``node`` is the value its other readers see; ``guard``
+    the value an infinite inverse is replaced by, None where it never is infinite)."""
     local: list = []
     node = through_views(node, local) if isinstance(node, fx.Node) else node
     outer = node
-    node = through_inf_guard(node, local)
+    node, guard = through_inf_guard(node, local)
     inv = inverse_form(node, local)
     if inv is None:
         return None
     seen += local
     c, x = inv
-    return x if c == 1.0 and outer is node else ("inv", c, x, outer)
+    return x if c == 1.0 and outer is node else ("inv", c, x, outer, guard)
 
 
-def through_inf_guard(node: Any, seen: list) -> Any:
-    """x for ``x[x == inf] = c`` (an ``index_put``) where x = c0 / max(a, f) with f > 0, which is
-    never inf: the guard changes nothing."""
+def through_inf_guard(node: Any, seen: list) -> tuple[Any, float | None]:
+    """(x, None) for ``x[x == inf] = g`` (an ``index_put``) where x = c / max(a, f) with f > 0 once
+    rounded, which is never inf: the guard changes nothing; (x, g) where the floor rounds to 0 (or
+    there is none): x is inf exactly where a == 0, and becomes g there. (node, None) otherwise."""
     if not is_call(node, (aten.index_put.default, aten.index_put_.default)):
-        return node
+        return node, None
     x, idx = node.args[0], node.args[1]
     if not (isinstance(idx, (list, tuple)) and len(idx) == 1 and is_call(idx[0], (aten.eq.Scalar,))):
-        return node
+        return node, None
     if idx[0].args[0] is not x or number(idx[0].args[1]) != float("inf"):
-        return node
+        return node, None
     local: list = []
     inv = inverse_form(x, local)
-    if inv is None:
-        return node
-    c = clamp(through_float_casts(through_views(inv[1], local), local)[0], local)
-    if c is None or c[1] is None or c[1] <= 0:
-        return node
+    g = const(node.args[2], local) if len(node.args) > 2 else None
+    if inv is None or g is None or not g > 0:
+        return node, None
+    a, lowest = through_float_casts(through_views(inv[1], local), local)
+    c = clamp(a, local)
+    floor = 0.0
+    if c is not None and c[1] is not None and c[2] is None:
+        floor = round_to(c[1], lowest) if lowest is not None else c[1]
     seen += [node, idx[0]]
-    if len(node.args) > 2 and isinstance(node.args[2], fx.Node):
+    if isinstance(node.args[2], fx.Node):
         seen += _const_nodes(node.args[2])
-    return x
+    return x, (None if floor > 0 else g)
 
 
 def through_float_casts(node: Any, seen: list) -> tuple[Any, torch.dtype | None]:

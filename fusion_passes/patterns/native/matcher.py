@@ -143,6 +143,11 @@ class NativeMatcher:
             # are fine enough that this moves more than 5% of the values by one step (measured
             # 6.5% in bf16): not equivalent, so not rewritten.
             raise Refusal("int8_rounding_points_differ", "F.rms_norm in a 16-bit model followed by INT8")
+        if norm.spelling == "functional" and x_val.dtype == torch.float16 and m.rule is not None:
+            # Rounded once (F.rms_norm) instead of twice, a normalized value in fp16's subnormal
+            # range (a row or group of tiny values, e.g. beside an outlier) can differ by a large
+            # fraction of itself, and a dynamic scale amplifies that to several FP8 steps.
+            raise Refusal("rounding_points_differ_fp16", "F.rms_norm in fp16 followed by a dynamic quantizer")
         if norm.sum_unrounded and m.dtype == torch.int8:
             # The norm reads the fp32 residual sum where ours reads it rounded to the model dtype:
             # a 16-bit rounding of the input, too coarse for INT8 steps (as above).

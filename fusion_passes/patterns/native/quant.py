@@ -191,7 +191,7 @@ def _dynamic(den, y, group, num_shape, dtype, q, seen) -> QuantMatch:
     local: list = []
     inverse = None
     if isinstance(den, tuple):  # ("inv", c, b, node): q = y * (c / b), the scale is b / c
-        _, extra_divisor, s, inverse = den
+        _, extra_divisor, s, inverse, guard = den
         # Readers of 1 / inverse (the scale the spelling returns) get our scale.
         scale_nodes = []
         for u in inverse.users:
@@ -212,6 +212,8 @@ def _dynamic(den, y, group, num_shape, dtype, q, seen) -> QuantMatch:
     if extra_divisor is not None:
         # The inverse spelling divides a (floored) absmax: the scale-side steps do not exist.
         a, divisor, scale_dtype = s, extra_divisor, torch.float32
+        if guard is not None:  # an infinite inverse (a zero absmax) replaced by `guard`: scale 1 / guard
+            zero = 1.0 / guard
     else:
         a, divisor, scale_dtype, zero, scale_floor, ue8m0 = _scale_side(s, q, local)
     a, low_a = G.through_float_casts(G.through_views(a, local), local)
