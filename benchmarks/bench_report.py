@@ -148,10 +148,18 @@ POLICY_SCHEMES = {"static": "fp8_static", "per_token": "fp8_per_token", "group12
 
 def policy_table(bench_jsons: list[Path], kind: str = "cuda", arch: str = "sm_90") -> str:
     """The native policy table (fusion_passes/policy.py) that runs' results imply: a cell counts
-    as faster only if ours was at least as fast in every run given."""
+    as faster only if ours was at least as fast in every run given. The rows are keyed by the
+    device the runs name (all of them must name the same one)."""
     from fusion_passes.policy import ranges_from_speedups
 
-    rows = [r for path in bench_jsons for r in json.loads(path.read_text())["results"]]
+    records = [json.loads(path.read_text()) for path in bench_jsons]
+    devices = {rec["meta"]["device"] for rec in records}
+    if len(devices) != 1:
+        raise ValueError(
+            f"the runs name {len(devices)} devices ({sorted(devices)}): derive one device's rows at a time"
+        )
+    (device,) = devices
+    rows = [r for rec in records for r in rec["results"]]
     worst: dict[str, dict[int, float]] = {}
     for r in rows:
         per_t = worst.setdefault(r["case"], {})
@@ -160,6 +168,6 @@ def policy_table(bench_jsons: list[Path], kind: str = "cuda", arch: str = "sm_90
     for case, per_t in worst.items():
         base, residual = case.removesuffix("+res"), case.endswith("+res")
         ranges = ranges_from_speedups(per_t)
-        key = (kind, arch, POLICY_SCHEMES[base], residual)
+        key = (kind, arch, device, POLICY_SCHEMES[base], residual)
         lines.append(f"    {key!r}: {ranges!r}," if ranges else f"    # {key!r}: never at least as fast")
     return "\n".join(lines)

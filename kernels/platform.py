@@ -2,9 +2,9 @@
 """The one module that asks about hardware.
 
 Everything else in fusion_kernels and fusion_passes asks here: which kind of device a tensor
-lives on, its architecture, whether torch is a ROCm build, the FP8 flavour a device uses, the
-warp size, whether the compiled library has a kernel for a device, which CUDA/ROCm targets to
-build for. Nothing here runs at import: CUDA is initialised only when a question needs it.
+lives on, its architecture and name (the CPU's model and vector instruction set), whether torch
+is a ROCm build, the FP8 flavour a device uses, the warp size, whether the compiled library has
+a kernel for a device, which CUDA/ROCm targets to build for. Nothing here runs at import: CUDA is initialised only when a question needs it.
 
 Tests replace the answers with :func:`override` (a fake ROCm or CUDA platform) instead of
 patching torch.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ import torch
 __all__ = [
     "DeviceInfo",
     "device_info",
+    "cpu_isa",
+    "cpu_model",
     "is_rocm",
     "fp8_dtype",
     "has_kernel",
@@ -51,6 +54,12 @@ class DeviceInfo:
     warp_size: int | None
     fp8_dtype: torch.dtype | None  # the FP8 flavour matmuls on this device expect
     fp8_supported: bool  # the device has FP8 conversion/matmul support worth targeting
+    # The device's name as torch reports it ("NVIDIA H100 80GB HBM3"; the CPU model for cpu): two
+    # devices of one arch (an H100 and an H200 are both sm_90) can differ in speed.
+    name: str | None = None
+    # cpu only: the vector instruction set torch's CPU kernels and Inductor's C++ code use here
+    # ("AVX512", "AVX2", "DEFAULT", ...; see :func:`cpu_isa`).
+    isa: str | None = None
 
 
 @dataclasses.dataclass
@@ -58,6 +67,8 @@ class _Override:
     kind: str | None = None
     arch: str | None = None
     kernels: frozenset[str] | None = None  # device types our library "has kernels for"
+    name: str | None = None
+    isa: str | None = None
 
 
 _override_local = threading.local()
@@ -69,16 +80,23 @@ def _current_override() -> _Override | None:
 
 @contextlib.contextmanager
 def override(
-    kind: str | None = None, arch: str | None = None, kernels_for: tuple[str, ...] | None = None
+    kind: str | None = None,
+    arch: str | None = None,
+    kernels_for: tuple[str, ...] | None = None,
+    name: str | None = None,
+    isa: str | None = None,
 ) -> Iterator[None]:
     """Pretend to be on another platform (tests, what-if reports).
 
     ``kind="rocm", arch="gfx942"`` makes CUDA-type devices look like an MI300;
-    ``kind="cuda", arch="sm_90"`` makes them look like an H100. ``kernels_for`` sets the device
-    types the library is taken to have kernels for (e.g. ``("cpu", "cuda")``).
+    ``kind="cuda", arch="sm_90", name="NVIDIA H200"`` makes them look like an H200. ``isa`` is
+    the CPU's instruction set (``"AVX2"``), ``name`` also the CPU model when ``kind`` is None.
+    ``kernels_for`` sets the device types the library is taken to have kernels for (e.g.
+    ``("cpu", "cuda")``).
     """
     previous = _current_override()
-    _override_local.value = _Override(kind, arch, frozenset(kernels_for) if kernels_for is not None else None)
+    kernels = frozenset(kernels_for) if kernels_for is not None else None
+    _override_local.value = _Override(kind, arch, kernels, name, isa)
     try:
         yield
     finally:
@@ -114,22 +132,57 @@ def device_info(device: torch.device | str | None = None) -> DeviceInfo:
     dtype = _device_type(device)
     ov = _current_override()
     if dtype == "cpu":
-        return DeviceInfo("cpu", None, None, torch.float8_e4m3fn, True)
+        cpu_ov = ov if ov is not None and ov.kind in (None, "cpu") else None
+        name = (cpu_ov.name if cpu_ov is not None else None) or cpu_model()
+        isa = (ov.isa if ov is not None else None) or cpu_isa()
+        return DeviceInfo("cpu", None, None, torch.float8_e4m3fn, True, name, isa)
     if dtype != "cuda":
         return DeviceInfo(dtype, None, None, None, False)
     if ov is not None and ov.kind is not None:
-        kind, arch = ov.kind, ov.arch
+        kind, arch, name = ov.kind, ov.arch, ov.name
     else:
         kind = "rocm" if is_rocm() else "cuda"
         index = torch.device(device).index if device is not None else None
         arch = _gpu_arch(index)
+        name = _gpu_name(index)
     if kind == "rocm":
         fnuz = arch is not None and arch.startswith(_FNUZ_ARCHS)
         fp8 = torch.float8_e4m3fnuz if fnuz else torch.float8_e4m3fn
         supported = arch is not None and (fnuz or arch.startswith(("gfx950", "gfx12")))
-        return DeviceInfo("rocm", arch, 64, fp8, supported)
+        return DeviceInfo("rocm", arch, 64, fp8, supported, name)
     supported = arch is None or _sm_number(arch) >= 89
-    return DeviceInfo("cuda", arch, 32, torch.float8_e4m3fn, supported)
+    return DeviceInfo("cuda", arch, 32, torch.float8_e4m3fn, supported, name)
+
+
+def _gpu_name(index: int | None) -> str | None:
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_name(torch.cuda.current_device() if index is None else index)
+
+
+def cpu_isa() -> str:
+    """The vector instruction set torch uses on this CPU: "AVX512", "AVX2", "DEFAULT" (none), or
+    an ARM level ("SVE256"). Inductor's C++ code is generated for the same one (both follow
+    ``ATEN_CPU_CAPABILITY``, which can only lower it)."""
+    ov = _current_override()
+    if ov is not None and ov.isa is not None:
+        return ov.isa
+    return torch.backends.cpu.get_cpu_capability()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo's "model name"), else what Python knows."""
+    import platform as _platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "Model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return _platform.processor() or _platform.machine() or "unknown CPU"
 
 
 def _sm_number(arch: str) -> int:

@@ -126,23 +126,26 @@ def test_auto_policy_rewrites_only_measured_cases(monkeypatch):
     from fusion_passes import policy
 
     fn = model_fn("hf", "fp8_static", False)
+    # This CPU as the table keys it (by its instruction set), measured.
+    cpu = policy.platform_key(platform.device_info("cpu"))
+    monkeypatch.setattr(policy, "MEASURED_DEVICES", {cpu: "a record"})
     monkeypatch.setattr(policy, "MEASURED_FASTER", {})
     p = FusionPass(native="auto")
     gm, _ = run_pass(fn, inputs(torch.bfloat16, 2), p)
     assert op_counts(gm) == {}
     assert p.report.refusals_per_reason() == {"native_policy_not_faster": 1}
     # Measured faster from 16 tokens on: the 15-token site stays with Inductor ...
-    monkeypatch.setattr(policy, "MEASURED_FASTER", {("cpu", "", "fp8_static", False): ((16, None),)})
+    monkeypatch.setattr(policy, "MEASURED_FASTER", {(*cpu, "fp8_static", False): ((16, None),)})
     p = FusionPass(native="auto")
     gm, _ = run_pass(fn, inputs(torch.bfloat16, 2), p)
     assert p.report.refusals_per_reason() == {"native_policy_not_faster_at_this_size": 1}
     # ... and so it does where ours was faster only up to 8 tokens ...
-    monkeypatch.setattr(policy, "MEASURED_FASTER", {("cpu", "", "fp8_static", False): ((1, 8),)})
+    monkeypatch.setattr(policy, "MEASURED_FASTER", {(*cpu, "fp8_static", False): ((1, 8),)})
     p = FusionPass(native="auto")
     gm, _ = run_pass(fn, inputs(torch.bfloat16, 2), p)
     assert p.report.refusals_per_reason() == {"native_policy_not_faster_at_this_size": 1}
     # ... and inside a range (8 to 16 tokens), it is rewritten.
-    monkeypatch.setattr(policy, "MEASURED_FASTER", {("cpu", "", "fp8_static", False): ((1, 4), (8, 16))})
+    monkeypatch.setattr(policy, "MEASURED_FASTER", {(*cpu, "fp8_static", False): ((1, 4), (8, 16))})
     p = FusionPass(native="auto")
     gm, _ = run_pass(fn, inputs(torch.bfloat16, 2), p)
     assert op_counts(gm) == {"rms_norm_static_fp8_quant": 1}
@@ -159,12 +162,16 @@ def test_policy_ranges_from_measured_speedups():
 def test_policy_table_keys_are_well_formed():
     from fusion_passes import policy
 
-    for (kind, arch, scheme, residual), ranges in policy.MEASURED_FASTER.items():
+    for (kind, arch, device, scheme, residual), ranges in policy.MEASURED_FASTER.items():
         assert kind in ("cuda", "rocm", "cpu") and isinstance(residual, bool) and ranges
+        assert (kind, arch, device) in policy.MEASURED_DEVICES  # every row names its record
         for lo, hi in ranges:
             assert lo >= 1 and (hi is None or hi >= lo)
         assert kind == "cpu" or arch.startswith(("sm_", "gfx"))
         assert scheme.split("_", 1)[0] in ("fp8", "int8")
+    for kind, arch, device in policy.MEASURED_DEVICES:
+        # A GPU by its arch and name; a CPU by its instruction set alone.
+        assert (kind == "cpu") == (device == "") and arch
 
 
 # --- what must NOT be rewritten ----------------------------------------------------------------
@@ -306,10 +313,12 @@ def test_fnuz_bound_on_a_rocm_platform():
 
 
 def test_policy_table_is_the_one_its_record_implies(monkeypatch):
-    """MEASURED_FASTER's CUDA rows are what `bench_kernels.py --policy` derives from the record its
-    docstring names (default and plain-launch runs): the table cannot drift from the measurements."""
+    """MEASURED_FASTER's rows are what the benchmarks derive from the records MEASURED_DEVICES
+    names: a GPU's from its record's default and plain-launch runs (`bench_kernels.py --policy`),
+    the CPU rows from `bench_cpu_policy.py --policy`. The table cannot drift from the measurements."""
     import ast
     import importlib.util
+    import json
     import re
     import sys
     from pathlib import Path
@@ -317,14 +326,29 @@ def test_policy_table_is_the_one_its_record_implies(monkeypatch):
     from fusion_passes import policy
 
     root = Path(__file__).resolve().parents[2]
-    record = root / re.search(r"Source: (benchmarks/results/\S+)", policy.__doc__).group(1)
-    runs = [record / "bench.json", record / "plain-launch" / "bench.json"]
-    assert all(r.is_file() for r in runs), runs
-    spec = importlib.util.spec_from_file_location("bench_kernels", root / "benchmarks" / "bench_kernels.py")
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look themselves up there
-    spec.loader.exec_module(bench)
-    text = bench.policy_table(runs)
-    derived = ast.literal_eval("{" + "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#")) + "}")
-    table = {k: v for k, v in policy.MEASURED_FASTER.items() if k[:2] == ("cuda", "sm_90")}
-    assert table == derived
+    assert re.search(r"Source: (benchmarks/results/\S+)", policy.__doc__).group(1) in policy.MEASURED_DEVICES.values()
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, root / "benchmarks" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, mod)  # its dataclasses look themselves up there
+        monkeypatch.syspath_prepend(str(root / "benchmarks"))
+        spec.loader.exec_module(mod)
+        return mod
+
+    def rows(text):
+        return ast.literal_eval(
+            "{" + "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#")) + "}"
+        )
+
+    derived = {}
+    for (kind, arch, _), record in policy.MEASURED_DEVICES.items():
+        if kind == "cpu":
+            runs = [root / record / "cpu.json"]
+            assert all(r.is_file() for r in runs), runs
+            derived.update(rows(load("bench_cpu_policy").policy_table([json.loads(r.read_text()) for r in runs])))
+        else:
+            runs = [root / record / "bench.json", root / record / "plain-launch" / "bench.json"]
+            assert all(r.is_file() for r in runs), runs
+            derived.update(rows(load("bench_kernels").policy_table(runs, kind, arch)))
+    assert policy.MEASURED_FASTER == derived
