@@ -15,8 +15,8 @@ dimensions (hidden 4096, 32 heads, 8 KV heads, MLP 14336, vocabulary 128256) or 
 (hidden 5120, 64 heads, 8 KV heads, MLP 25600, vocabulary 151936), ``--layers`` decoder layers.
 On a GPU torchao supports (CUDA sm_89+, MI300, XPU), torchao's
 Float8DynamicActivationFloat8WeightConfig quantizes every linear (``--granularity row``: PerRow,
-one scale per token and per output channel; ``tensor``: PerTensor). Elsewhere (CPU) torchao
-refuses the hardware; there each linear quantizes its activation with torchao's own functions
+one scale per token and per output channel; ``tensor``: PerTensor). The config does not run on
+CPU; there each linear quantizes its activation with torchao's own functions
 (``_choose_scale_float8``, ``_quantize_affine_float8``: the arithmetic the config runs) and
 multiplies with ``torch._scaled_mm``, at small default sizes. ``--checkpoint`` loads a
 compressed-tensors FP8 checkpoint instead (dynamic per-token FP8 activations).

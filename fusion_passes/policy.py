@@ -33,7 +33,8 @@ Devices that were not measured (:func:`basis`):
   drivers;
 * a kind with no measurement (ROCm, never run on AMD hardware; XPU; ...) is never rewritten.
 
-The report's ``native:`` line (:func:`describe`) says which of these applies.
+:func:`describe` says which of these applies to a device, in one line (for the report's
+``native:`` line).
 
 Source: benchmarks/results/h100-2026-11-23-lane8-scatter (BENCHMARKS.md), H100 80GB HBM3, torch 2.11.0+cu130:
 the worst of two runs, one with our default launches (programmatic dependent launch, which in the
