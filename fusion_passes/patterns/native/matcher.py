@@ -233,7 +233,11 @@ def _as(graph: fx.Graph, value: fx.Node, like: fx.Node) -> fx.Node:
     shape, dtype = G.shape_of(like), G.dtype_of(like)
     out = value
     if G.shape_of(out) != shape:
-        out = fx_utils.call(graph, torch.ops.aten.view.default, (out, list(shape)), like=like)
+        # A symbolic size cannot be a literal argument: one of them becomes -1 (the view keeps
+        # the element count); more than one would need size nodes (not produced by our views).
+        symbolic = [i for i, d in enumerate(shape) if not isinstance(d, int)]
+        size = [(-1 if i in symbolic[:1] else d) for i, d in enumerate(shape)]
+        out = fx_utils.call(graph, torch.ops.aten.view.default, (out, size), like=like)
     if G.dtype_of(out) != dtype:
         out = fx_utils.call(graph, torch.ops.prims.convert_element_type.default, (out, dtype), like=like)
     return out
