@@ -101,7 +101,7 @@ class FusionPass(CustomGraphPass):
                 raise ValueError(f"unknown pattern names: {sorted(unknown)}")
         active = [p.name for p in self.custom_patterns] + self.native_matcher.active_names()
         active += self.foreign_matcher.active_names()
-        self.report = Report(active, inactive, self.registry.library, platform.describe(), native)
+        self.report = Report(active, inactive, self.registry.library, platform.describe(), policy.describe(native))
         if not active:
             log.warning("fusion_passes: no pattern is active (%s)", self.registry.library)
         self._uuid: str | None = None

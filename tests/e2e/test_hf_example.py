@@ -123,12 +123,7 @@ def test_autograd_refusal_says_why(fresh_dynamo, capsys):
     out = capsys.readouterr().out
     assert result["fused"] == 0 and result["refused"] == 3 and result["rel_between"] == 0.0, result["report"]
     assert "run inference under torch.no_grad() or torch.inference_mode()" in out
-    if result["reasons"] != {"intermediate_needed_for_backward": 3}:
-        pytest.xfail(
-            "the native matcher names the backward cause only for the norm's own intermediates: the "
-            "quantizer's absmax, also saved for the backward pass, is reported as intermediate_has_other_users "
-            f"(which one a site reports depends on set order): {result['reasons']}"
-        )
+    assert result["reasons"] == {"intermediate_needed_for_backward": 3}, result["report"]
     assert "torch.no_grad()" in result["report"] and "torch.inference_mode()" in result["report"]
 
 

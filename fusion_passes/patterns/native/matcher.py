@@ -122,12 +122,13 @@ class NativeMatcher:
         if norm.sum_unrounded:
             region.add(norm.residual_out)
             outputs.add(norm.residual_out)
-        for n in region:
-            if n in outputs:
-                continue
-            for u in n.users:
-                if u not in region:
-                    raise Refusal(*_other_user_reason(n, u, norm))
+        escapes = [(n, u) for n in region if n not in outputs for u in n.users if u not in region]
+        if escapes:
+            # Deterministic, and autograd first: a value the forward graph returns for the backward
+            # pass is the cause the user can act on (run under no_grad / inference_mode).
+            for_backward = [(n, u) for n, u in escapes if u.op == "output"]
+            n, u = min(for_backward or escapes, key=lambda e: e[0].name)
+            raise Refusal(*_other_user_reason(n, u, norm))
         eps = norm.eps
         if G.number(eps) is None:
             raise Refusal("eps_not_constant", "compile with mark_dynamic instead of dynamic=True")
@@ -244,16 +245,16 @@ def _as(graph: fx.Graph, value: fx.Node, like: fx.Node) -> fx.Node:
 
 
 def _other_user_reason(n: fx.Node, u: fx.Node, norm: NormMatch) -> tuple[str, str]:
-    if n is norm.y:
-        return "norm_output_has_other_users", f"{n.name} is also used by {u.name}"
-    if u.op == "output" and n in norm.internal:
-        # An intermediate of the norm leaves the graph: in training the forward graph returns it
-        # for the backward pass.
+    if u.op == "output" and n is not norm.y:
+        # An intermediate leaves the graph: in training the forward graph returns what the
+        # backward pass needs.
         return (
             "intermediate_needed_for_backward",
             f"{n.name} is saved for the backward pass; run the model under torch.no_grad() or "
             "torch.inference_mode() to fuse it",
         )
+    if n is norm.y:
+        return "norm_output_has_other_users", f"{n.name} is also used by {u.name}"
     return "intermediate_has_other_users", f"{n.name} is also used by {u.name}"
 
 
