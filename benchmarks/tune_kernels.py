@@ -120,6 +120,7 @@ def main() -> None:
             print(f"{name}: timing failed\n{proc.stderr[-3000:]}")
             continue
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tune.json").write_text(json.dumps({"variants": variants, "results": results}, indent=1))
     names = list(results)
     print(f"{'case':15s} {'H':>5s} {'T':>6s} " + " ".join(f"{n:>16s}" for n in names))

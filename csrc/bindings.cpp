@@ -45,6 +45,20 @@ STABLE_TORCH_LIBRARY(fusion_kernels, m) {
   m.def(
       "fused_add_rms_norm_static_int8_quant(Tensor input, Tensor residual, Tensor weight, Tensor scale, "
       "float epsilon) -> (Tensor out, Tensor residual_out)");
+  // The rule ops: the dynamic scale rule as arguments (ScaleRule, row_op.h).
+  m.def(
+      "dynamic_quant(Tensor input, ScalarType quant_dtype, int group_size, float divisor, float absmax_floor, "
+      "float scale_floor, float zero_scale, ScalarType scale_dtype, bool scale_ue8m0) "
+      "-> (Tensor out, Tensor scales)");
+  m.def(
+      "rms_norm_dynamic_quant(Tensor input, Tensor weight, float epsilon, ScalarType quant_dtype, int group_size, "
+      "float divisor, float absmax_floor, float scale_floor, float zero_scale, ScalarType scale_dtype, "
+      "bool scale_ue8m0) -> (Tensor out, Tensor scales)");
+  m.def(
+      "fused_add_rms_norm_dynamic_quant(Tensor input, Tensor residual, Tensor weight, float epsilon, "
+      "ScalarType quant_dtype, int group_size, float divisor, float absmax_floor, float scale_floor, "
+      "float zero_scale, ScalarType scale_dtype, bool scale_ue8m0) "
+      "-> (Tensor out, Tensor scales, Tensor residual_out)");
 }
 
 // The same host functions serve both dispatch keys: they check arguments, allocate on the
@@ -66,7 +80,19 @@ STABLE_TORCH_LIBRARY(fusion_kernels, m) {
   m.impl("rms_norm_static_int8_quant", TORCH_BOX(&rms_norm_static_int8_quant));                          \
   m.impl("fused_add_rms_norm_static_int8_quant", TORCH_BOX(&fused_add_rms_norm_static_int8_quant))
 
-STABLE_TORCH_LIBRARY_IMPL(fusion_kernels, CPU, m) { FK_REGISTER_ALL(m); }
+// The rule ops have CPU kernels only in this release: their GPU kernels measured slower on the
+// fixed-rule ops' latency-bound small-T path (the shared scale arithmetic), so the CUDA/HIP
+// kernels keep the fixed rules and a rule op on a GPU has no kernel (the pass refuses those
+// sites with no_kernel_for_device).
+#define FK_REGISTER_RULE_OPS(m)                                                                          \
+  m.impl("dynamic_quant", TORCH_BOX(&dynamic_quant));                                                    \
+  m.impl("rms_norm_dynamic_quant", TORCH_BOX(&rms_norm_dynamic_quant));                                  \
+  m.impl("fused_add_rms_norm_dynamic_quant", TORCH_BOX(&fused_add_rms_norm_dynamic_quant))
+
+STABLE_TORCH_LIBRARY_IMPL(fusion_kernels, CPU, m) {
+  FK_REGISTER_ALL(m);
+  FK_REGISTER_RULE_OPS(m);
+}
 
 #ifdef FK_WITH_CUDA
 STABLE_TORCH_LIBRARY_IMPL(fusion_kernels, CUDA, m) { FK_REGISTER_ALL(m); }

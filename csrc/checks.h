@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -47,5 +48,18 @@ void check_scalar_scale(const char* op, const char* name, const Tensor& scale, c
 void check_fp8_dtype(const char* op, const char* name, ScalarType t, bool allow_int8);
 void check_epsilon(const char* op, double epsilon);
 void check_group(const char* op, const Tensor& input, int64_t group_size, bool column_major_scales);
+// The rule ops' arguments other than tensors (the hidden size's divisibility by a group size is
+// check_group's): the quant dtype, the group size (0: one scale per row) and the scale rule,
+// whose floats are judged as the float32 values the kernels receive (to_float32).
+void check_rule(const char* op, ScalarType quant_dtype, int64_t group_size, double divisor, double absmax_floor,
+                double scale_floor, double zero_scale, ScalarType scale_dtype);
+
+// A schema float as the kernels receive it: rounded to float32 (to nearest even; beyond the
+// largest float32, +-Inf).
+inline float to_float32(double v) {
+  if (v >= 0x1.ffffffp+127) return std::numeric_limits<float>::infinity();
+  if (v <= -0x1.ffffffp+127) return -std::numeric_limits<float>::infinity();
+  return static_cast<float>(v);
+}
 
 }  // namespace fusion_kernels

@@ -98,6 +98,7 @@ struct Request {
   int64_t group_size = 0;
   bool column_major_scales = false;
   bool scale_ue8m0 = false;
+  const ScaleRule* rule = nullptr;  // the rule ops' rule; else the fixed rule of the quant mode
 };
 
 void launch(const char* op, const RowOpParams& p, const Tensor& input) {
@@ -112,6 +113,26 @@ void launch(const char* op, const RowOpParams& p, const Tensor& input) {
   } else {
     row_op_cpu(p);
   }
+}
+
+// A rule op's request: its rule checked and converted (the floats as float32), per row or per
+// group. `rule` must outlive the request.
+Request rule_request(const char* op, ScaleRule& rule, ScalarType quant_dtype, int64_t group_size, double divisor,
+                     double absmax_floor, double scale_floor, double zero_scale, ScalarType scale_dtype,
+                     bool scale_ue8m0) {
+  check_rule(op, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype);
+  rule.set_divisor(to_float32(divisor));
+  rule.absmax_floor = to_float32(absmax_floor);
+  rule.scale_floor = to_float32(scale_floor);
+  rule.zero_scale = to_float32(zero_scale);
+  rule.scale_dtype = *to_dtype(scale_dtype);
+  rule.ue8m0 = scale_ue8m0;
+  Request r;
+  r.quant = group_size == 0 ? QuantMode::kPerToken : QuantMode::kPerGroup;
+  r.out_dtype = quant_dtype;
+  r.group_size = group_size;
+  r.rule = &rule;
+  return r;
 }
 
 Outputs run(const char* op, const Tensor& input, const Request& r) {
@@ -160,6 +181,7 @@ Outputs run(const char* op, const Tensor& input, const Request& r) {
     o.scales = alloc(leading_shape(input, 1), ScalarType::Float, input);
     p.scales = static_cast<float*>(o.scales.mutable_data_ptr());
     p.scale_row_stride = 1;
+    p.rule = r.rule ? *r.rule : per_token_rule(p.out_dtype);
   } else if (r.quant == QuantMode::kPerGroup) {
     const int64_t groups = H / r.group_size;
     if (r.column_major_scales) {
@@ -175,7 +197,7 @@ Outputs run(const char* op, const Tensor& input, const Request& r) {
     }
     p.scales = static_cast<float*>(o.scales.mutable_data_ptr());
     p.group_size = r.group_size;
-    p.scale_ue8m0 = r.scale_ue8m0;
+    p.rule = r.rule ? *r.rule : group_rule(p.out_dtype, r.scale_ue8m0);
   }
   launch(op, p, input);
   return o;
@@ -358,6 +380,48 @@ std::tuple<Tensor, Tensor> fused_add_rms_norm_static_int8_quant(Tensor input, Te
   r.scale = &scale;
   Outputs o = run("fused_add_rms_norm_static_int8_quant", input, r);
   return {o.out, o.residual_out};
+}
+
+std::tuple<Tensor, Tensor> dynamic_quant(Tensor input, ScalarType quant_dtype, int64_t group_size, double divisor,
+                                         double absmax_floor, double scale_floor, double zero_scale,
+                                         ScalarType scale_dtype, bool scale_ue8m0) {
+  const char* op = "dynamic_quant";
+  ScaleRule rule;
+  Request r = rule_request(op, rule, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
+                           scale_dtype, scale_ue8m0);
+  Outputs o = run(op, input, r);
+  return {o.out, o.scales};
+}
+
+std::tuple<Tensor, Tensor> rms_norm_dynamic_quant(Tensor input, Tensor weight, double epsilon, ScalarType quant_dtype,
+                                                  int64_t group_size, double divisor, double absmax_floor,
+                                                  double scale_floor, double zero_scale, ScalarType scale_dtype,
+                                                  bool scale_ue8m0) {
+  const char* op = "rms_norm_dynamic_quant";
+  ScaleRule rule;
+  Request r = rule_request(op, rule, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
+                           scale_dtype, scale_ue8m0);
+  r.weight = &weight;
+  r.epsilon = epsilon;
+  Outputs o = run(op, input, r);
+  return {o.out, o.scales};
+}
+
+std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_dynamic_quant(Tensor input, Tensor residual, Tensor weight,
+                                                                    double epsilon, ScalarType quant_dtype,
+                                                                    int64_t group_size, double divisor,
+                                                                    double absmax_floor, double scale_floor,
+                                                                    double zero_scale, ScalarType scale_dtype,
+                                                                    bool scale_ue8m0) {
+  const char* op = "fused_add_rms_norm_dynamic_quant";
+  ScaleRule rule;
+  Request r = rule_request(op, rule, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
+                           scale_dtype, scale_ue8m0);
+  r.residual = &residual;
+  r.weight = &weight;
+  r.epsilon = epsilon;
+  Outputs o = run(op, input, r);
+  return {o.out, o.scales, o.residual_out};
 }
 
 }  // namespace fusion_kernels

@@ -47,4 +47,20 @@ Tensor rms_norm_static_int8_quant(Tensor input, Tensor weight, Tensor scale, dou
 std::tuple<Tensor, Tensor> fused_add_rms_norm_static_int8_quant(Tensor input, Tensor residual, Tensor weight,
                                                                 Tensor scale, double epsilon);
 
+// The rule ops: dynamic quantization, one scale per row (group_size 0) or per group of
+// group_size elements, whose scale rule is given by the arguments (ScaleRule, row_op.h).
+std::tuple<Tensor, Tensor> dynamic_quant(Tensor input, ScalarType quant_dtype, int64_t group_size, double divisor,
+                                         double absmax_floor, double scale_floor, double zero_scale,
+                                         ScalarType scale_dtype, bool scale_ue8m0);
+std::tuple<Tensor, Tensor> rms_norm_dynamic_quant(Tensor input, Tensor weight, double epsilon, ScalarType quant_dtype,
+                                                  int64_t group_size, double divisor, double absmax_floor,
+                                                  double scale_floor, double zero_scale, ScalarType scale_dtype,
+                                                  bool scale_ue8m0);
+std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_dynamic_quant(Tensor input, Tensor residual, Tensor weight,
+                                                                    double epsilon, ScalarType quant_dtype,
+                                                                    int64_t group_size, double divisor,
+                                                                    double absmax_floor, double scale_floor,
+                                                                    double zero_scale, ScalarType scale_dtype,
+                                                                    bool scale_ue8m0);
+
 }  // namespace fusion_kernels

@@ -6,6 +6,7 @@
 // so the unfused and fused ops share one implementation per device and agree bit for bit.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 namespace fusion_kernels {
@@ -32,6 +33,42 @@ constexpr float kPerTokenMinScaleFactor = 512.0f;
 // DeepGEMM-style FP8 GEMM integrations).
 constexpr float kGroupAbsmaxFloor = 1e-10f;
 
+// How a dynamic scale (kPerToken, kPerGroup) follows from the absmax `a` of its row or group, in
+// this order (scale_rule.h implements it; fusion_kernels/reference.py, dynamic_scale, is the
+// spec): a = max(a, absmax_floor); s = a / divisor (correctly rounded); s rounded to scale_dtype;
+// UE8M0: s rounded up to a power of two; s = max(s, scale_floor); s == 0 -> zero_scale. A floor
+// or zero_scale of 0 is off; NaN passes every step. Runtime values: the rule ops take them as
+// arguments, the fixed-rule ops set their constants (per_token_rule, group_rule).
+struct ScaleRule {
+  float divisor = 1.0f;  // > 0, finite
+  // For the GPU's division (quantizers.cuh), set with divisor by set_divisor: divisor =
+  // div_m * 2^div_e with div_m in [1, 2); div_y = 1 / div_m correctly rounded; div_unscale =
+  // 2^-div_e (0 where that is not a normal float).
+  float div_m = 1.0f;
+  float div_y = 1.0f;
+  float div_unscale = 1.0f;
+  int32_t div_e = 0;
+  float absmax_floor = 0.0f;  // >= 0
+  float scale_floor = 0.0f;  // >= 0
+  float zero_scale = 0.0f;  // >= 0
+  DType scale_dtype = DType::kFloat32;  // kFloat32 (no rounding), kBFloat16 or kFloat16
+  bool ue8m0 = false;
+  // Set by per_token_rule / group_rule: the GPU kernels then take the fixed rule's own arithmetic
+  // (constants, no range handling), which is shorter on the latency-bound small-T path; the
+  // values are the same (the rule at these parameters).
+  int8_t fixed = kRuleGiven;
+  static constexpr int8_t kRuleGiven = 0, kPerTokenRule = 1, kGroupRule = 2;
+
+  void set_divisor(float d) {
+    divisor = d;
+    int e = 0;
+    div_m = 2.0f * std::frexp(d, &e);
+    div_e = e - 1;
+    div_y = 1.0f / div_m;
+    div_unscale = (div_e >= -126 && div_e <= 126) ? std::ldexp(1.0f, -div_e) : 0.0f;
+  }
+};
+
 inline float quant_max(DType d) {
   switch (d) {
     case DType::kFp8E4m3fn: return kFp8E4m3fnMax;
@@ -48,6 +85,26 @@ inline int element_size(DType d) {
     case DType::kBFloat16: return 2;
     default: return 1;
   }
+}
+
+// The rule of the per-token ops: a / qmax floored at 1 / (qmax * 512), in fp32 as the kernels
+// always computed it.
+inline ScaleRule per_token_rule(DType out) {
+  ScaleRule r;
+  r.set_divisor(quant_max(out));
+  r.scale_floor = 1.0f / (quant_max(out) * kPerTokenMinScaleFactor);
+  r.fixed = ScaleRule::kPerTokenRule;
+  return r;
+}
+
+// The rule of the per-token-group ops: max(a, 1e-10) / qmax, optionally UE8M0.
+inline ScaleRule group_rule(DType out, bool ue8m0) {
+  ScaleRule r;
+  r.set_divisor(quant_max(out));
+  r.absmax_floor = kGroupAbsmaxFloor;
+  r.ue8m0 = ue8m0;
+  r.fixed = ScaleRule::kGroupRule;
+  return r;
 }
 
 // The largest hidden size: offsets within a row are 32-bit in the GPU kernels.
@@ -79,7 +136,7 @@ struct RowOpParams {
   int64_t scale_row_stride = 0;
   int64_t scale_group_stride = 0;
   int64_t group_size = 0;
-  bool scale_ue8m0 = false;  // kPerGroup: round scales up to a power of two
+  ScaleRule rule;  // kPerToken, kPerGroup: how the scales follow from the absmax
 };
 
 }  // namespace fusion_kernels

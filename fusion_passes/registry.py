@@ -22,6 +22,14 @@ from fusion_passes.quant_key import FP8_DTYPES, GROUP_SIZES, INT8_PER_TOKEN, INT
 NAMESPACE = "fusion_kernels"
 NORM_OP_NAMES = {False: "rms_norm", True: "fused_add_rms_norm"}
 
+#: The rule ops: dynamic quantization (per row or per group of 32/64/128, FP8 or INT8) whose scale
+#: rule is a set of op arguments (divisor, absmax_floor, scale_floor, zero_scale, scale_dtype,
+#: scale_ue8m0; fusion_kernels.reference.dynamic_scale is its spec). The unfused quant op, and the
+#: fused ops by residual (False: RMSNorm, True: residual add + RMSNorm). Each behind its own
+#: hasattr guard, independent of the fixed-rule tables above.
+RULE_QUANT_OP_NAME = "dynamic_quant"
+RULE_FUSED_OP_NAMES = {False: "rms_norm_dynamic_quant", True: "fused_add_rms_norm_dynamic_quant"}
+
 
 def quant_op_name(key: QuantKey) -> str:
     """The unfused quant op of a key."""
@@ -101,10 +109,20 @@ class Registry:
     #: op name -> why it is unavailable
     missing: dict[str, str]
     library: str  # one line: how the library was obtained, or why it is absent
+    #: The rule ops that the loaded library defines (see RULE_QUANT_OP_NAME, RULE_FUSED_OP_NAMES).
+    rule_quant_op: torch._ops.OpOverload | None = None
+    rule_fused_ops: dict[bool, torch._ops.OpOverload] = dataclasses.field(default_factory=dict)
 
     def schemas(self) -> list[str]:
         ops = {*self.quant_ops.values(), *self.fused_ops.values(), *self.norm_ops.values()}
+        ops |= {*self.rule_fused_ops.values(), *([self.rule_quant_op] if self.rule_quant_op is not None else [])}
         return sorted(str(op._schema) for op in ops)
+
+    def rule_op(self, residual: bool | None) -> torch._ops.OpOverload | None:
+        """The rule op: unfused (``residual`` None), fused with RMSNorm (False) or with residual
+        add + RMSNorm (True); None where the loaded library does not define it (``missing`` says
+        why)."""
+        return self.rule_quant_op if residual is None else self.rule_fused_ops.get(residual)
 
 
 def _library_line() -> str:
@@ -139,7 +157,9 @@ def build_registry() -> Registry:
         for residual in (False, True):
             if (f := get(fused_op_name(key, residual))) is not None:
                 fused_ops[(key, residual)] = f
-    return Registry(quant_ops, fused_ops, norm_ops, missing, _library_line())
+    rule_quant_op = get(RULE_QUANT_OP_NAME)
+    rule_fused_ops = {res: op for res, name in RULE_FUSED_OP_NAMES.items() if (op := get(name)) is not None}
+    return Registry(quant_ops, fused_ops, norm_ops, missing, _library_line(), rule_quant_op, rule_fused_ops)
 
 
 _registry: Registry | None = None
@@ -179,3 +199,5 @@ class _LazyTable(Mapping):
 
 QUANT_OPS: Mapping[QuantKey, torch._ops.OpOverload] = _LazyTable("quant_ops")
 FUSED_OPS: Mapping[tuple[QuantKey, bool], torch._ops.OpOverload] = _LazyTable("fused_ops")
+#: residual (False: RMSNorm, True: residual add + RMSNorm) -> the fused rule op.
+RULE_FUSED_OPS: Mapping[bool, torch._ops.OpOverload] = _LazyTable("rule_fused_ops")

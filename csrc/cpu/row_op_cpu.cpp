@@ -10,8 +10,9 @@
 #include <torch/headeronly/util/Half.h>
 
 #include <cmath>
-#include <cstring>
 #include <vector>
+
+#include "scale_rule.h"
 
 namespace fusion_kernels {
 namespace {
@@ -43,15 +44,16 @@ inline float load_as_float(const void* base, DType dtype, int64_t i) {
 inline float nan_max(float a, float b) { return (a != a || a > b) ? a : b; }
 inline float clamp_keep_nan(float v, float lo, float hi) { return v > hi ? hi : (v < lo ? lo : v); }
 
-inline float ue8m0_ceil(float s) {
-  // Round a positive finite scale up to a power of two, exactly (no log2 rounding).
-  if (!(std::isfinite(s)) || s <= 0.0f) return s;
-  uint32_t bits;
-  std::memcpy(&bits, &s, sizeof(bits));
-  if (bits & 0x007FFFFFu) bits = (bits & 0xFF800000u) + 0x00800000u;
-  std::memcpy(&s, &bits, sizeof(bits));
-  return s;
-}
+// The CPU's arithmetic for the scale rule (scale_rule.h): IEEE division, and torch's
+// round-to-nearest-even conversions to bf16 and fp16.
+struct CpuScaleArith {
+  static float div(float a, const ScaleRule& r) { return a / r.divisor; }
+  static float round_to(float s, DType t) {
+    return t == DType::kBFloat16 ? static_cast<float>(BFloat16(s)) : static_cast<float>(Half(s));
+  }
+};
+
+inline float scale_of(float amax, const ScaleRule& rule) { return dynamic_scale<CpuScaleArith>(amax, rule); }
 
 template <DType OUT>
 inline void store_quant(void* out, int64_t i, float v, float qmax) {
@@ -118,10 +120,8 @@ void run(const RowOpParams& p) {
         } else if (p.quant == QuantMode::kPerToken) {
           float amax = 0.0f;
           for (int64_t j = 0; j < H; ++j) amax = nan_max(std::fabs(y[j]), amax);
-          float a = (has_ub && amax > ub) ? ub : amax;
-          float s = a / qmax;
-          const float min_scale = 1.0f / (qmax * kPerTokenMinScaleFactor);
-          s = (s < min_scale) ? min_scale : s;
+          const float a = (has_ub && amax > ub) ? ub : amax;
+          const float s = scale_of(a, p.rule);
           p.scales[row * p.scale_row_stride] = s;
           const float inv_s = 1.0f / s;
           for (int64_t j = 0; j < H; ++j) store_quant<OUT>(p.out, row * H + j, y[j] * inv_s, qmax);
@@ -130,9 +130,7 @@ void run(const RowOpParams& p) {
           for (int64_t g = 0; g < H / G; ++g) {
             float amax = 0.0f;
             for (int64_t j = g * G; j < (g + 1) * G; ++j) amax = nan_max(std::fabs(y[j]), amax);
-            const float a = (amax < kGroupAbsmaxFloor) ? kGroupAbsmaxFloor : amax;
-            float s = a / qmax;
-            if (p.scale_ue8m0) s = ue8m0_ceil(s);
+            const float s = scale_of(amax, p.rule);
             p.scales[row * p.scale_row_stride + g * p.scale_group_stride] = s;
             const float inv_s = 1.0f / s;
             for (int64_t j = g * G; j < (g + 1) * G; ++j) store_quant<OUT>(p.out, row * H + j, y[j] * inv_s, qmax);

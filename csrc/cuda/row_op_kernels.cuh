@@ -323,7 +323,7 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
           // Each lane computes the scale of one group (group_scale_scattered) and reads the
           // reciprocal for each of its slots from a lane that holds the slot's group.
           const int width = group_slots / GRUN;
-          const float scale = group_scale_scattered<GRUN, OUT>(y, has, width, lane, p.scale_ue8m0);
+          const float scale = group_scale_scattered<GRUN, OUT>(y, has, width, lane, p.rule.ue8m0);
           const float inv_own = rcp_scale(scale);
           // The group's scale is written by the one of its lanes that comes first in the group
           // (lane_in_group < NG), whose slot c * kRun + own * GRUN lies lane_in_group slots
@@ -348,7 +348,7 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
           }
         } else {
           float scale[kRun / GRUN];
-          group_scales<GRUN, OUT>(y, has, group_slots / GRUN, p.scale_ue8m0, scale);
+          group_scales<GRUN, OUT>(y, has, group_slots / GRUN, p.rule.ue8m0, scale);
           float inv_scale[kRun / GRUN];
 #pragma unroll
           for (int g = 0; g < kRun / GRUN; ++g) inv_scale[g] = rcp_scale(scale[g]);

@@ -75,10 +75,14 @@ DTYPES = [(torch.float32, None), (torch.float16, None), (torch.bfloat16, None), 
 
 
 @pytest.fixture
-def rule_ops():
+def rule_ops(request):
     missing = [n for n in RULE_OP_NAMES if not hasattr(ops, n)]
     if missing:
         pytest.skip(f"the loaded library does not define {missing}")
+    params = getattr(request.node, "callspec", None)
+    on_cuda = (params is not None and params.params.get("device") == "cuda") or request.node.get_closest_marker("cuda")
+    if on_cuda and not torch._C._dispatch_has_kernel_for_dispatch_key("fusion_kernels::dynamic_quant", "CUDA"):
+        pytest.skip("the library has no CUDA kernels for the rule ops (CPU only in this release: csrc/bindings.cpp)")
 
 
 def _cpu(args):
@@ -199,6 +203,38 @@ def test_special_rows_against_reference(op_name, preset, device, rule_ops):
             raise AssertionError(f"{dtype} {qdtype} G={group_size}: {exc}") from None
 
 
+EXTREME_RULES = [
+    (FP8, rule(FP8)),  # no floor: subnormal and zero scales
+    (FP8, rule(FP8, scale_ue8m0=True)),  # UE8M0 of subnormal scales
+    (INT8, rule(INT8, divisor=127.5)),
+    (FNUZ, rule(FNUZ, divisor=1.0)),  # scales above 2^126: subnormal reciprocals
+    (INT8, rule(INT8, divisor=3.0, scale_dtype=torch.float16, zero_scale=0.5)),
+    (FP8, rule(FP8, divisor=6.0, scale_dtype=torch.bfloat16, scale_floor=2.0**-140)),
+]
+
+
+@pytest.mark.parametrize("qdtype, r", EXTREME_RULES, ids=[str(i) for i in range(len(EXTREME_RULES))])
+@pytest.mark.parametrize("group_size", [0, 32])
+def test_absmax_of_every_binade_exact(qdtype, r, group_size, device, rule_ops):
+    """float32 rows whose absmax is each power of two from 2^-149 to 2^127 (and neighbours):
+    scales from subnormal to above 2^126, their reciprocals, UE8M0, rounding to 16-bit scale
+    dtypes, zero scales and floors give the reference's values exactly."""
+    g = torch.Generator().manual_seed(2)
+    exps = torch.arange(-149, 128, dtype=torch.float64)
+    amax = torch.cat([torch.exp2(exps), torch.exp2(exps) * 1.7, torch.exp2(exps) * (2 - 2**-22)]).float()
+    amax = amax[torch.isfinite(amax) & (amax > 0)]
+    amax = amax[: amax.numel() // 2 * 2]  # an even count: two groups of 32 per row of 64
+    width = 32 if group_size else 64
+    x = (torch.rand(amax.numel(), width, generator=g) * 2 - 1) * amax[:, None]
+    x[:, 3] = amax  # the absmax itself
+    x[:, 5] = -amax / 3
+    x = x.reshape(-1, 64) if group_size else x
+    q, s = ops.dynamic_quant(x.to(device), qdtype, group_size, **r)
+    ref_q, ref_s = reference.dynamic_quant(x, qdtype, group_size, **r)
+    assert_equal_or_both_nan(s.cpu(), ref_s, "scales")
+    assert_equal_or_both_nan(q.cpu(), ref_q, "q")
+
+
 @pytest.mark.parametrize("qdtype", [FP8, FNUZ, INT8])
 @pytest.mark.parametrize("group_size", [0, 64])
 def test_zero_rows_follow_the_rule(qdtype, group_size, device, rule_ops):
@@ -236,13 +272,17 @@ def _inputs_for_equalities(dtype, device, rows, hidden):
     return x.to(dtype).to(device), r.to(dtype).to(device), w.to(dtype).to(device)
 
 
-SIZES = [(7, 1025), (37, 4096), (2048, 4096)]  # 2048 x 4096: the CUDA kernels' throughput variant
+def sizes(device, hidden=(1025, 4096)):
+    """(rows, hidden) of the equality tests: few rows, and on CUDA 2048 rows (the throughput
+    variant of its kernels; the CPU kernel has one code path whatever the number of rows)."""
+    out = [(7, hidden[0]), (37, hidden[1])]
+    return out + ([(2048, hidden[1])] if torch.device(device).type == "cuda" else [])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_per_token_ops_are_a_special_case(dtype, device, rule_ops):
     eps = 1e-5
-    for rows, hidden in SIZES:
+    for rows, hidden in sizes(device):
         x, res, w = _inputs_for_equalities(dtype, device, rows, hidden)
         for qdtype in (FP8, FNUZ, INT8):
             r = reference.per_token_rule(qdtype)
@@ -269,7 +309,7 @@ def test_per_token_ops_are_a_special_case(dtype, device, rule_ops):
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 def test_group_ops_are_a_special_case(dtype, group_size, device, rule_ops):
     eps = 1e-5
-    for rows, hidden in [(7, 384), (37, 4096), (2048, 4096)]:
+    for rows, hidden in sizes(device, (384, 4096)):
         x, res, w = _inputs_for_equalities(dtype, device, rows, hidden)
         for qdtype, ue8m0 in itertools.product((FP8, FNUZ), (False, True)):
             r = reference.per_token_group_rule(qdtype, ue8m0)
@@ -312,7 +352,7 @@ def test_reference_rules_of_the_existing_ops():
 def test_fused_equals_unfused_bit_for_bit(preset, dtype, device, rule_ops):
     make_rule, qdtypes, groups = PRESETS[preset]
     eps = 1e-6
-    for (rows, hidden), qdtype, group_size in itertools.product(SIZES, qdtypes, groups):
+    for (rows, hidden), qdtype, group_size in itertools.product(sizes(device), qdtypes, groups):
         if group_size and hidden % group_size:
             continue
         x, res, w = _inputs_for_equalities(dtype, device, rows, hidden)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from fusion_kernels import OP_NAMES, reference
+from fusion_kernels.fake import RULE_OP_NAMES
 from fusion_kernels.testing import assert_outputs_match, make_args, quant_steps, reference_of
 
 ops = torch.ops.fusion_kernels
@@ -39,7 +40,7 @@ def dtype_id(p):
 def quant_dtypes_for(op_name):
     if "int8" in op_name:
         return [torch.int8]
-    if "dynamic_per_token_quant" in op_name:  # the fused per-token op serves FP8 and INT8
+    if "dynamic_per_token_quant" in op_name or op_name in RULE_OP_NAMES:  # FP8 and INT8
         return [torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.int8]
     if "quant" in op_name:
         return [torch.float8_e4m3fn, torch.float8_e4m3fnuz]

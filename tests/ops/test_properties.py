@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fusion_kernels import OP_NAMES, reference
+from fusion_kernels.fake import RULE_OP_NAMES
 from fusion_kernels.testing import OUTPUT_KINDS, assert_outputs_match, make_args, reference_of
 
 ops = torch.ops.fusion_kernels
@@ -27,41 +28,60 @@ def _fp8_midpoints(dtype: torch.dtype) -> torch.Tensor:
 def cases(draw):
     op_name = draw(st.sampled_from(OP_NAMES))
     dtype = draw(st.sampled_from(DTYPES))
-    group = "group" in op_name
+    rule = op_name in RULE_OP_NAMES
+    group = "group" in op_name or (rule and draw(st.booleans()))
     if group:
         gsize = draw(st.sampled_from([32, 64, 128]))
         hidden = gsize * draw(st.integers(1, 6))
     else:
-        gsize, hidden = 128, draw(st.integers(1, 700))
+        gsize, hidden = (0 if rule else 128), draw(st.integers(1, 700))
     lead = draw(st.sampled_from([(0,), (1,), (3,), (17,), (2, 3)]))
     scale = draw(st.sampled_from([1e-3, 1.0, 30.0, 3000.0]))
     qdtype = draw(st.sampled_from([torch.float8_e4m3fn, torch.float8_e4m3fnuz]))
-    if "dynamic_per_token_quant" in op_name:
+    if "dynamic_per_token_quant" in op_name or rule:
         qdtype = draw(st.sampled_from([torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.int8]))
+    # A rule op's scale rule: absmax / qmax (the default) or with a divisor, a floor, the scale
+    # rounded to a 16-bit dtype, UE8M0 or a zero replacement.
+    kw = {}
+    if rule:
+        kw = draw(
+            st.sampled_from(
+                [
+                    {},
+                    {"absmax_floor": 0.0, "scale_dtype": torch.bfloat16},
+                    {"absmax_floor": 1e-4, "scale_ue8m0": True},
+                    {"absmax_floor": 0.0, "scale_floor": 1e-5, "scale_dtype": torch.float16},
+                    {"absmax_floor": 0.0, "divisor": 127.5, "zero_scale": 1e-7},
+                ]
+            )
+        )
     weight32 = "rms_norm" in op_name and draw(st.booleans())
     zero_rows = draw(st.booleans())
     padding = draw(st.sampled_from([0, 0, 5]))
     seed = draw(st.integers(0, 2**31 - 1))
-    return op_name, dtype, hidden, lead, scale, qdtype, gsize, weight32, zero_rows, padding, seed
+    return op_name, dtype, hidden, lead, scale, qdtype, gsize, weight32, zero_rows, padding, seed, kw
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_every_op_matches_the_reference_on_random_inputs(case):
-    op_name, dtype, hidden, lead, scale, qdtype, gsize, weight32, zero_rows, padding, seed = case
+    op_name, dtype, hidden, lead, scale, qdtype, gsize, weight32, zero_rows, padding, seed, kw = case
     args = list(make_args(op_name, lead, hidden, dtype, "cpu", weight_dtype=torch.float32 if weight32 else None,
                           quant_dtype=qdtype, group_size=gsize, value_scale=scale, row_padding=padding,
-                          generator=torch.Generator().manual_seed(seed)))  # fmt: skip
+                          generator=torch.Generator().manual_seed(seed), **kw))  # fmt: skip
     if zero_rows and args[0].numel():
         args[0] = args[0].clone()
         args[0].reshape(-1, hidden)[0] = 0  # an all-zero row: scales must stay finite
     out = getattr(ops, op_name)(*args)
     expected = reference_of(op_name)(*args)
     # fp16 overflows above 65504: the reference and the kernel overflow identically.
-    assert_outputs_match(op_name, out, expected, dtype)
+    assert_outputs_match(op_name, out, expected, dtype, scale_dtype=kw.get("scale_dtype", torch.float32))
     outs = out if isinstance(out, tuple) else (out,)
+    # Every rule drawn above keeps scales positive except those without any floor (an all-zero
+    # row's scale is then 0) and those rounding to float16 (below its range: 0, above: Inf).
+    positive = not kw or kw.get("absmax_floor", 1.0) > 0 or kw.get("zero_scale", 0.0) > 0
     for o, kind in zip(outs, OUTPUT_KINDS[op_name]):
-        if kind == "scales" and torch.isfinite(args[0].float()).all():
+        if kind == "scales" and torch.isfinite(args[0].float()).all() and positive:
             assert torch.isfinite(o).all() and (o > 0).all(), "scales must stay finite and positive"
 
 

@@ -29,6 +29,7 @@ import torch.fx as fx
 from fusion_kernels import platform
 from fusion_passes.patterns import Refusal
 from fusion_passes.patterns.native import graph as G
+from fusion_passes.patterns.native.reductions import absmax
 from fusion_passes.quant_key import FP8_DTYPES, QUANT_DTYPES
 
 aten = G.aten
@@ -227,7 +228,7 @@ def _dynamic(den, y, group, num_shape, dtype, q, seen) -> QuantMatch:
             floor_dtype = low_a  # the floored absmax is rounded before the division
         a, absmax_floor = c[0], G.round_to(c[1], floor_dtype)
     a, _ = G.through_float_casts(a, local)
-    red = G.absmax(a, local)
+    red = absmax(a, local)
     if red is None:
         raise Refusal("scale_not_recognised", f"the scale of {q.name} is not built from an absmax")
     src, dims, _ = red

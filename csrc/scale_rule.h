@@ -1,0 +1,83 @@
+// SPDX-License-Identifier: Apache-2.0
+// The dynamic scale rule (ScaleRule, row_op.h), the one implementation that the CPU and the
+// CUDA/HIP kernels share (the spec: fusion_kernels/reference.py, dynamic_scale). Every dynamic
+// scale of every op goes through dynamic_scale(): the per-token and per-token-group ops with
+// their fixed rules (per_token_rule, group_rule), the rule ops with the rule given as arguments.
+//
+// Each device brings its arithmetic as a class `Arith` with two static functions:
+//   div(a, rule)        a / rule.divisor correctly rounded (to nearest even), for a >= +0 or NaN;
+//   round_to(s, dtype)  s rounded to kBFloat16 or kFloat16 (to nearest even) and back to float.
+// Raw floats only: no torch, no device intrinsics other than bit manipulation.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "row_op.h"
+
+// Device functions in the CUDA/HIP translation units (which use them only in kernels), inline
+// host functions in the C++ ones.
+#if defined(__CUDACC__) || defined(__HIPCC__) || defined(__HIP__)
+#define FK_SCALE_DEVICE 1
+#define FK_SCALE_FN __device__ __forceinline__
+#else
+#define FK_SCALE_DEVICE 0
+#define FK_SCALE_FN inline
+#endif
+
+namespace fusion_kernels {
+
+FK_SCALE_FN uint32_t scale_bits(float v) {
+#if FK_SCALE_DEVICE
+  return __float_as_uint(v);
+#else
+  uint32_t b;
+  std::memcpy(&b, &v, sizeof(b));
+  return b;
+#endif
+}
+
+FK_SCALE_FN float scale_from_bits(uint32_t b) {
+#if FK_SCALE_DEVICE
+  return __uint_as_float(b);
+#else
+  float v;
+  std::memcpy(&v, &b, sizeof(v));
+  return v;
+#endif
+}
+
+FK_SCALE_FN int scale_clz(uint32_t v) {
+#if FK_SCALE_DEVICE
+  return __clz(static_cast<int>(v));
+#else
+  return __builtin_clz(v);
+#endif
+}
+
+// A positive finite scale rounded up to a power of two, exactly (no log2 rounding); 0, Inf and
+// NaN unchanged. A subnormal rounds up to the next subnormal or normal power of two.
+FK_SCALE_FN float ue8m0_ceil(float s) {
+  if (!(s > 0.0f) || !(s <= 3.40282347e+38f)) return s;
+  uint32_t b = scale_bits(s);
+  if ((b & 0x7F800000u) == 0) {  // subnormal: the power of two at or above the mantissa bits
+    if (b & (b - 1)) b = 1u << (32 - scale_clz(b));
+    return scale_from_bits(b);
+  }
+  if (b & 0x007FFFFFu) b = (b & 0xFF800000u) + 0x00800000u;
+  return scale_from_bits(b);
+}
+
+// The rule, in the spec's order. The floors and the zero replacement are selects that are the
+// identity when their parameter is 0 (a and s are >= +0 or NaN, and NaN compares false).
+template <typename Arith>
+FK_SCALE_FN float dynamic_scale(float amax, const ScaleRule& r) {
+  const float a = amax < r.absmax_floor ? r.absmax_floor : amax;
+  float s = Arith::div(a, r);
+  if (r.scale_dtype != DType::kFloat32) s = Arith::round_to(s, r.scale_dtype);
+  if (r.ue8m0) s = ue8m0_ceil(s);
+  s = s < r.scale_floor ? r.scale_floor : s;
+  return s == 0.0f ? r.zero_scale : s;
+}
+
+}  // namespace fusion_kernels
