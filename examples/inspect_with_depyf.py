@@ -5,7 +5,8 @@
     python examples/inspect_with_depyf.py --out dump/      # or into dump/
 
 Without the compiled op library (FUSION_KERNELS_DISABLE=1, no C++ compiler, a failed build)
-nothing is rewritten; the dumps and the report are still written and say why.
+nothing is rewritten; the dumps and the report are still written and say why. Without a C++
+compiler torch.compile cannot run on CPU at all: the example says so and writes nothing.
 """
 
 import argparse
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 import fusion_passes
+from fusion_kernels import platform
 from fusion_passes import native_forms as nf
 
 
@@ -22,12 +24,16 @@ def norm_then_quant(x, weight, scale):
     return nf.quant_fp8_static(nf.rms_norm_hf(x, weight, 1e-6), scale)
 
 
-def main(argv=None) -> fusion_passes.Report:
+def main(argv=None) -> fusion_passes.Report | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: a new temporary one)")
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="fusion_passes_inspect_"))
 
+    cannot_compile = platform.inductor_unavailable("cpu")
+    if cannot_compile:  # nothing to inspect: there is no compiled graph
+        print(f"nothing was rewritten: {cannot_compile}")
+        return None
     x = torch.randn(8, 256, dtype=torch.bfloat16)
     w = torch.ones(256, dtype=torch.bfloat16)
     report = fusion_passes.inspect(norm_then_quant, x, w, torch.tensor(0.01), out_dir=out, native="always")

@@ -6,7 +6,8 @@ the fusion_passes plugin. Prints what was fused and the difference against eager
 
 Without the compiled op library (FUSION_KERNELS_DISABLE=1, no C++ compiler, a failed build) the
 model computes its norms and quantizers with the pure-torch references (fusion_kernels.reference),
-the plugin fuses nothing, and the report says why.
+the plugin fuses nothing, and the report says why. On a CPU without a C++ compiler torch.compile
+itself cannot run (Inductor writes C++ there): the model then runs eagerly, and the example says so.
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ def main() -> None:
 
     with torch.no_grad():
         eager = model(x)
+    cannot_compile = platform.inductor_unavailable(args.device)
+    if cannot_compile:
+        print(f"note: {cannot_compile}: the model ran eagerly, not compiled")
+        print(f"nothing was fused: {cannot_compile}")
+        return
+    with torch.no_grad():
         compiled = fusion_passes.compile(model)
         out = compiled(x)
 

@@ -29,6 +29,7 @@ __all__ = [
     "is_rocm",
     "fp8_dtype",
     "has_kernel",
+    "inductor_unavailable",
     "build_kind",
     "visible_gpu_arch",
     "describe",
@@ -230,6 +231,25 @@ def has_kernel(op_qualname: str, device: torch.device | str) -> bool:
     if key is None or not _op_defined(op_qualname):
         return False
     return torch._C._dispatch_has_kernel_for_dispatch_key(op_qualname, key)
+
+
+def inductor_unavailable(device: torch.device | str | None = None) -> str | None:
+    """Why ``torch.compile`` (Inductor) cannot generate code for ``device`` on this machine, or
+    None when it can. On CPU Inductor writes C++ and needs a working C++ compiler (``CXX``, else
+    g++): without one, every CPU compile fails, with or without the plugin. The examples ask here
+    and run their models eagerly instead."""
+    if _device_type(device) != "cpu":
+        return None
+    try:
+        from torch._inductor import cpp_builder
+
+        cpp_builder.get_cpp_compiler()
+    except (ImportError, AttributeError):  # another torch: no way to ask, so assume it can
+        return None
+    except Exception as exc:  # torch._inductor.exc.InvalidCxxCompiler
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"torch.compile on CPU needs a C++ compiler ({first}); install g++ or set CXX"
+    return None
 
 
 def _op_defined(op_qualname: str) -> bool:

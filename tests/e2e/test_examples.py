@@ -34,15 +34,8 @@ def test_llama_example_runs_at_its_tiny_size_and_names_each_site(fresh_dynamo):
     assert result["ok"] and result["fused"] == 2
 
 
-def test_examples_run_in_plain_torch_without_the_op_library(tmp_path):
-    """FUSION_KERNELS_DISABLE=1 (as without a compiler or after a failed build): each example runs
-    the model in plain torch, says why nothing was fused, and exits 0. One process for the three
-    (each run as __main__ with its own argv), at small sizes."""
-    runs = [
-        ("quickstart.py", ["--device", "cpu", "--hidden", "128", "--tokens", "8"]),
-        ("llama_fp8.py", ["--device", "cpu", "--hidden", "128", "--heads", "2", "--layers", "1", "--tokens", "8"]),
-        ("inspect_with_depyf.py", ["--out", str(tmp_path / "dump")]),
-    ]
+def _run_examples(runs, env) -> dict:
+    """Each example run as __main__ with its own argv, in one process: its output per script."""
     driver = textwrap.dedent(
         f"""
         import runpy, sys
@@ -57,15 +50,49 @@ def test_examples_run_in_plain_torch_without_the_op_library(tmp_path):
             print(f"== {{script}} exited 0", flush=True)
         """
     )
-    env = {**os.environ, "FUSION_KERNELS_DISABLE": "1"}
     proc = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, env=env, timeout=900)
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     sections = {s.split("\n", 1)[0].strip(): s for s in out.split("== ")[1:]}
     for script, _ in runs:
         assert f"{script} exited 0" in sections, out
+    return sections
+
+
+def test_examples_run_in_plain_torch_without_the_op_library(tmp_path):
+    """FUSION_KERNELS_DISABLE=1 (as after a failed build): each example runs the model in plain
+    torch, says why nothing was fused, and exits 0. One process for the three, at small sizes."""
+    runs = [
+        ("quickstart.py", ["--device", "cpu", "--hidden", "128", "--tokens", "8"]),
+        ("llama_fp8.py", ["--device", "cpu", "--hidden", "128", "--heads", "2", "--layers", "1", "--tokens", "8"]),
+        ("inspect_with_depyf.py", ["--out", str(tmp_path / "dump")]),
+    ]
+    sections = _run_examples(runs, {**os.environ, "FUSION_KERNELS_DISABLE": "1"})
+    for script, _ in runs:
         text = sections[script]
         assert "FUSION_KERNELS_DISABLE=1" in text, text  # the reason nothing was fused
         assert "nothing was fused" in text or "nothing was rewritten" in text, text
     assert "outputs agree" in sections["llama_fp8.py"]
     assert (tmp_path / "dump" / "report.txt").is_file()
+
+
+def test_examples_run_eagerly_without_a_cxx_compiler(tmp_path):
+    """No C++ compiler (CXX names none): the op library cannot be built and torch.compile cannot
+    generate CPU code. Each example runs its model eagerly, says both, and exits 0."""
+    runs = [
+        ("quickstart.py", ["--device", "cpu", "--hidden", "128", "--tokens", "8"]),
+        ("llama_fp8.py", ["--device", "cpu", "--hidden", "128", "--heads", "2", "--layers", "1", "--tokens", "8"]),
+        ("inspect_with_depyf.py", ["--out", str(tmp_path / "dump")]),
+    ]
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "FUSION_KERNELS_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("FUSION_KERNELS_DISABLE", None)
+    sections = _run_examples(runs, env)
+    for script, _ in runs:
+        text = sections[script]
+        assert "torch.compile on CPU needs a C++ compiler" in text and "install g++ or set CXX" in text, text
+        assert "nothing was fused" in text or "nothing was rewritten" in text, text
+        assert "Traceback" not in text, text
+    for script in ("quickstart.py", "llama_fp8.py"):  # the op library's own reason, in one line
+        assert "no C++ compiler" in sections[script], sections[script]
+        assert "the model ran eagerly" in sections[script], sections[script]
+    assert not (tmp_path / "dump").exists()
