@@ -353,3 +353,6 @@ def fused_add_rms_norm_dynamic_quant(input, residual, weight, epsilon, quant_dty
     q, scales = dynamic_quant(y, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
                               scale_dtype, scale_ue8m0)  # fmt: skip
     return q, scales, residual_out
+
+
+from .microscaling import *  # noqa: E402,F401,F403  (the microscaling formats: MXFP8, MXFP4, NVFP4)
