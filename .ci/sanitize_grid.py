@@ -10,6 +10,7 @@ import torch
 
 import fusion_kernels
 from fusion_kernels import OP_NAMES
+from fusion_kernels.fake import RULE_OP_NAMES
 from fusion_kernels.testing import make_args
 
 fusion_kernels.load(strict=True)
@@ -27,6 +28,21 @@ for op_name in OP_NAMES:
                     if hidden % 64:
                         continue
                     kw = {"group_size": 64, "column_major_scales": tokens == (7,), "scale_ue8m0": True}
+                elif op_name in RULE_OP_NAMES:
+                    if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fusion_kernels::{op_name}", "CUDA"):
+                        continue  # a build without FK_GPU_RULE_OPS (csrc/row_op.h)
+                    # per row, and groups of 32 (INT8) and 64 (FP8): a runtime divisor, scales
+                    # rounded to bf16, UE8M0 and zero scales replaced
+                    for group_size, qdtype in [(0, torch.int8), (32, torch.int8), (64, torch.float8_e4m3fn)]:
+                        if group_size and hidden % group_size:
+                            continue
+                        args = make_args(op_name, tokens, hidden, dtype, "cuda", row_padding=pad, quant_dtype=qdtype,
+                                         group_size=group_size, divisor=127.5 if group_size == 0 else 448.0,
+                                         scale_dtype=torch.bfloat16, scale_ue8m0=group_size == 64, zero_scale=1e-7)  # fmt: skip
+                        for o in getattr(ops, op_name)(*args):
+                            o.cpu()
+                        count += 1
+                    continue
                 args = make_args(op_name, tokens, hidden, dtype, "cuda", row_padding=pad, **kw)
                 out = getattr(ops, op_name)(*args)
                 for o in out if isinstance(out, tuple) else (out,):

@@ -5,6 +5,7 @@
 #include <torch/csrc/stable/library.h>
 
 #include "ops.h"
+#include "row_op.h"
 
 using namespace fusion_kernels;
 
@@ -80,10 +81,6 @@ STABLE_TORCH_LIBRARY(fusion_kernels, m) {
   m.impl("rms_norm_static_int8_quant", TORCH_BOX(&rms_norm_static_int8_quant));                          \
   m.impl("fused_add_rms_norm_static_int8_quant", TORCH_BOX(&fused_add_rms_norm_static_int8_quant))
 
-// The rule ops have CPU kernels only in this release: their GPU kernels measured slower on the
-// fixed-rule ops' latency-bound small-T path (the shared scale arithmetic), so the CUDA/HIP
-// kernels keep the fixed rules and a rule op on a GPU has no kernel (the pass refuses those
-// sites with no_kernel_for_device).
 #define FK_REGISTER_RULE_OPS(m)                                                                          \
   m.impl("dynamic_quant", TORCH_BOX(&dynamic_quant));                                                    \
   m.impl("rms_norm_dynamic_quant", TORCH_BOX(&rms_norm_dynamic_quant));                                  \
@@ -95,5 +92,13 @@ STABLE_TORCH_LIBRARY_IMPL(fusion_kernels, CPU, m) {
 }
 
 #ifdef FK_WITH_CUDA
-STABLE_TORCH_LIBRARY_IMPL(fusion_kernels, CUDA, m) { FK_REGISTER_ALL(m); }
+// The rule ops run their own instantiation of the GPU kernels (RULE, launch.cuh), so the
+// fixed-rule ops' kernels compile exactly as they did before the rule ops existed. Registered
+// only in builds with FK_GPU_RULE_OPS=1 (row_op.h says why).
+STABLE_TORCH_LIBRARY_IMPL(fusion_kernels, CUDA, m) {
+  FK_REGISTER_ALL(m);
+#if FK_GPU_RULE_OPS
+  FK_REGISTER_RULE_OPS(m);
+#endif
+}
 #endif

@@ -9,6 +9,14 @@
 #include <cmath>
 #include <cstdint>
 
+// The rule ops on CUDA/HIP (their own RULE instantiation of the row kernels, launch.cuh). Off by
+// default until that instantiation has passed its GPU tests: the rule ops then have CPU kernels
+// only and the pass refuses their sites on a GPU with no_kernel_for_device. With it off the
+// fixed-rule kernels are the same either way (their PTX is identical).
+#ifndef FK_GPU_RULE_OPS
+#define FK_GPU_RULE_OPS 0
+#endif
+
 namespace fusion_kernels {
 
 enum class DType : int32_t { kFloat32, kFloat16, kBFloat16, kFp8E4m3fn, kFp8E4m3fnuz, kInt8 };
@@ -53,9 +61,9 @@ struct ScaleRule {
   float zero_scale = 0.0f;  // >= 0
   DType scale_dtype = DType::kFloat32;  // kFloat32 (no rounding), kBFloat16 or kFloat16
   bool ue8m0 = false;
-  // Set by per_token_rule / group_rule: the GPU kernels then take the fixed rule's own arithmetic
-  // (constants, no range handling), which is shorter on the latency-bound small-T path; the
-  // values are the same (the rule at these parameters).
+  // Set by per_token_rule / group_rule: the GPU then runs the fixed-rule instantiation of its
+  // kernels (the rule a compile-time constant, launch.cuh), which compiles as the kernels did
+  // before the rule ops; kRuleGiven (the rule ops): the RULE instantiation, p.rule at run time.
   int8_t fixed = kRuleGiven;
   static constexpr int8_t kRuleGiven = 0, kPerTokenRule = 1, kGroupRule = 2;
 

@@ -4,12 +4,14 @@
 // scale of every op goes through dynamic_scale(): the per-token and per-token-group ops with
 // their fixed rules (per_token_rule, group_rule), the rule ops with the rule given as arguments.
 //
-// Each device brings its arithmetic as a class `Arith` with two static functions:
+// Each device brings its arithmetic as a class `Arith` with two static functions and a flag:
 //   div(a, rule)        a / rule.divisor correctly rounded (to nearest even), for a >= +0 or NaN;
-//   round_to(s, dtype)  s rounded to kBFloat16 or kFloat16 (to nearest even) and back to float.
+//   round_to(s, dtype)  s rounded to kBFloat16 or kFloat16 (to nearest even) and back to float;
+//   kSubnormalScales    whether a scale may be subnormal (UE8M0 then handles subnormals).
 // Raw floats only: no torch, no device intrinsics other than bit manipulation.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -56,28 +58,36 @@ FK_SCALE_FN int scale_clz(uint32_t v) {
 }
 
 // A positive finite scale rounded up to a power of two, exactly (no log2 rounding); 0, Inf and
-// NaN unchanged. A subnormal rounds up to the next subnormal or normal power of two.
+// NaN unchanged. SUBNORMAL: a subnormal rounds up to the next subnormal or normal power of two
+// (false where scales cannot be subnormal: the fixed rules' floors keep them above 2^-126).
+template <bool SUBNORMAL = true>
 FK_SCALE_FN float ue8m0_ceil(float s) {
-  if (!(s > 0.0f) || !(s <= 3.40282347e+38f)) return s;
+  if (!(s > 0.0f) || s == INFINITY) return s;
   uint32_t b = scale_bits(s);
-  if ((b & 0x7F800000u) == 0) {  // subnormal: the power of two at or above the mantissa bits
-    if (b & (b - 1)) b = 1u << (32 - scale_clz(b));
-    return scale_from_bits(b);
+  if constexpr (SUBNORMAL) {
+    if ((b & 0x7F800000u) == 0) {  // the power of two at or above the mantissa bits
+      if (b & (b - 1)) b = 1u << (32 - scale_clz(b));
+      return scale_from_bits(b);
+    }
   }
   if (b & 0x007FFFFFu) b = (b & 0xFF800000u) + 0x00800000u;
   return scale_from_bits(b);
 }
 
-// The rule, in the spec's order. The floors and the zero replacement are selects that are the
-// identity when their parameter is 0 (a and s are >= +0 or NaN, and NaN compares false).
+// The rule, in the spec's order. A step whose parameter is 0 (or float32, or false) is the
+// identity and is skipped; where the rule is a compile-time constant (the GPU's fixed-rule
+// kernels) those steps vanish and what is left is the fixed rule's own arithmetic. NaN passes
+// every step (it compares false). Arith::kSubnormalScales: whether scales may be subnormal.
 template <typename Arith>
 FK_SCALE_FN float dynamic_scale(float amax, const ScaleRule& r) {
-  const float a = amax < r.absmax_floor ? r.absmax_floor : amax;
+  float a = amax;
+  if (r.absmax_floor > 0.0f) a = a < r.absmax_floor ? r.absmax_floor : a;
   float s = Arith::div(a, r);
   if (r.scale_dtype != DType::kFloat32) s = Arith::round_to(s, r.scale_dtype);
-  if (r.ue8m0) s = ue8m0_ceil(s);
-  s = s < r.scale_floor ? r.scale_floor : s;
-  return s == 0.0f ? r.zero_scale : s;
+  if (r.ue8m0) s = ue8m0_ceil<Arith::kSubnormalScales>(s);
+  if (r.scale_floor > 0.0f) s = s < r.scale_floor ? r.scale_floor : s;
+  if (r.zero_scale > 0.0f) s = s == 0.0f ? r.zero_scale : s;
+  return s;
 }
 
 }  // namespace fusion_kernels

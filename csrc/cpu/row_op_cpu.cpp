@@ -47,6 +47,7 @@ inline float clamp_keep_nan(float v, float lo, float hi) { return v > hi ? hi : 
 // The CPU's arithmetic for the scale rule (scale_rule.h): IEEE division, and torch's
 // round-to-nearest-even conversions to bf16 and fp16.
 struct CpuScaleArith {
+  static constexpr bool kSubnormalScales = true;
   static float div(float a, const ScaleRule& r) { return a / r.divisor; }
   static float round_to(float s, DType t) {
     return t == DType::kBFloat16 ? static_cast<float>(BFloat16(s)) : static_cast<float>(Half(s));

@@ -24,10 +24,10 @@ __host__ __device__ constexpr int group_run_of(int group_slots) {
 // The group quant's scales of one chunk of a thread's slots y[0..R-1] (has[i]: slot i holds a y
 // of the row; the others count as 0), whose aligned runs of M slots belong to one group each, the
 // group's other runs on the aligned `width` lanes around this one: an in-thread absmax over the
-// run, then one butterfly for all runs, and one scale per run.
-template <int M, OutKind OUT, typename T, int V, int R>
-__device__ __forceinline__ void group_scales(const Pack<T, V> (&y)[R], const bool (&has)[R], int width, bool ue8m0,
-                                             float (&scale)[R / M]) {
+// run, then one butterfly for all runs, and one scale per run (the kernel's rule, kernel_rule).
+template <int M, OutKind OUT, bool RULE, typename T, int V, int R>
+__device__ __forceinline__ void group_scales(const Pack<T, V> (&y)[R], const bool (&has)[R], int width,
+                                             const ScaleRule& rule, float (&scale)[R / M]) {
   float amax[R / M];
 #pragma unroll
   for (int g = 0; g < R / M; ++g) {
@@ -39,18 +39,14 @@ __device__ __forceinline__ void group_scales(const Pack<T, V> (&y)[R], const boo
   }
   group_absmax<T, R / M>(amax, width);
 #pragma unroll
-  for (int g = 0; g < R / M; ++g) {
-    const float a = amax[g] < kGroupAbsmaxFloor ? kGroupAbsmaxFloor : amax[g];
-    scale[g] = div_by_qmax<OUT>(a);
-    if (ue8m0) scale[g] = ue8m0_ceil(scale[g]);
-  }
+  for (int g = 0; g < R / M; ++g) scale[g] = scale_of<OUT, RULE>(amax[g], rule);
 }
 
 // The reduce-scatter counterpart of group_scales, for 16-bit T and NG = R / M >= 2 groups per
 // chunk: the scale of this lane's group (scatter_group<NG>(lane)) only.
-template <int M, OutKind OUT, typename T, int V, int R>
+template <int M, OutKind OUT, bool RULE, typename T, int V, int R>
 __device__ __forceinline__ float group_scale_scattered(const Pack<T, V> (&y)[R], const bool (&has)[R], int width,
-                                                       int lane, bool ue8m0) {
+                                                       int lane, const ScaleRule& rule) {
   constexpr int NG = R / M;
   AbsMax<T> am[NG];
 #pragma unroll
@@ -59,10 +55,7 @@ __device__ __forceinline__ float group_scale_scattered(const Pack<T, V> (&y)[R],
     for (int t = 0; t < M; ++t)
       if (has[g * M + t]) am[g].add(y[g * M + t]);
   }
-  const float a = group_absmax_scatter<T, NG>(am, width, lane);
-  float scale = div_by_qmax<OUT>(a < kGroupAbsmaxFloor ? kGroupAbsmaxFloor : a);
-  if (ue8m0) scale = ue8m0_ceil(scale);
-  return scale;
+  return scale_of<OUT, RULE>(group_absmax_scatter<T, NG>(am, width, lane), rule);
 }
 
 }  // namespace dev

@@ -152,10 +152,10 @@ inline bool wide_registers(int tpr, int64_t rows, int device) {
   return tpr <= 128 && tpr <= kRowsBlockThreads && rows <= static_cast<int64_t>(FK_WIDE_ROWS_PER_SM) * sm_count(device);
 }
 
-template <typename T, typename W, OutKind OUT, QuantMode Q, int GRUN, bool NORM, bool RES, bool ALIGNED, bool CACHED,
+template <typename T, typename W, OutKind OUT, QuantMode Q, bool RULE, int GRUN, bool NORM, bool RES, bool ALIGNED, bool CACHED,
           bool WREGS = false, bool WSMEM = false, bool WIDE = false>
 void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t stream, int device) {
-  constexpr auto kernel = &row_op_kernel<T, W, OUT, Q, GRUN, NORM, RES, ALIGNED, CACHED, WREGS, WSMEM, WIDE>;
+  constexpr auto kernel = &row_op_kernel<T, W, OUT, Q, RULE, GRUN, NORM, RES, ALIGNED, CACHED, WREGS, WSMEM, WIDE>;
   // Rows per block only groups rows (a row's reduction order depends on tpr alone), so it may
   // follow the row count: when the rows would not fill the SMs anyway, one row per block
   // spreads them over more SMs.
@@ -210,7 +210,7 @@ void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t
   check_cuda(cudaGetLastError(), "kernel launch");
 }
 
-template <typename T, typename W, OutKind OUT, QuantMode Q, int GRUN, bool NORM, bool RES>
+template <typename T, typename W, OutKind OUT, QuantMode Q, bool RULE, int GRUN, bool NORM, bool RES>
 void launch_row_op(const RowOpParams& p, cudaStream_t stream, int device) {
   const int elem = static_cast<int>(sizeof(T));
   const LaunchShape shape = launch_shape(p.hidden, elem);
@@ -222,7 +222,7 @@ void launch_row_op(const RowOpParams& p, cudaStream_t stream, int device) {
     if constexpr (NORM) {
       if (shape.cached && kLatencyGridPerSm > 0 &&
           p.rows <= static_cast<int64_t>(kLatencyGridPerSm) * sm_count(device) * shape.rows_per_block)
-        return launch_variant<T, W, OUT, Q, GRUN, NORM, RES, true, true, true>(p, shape, stream, device);
+        return launch_variant<T, W, OUT, Q, RULE, GRUN, NORM, RES, true, true, true>(p, shape, stream, device);
     }
     if (shape.cached) {
       // The throughput variant stages the norm weight in shared memory (weight_in_smem), except
@@ -233,87 +233,99 @@ void launch_row_op(const RowOpParams& p, cudaStream_t stream, int device) {
       constexpr bool wsmem = weight_in_smem<NORM, true, true, false>();
       if constexpr (wsmem && Q == QuantMode::kPerGroup && !RES) {
         if (!group_stages_weight(shape.tpr, p.rows, device))
-          return launch_variant<T, W, OUT, Q, GRUN, NORM, RES, true, true, false, false>(p, shape, stream, device);
+          return launch_variant<T, W, OUT, Q, RULE, GRUN, NORM, RES, true, true, false, false>(p, shape, stream, device);
       }
       if constexpr (FK_WIDE_ROWS_PER_SM > 0 && wsmem && !RES && (Q == QuantMode::kPerToken || Q == QuantMode::kPerGroup)) {
         if (wide_registers(shape.tpr, p.rows, device))
-          return launch_variant<T, W, OUT, Q, GRUN, NORM, RES, true, true, false, true, true>(p, shape, stream, device);
+          return launch_variant<T, W, OUT, Q, RULE, GRUN, NORM, RES, true, true, false, true, true>(p, shape, stream, device);
       }
-      launch_variant<T, W, OUT, Q, GRUN, NORM, RES, true, true, false, wsmem>(p, shape, stream, device);
+      launch_variant<T, W, OUT, Q, RULE, GRUN, NORM, RES, true, true, false, wsmem>(p, shape, stream, device);
     } else {
-      launch_variant<T, W, OUT, Q, GRUN, NORM, RES, true, false>(p, shape, stream, device);
+      launch_variant<T, W, OUT, Q, RULE, GRUN, NORM, RES, true, false>(p, shape, stream, device);
     }
   } else {
     if (shape.cached)
-      launch_variant<T, W, OUT, Q, GRUN, NORM, RES, false, true>(p, shape, stream, device);
+      launch_variant<T, W, OUT, Q, RULE, GRUN, NORM, RES, false, true>(p, shape, stream, device);
     else
-      launch_variant<T, W, OUT, Q, GRUN, NORM, RES, false, false>(p, shape, stream, device);
+      launch_variant<T, W, OUT, Q, RULE, GRUN, NORM, RES, false, false>(p, shape, stream, device);
   }
 }
 
 // The residual add exists only together with the norm.
-template <typename T, typename W, OutKind OUT, QuantMode Q, int GRUN, bool NORM>
+template <typename T, typename W, OutKind OUT, QuantMode Q, bool RULE, int GRUN, bool NORM>
 void launch_for_residual(const RowOpParams& p, cudaStream_t stream, int device) {
   if constexpr (NORM) {
-    if (p.residual != nullptr) return launch_row_op<T, W, OUT, Q, GRUN, true, true>(p, stream, device);
+    if (p.residual != nullptr) return launch_row_op<T, W, OUT, Q, RULE, GRUN, true, true>(p, stream, device);
   }
-  launch_row_op<T, W, OUT, Q, GRUN, NORM, false>(p, stream, device);
+  launch_row_op<T, W, OUT, Q, RULE, GRUN, NORM, false>(p, stream, device);
 }
 
 // A 16-bit model may keep its norm weight in fp32; the weight type is then a kernel parameter.
-template <typename T, OutKind OUT, QuantMode Q, int GRUN, bool NORM>
+template <typename T, OutKind OUT, QuantMode Q, bool RULE, int GRUN, bool NORM>
 void launch_for_weight_dtype(const RowOpParams& p, cudaStream_t stream, int device) {
   if constexpr (NORM && !std::is_same_v<T, float>) {
-    if (p.weight_dtype == DType::kFloat32) return launch_for_residual<T, float, OUT, Q, GRUN, NORM>(p, stream, device);
+    if (p.weight_dtype == DType::kFloat32) return launch_for_residual<T, float, OUT, Q, RULE, GRUN, NORM>(p, stream, device);
   }
-  launch_for_residual<T, T, OUT, Q, GRUN, NORM>(p, stream, device);
+  launch_for_residual<T, T, OUT, Q, RULE, GRUN, NORM>(p, stream, device);
 }
 
 // The group quant's kernels are compiled per run length (GRUN = group_run_of the group size in
 // slots: RUN, RUN / 2, ... down to that of the smallest group size); the other quant modes have
 // one (GRUN 1).
-template <typename T, OutKind OUT, QuantMode Q, bool NORM, int RUN = kRun>
+template <typename T, OutKind OUT, QuantMode Q, bool RULE, bool NORM, int RUN = kRun>
 void launch_for_group_run(const RowOpParams& p, cudaStream_t stream, int device) {
   if constexpr (Q == QuantMode::kPerGroup) {
     constexpr int V = 16 / sizeof(T);
     if (group_run_of(static_cast<int>(p.group_size / V)) == RUN)
-      return launch_for_weight_dtype<T, OUT, Q, RUN, NORM>(p, stream, device);
+      return launch_for_weight_dtype<T, OUT, Q, RULE, RUN, NORM>(p, stream, device);
     if constexpr (RUN > 1 && RUN > group_run_of(kMinGroupSize / V))
-      return launch_for_group_run<T, OUT, Q, NORM, RUN / 2>(p, stream, device);
+      return launch_for_group_run<T, OUT, Q, RULE, NORM, RUN / 2>(p, stream, device);
     throw std::runtime_error("fusion_kernels: unsupported group size");
   } else {
-    launch_for_weight_dtype<T, OUT, Q, 1, NORM>(p, stream, device);
+    launch_for_weight_dtype<T, OUT, Q, RULE, 1, NORM>(p, stream, device);
   }
 }
 
-template <OutKind OUT, QuantMode Q, bool NORM>
+template <OutKind OUT, QuantMode Q, bool RULE, bool NORM>
 void launch_for_input_dtype(const RowOpParams& p, cudaStream_t stream, int device) {
   switch (p.in_dtype) {
-    case DType::kFloat32: return launch_for_group_run<float, OUT, Q, NORM>(p, stream, device);
-    case DType::kFloat16: return launch_for_group_run<fp16_t, OUT, Q, NORM>(p, stream, device);
-    case DType::kBFloat16: return launch_for_group_run<bf16_t, OUT, Q, NORM>(p, stream, device);
+    case DType::kFloat32: return launch_for_group_run<float, OUT, Q, RULE, NORM>(p, stream, device);
+    case DType::kFloat16: return launch_for_group_run<fp16_t, OUT, Q, RULE, NORM>(p, stream, device);
+    case DType::kBFloat16: return launch_for_group_run<bf16_t, OUT, Q, RULE, NORM>(p, stream, device);
     default: throw std::runtime_error("fusion_kernels: unsupported input dtype");
   }
 }
 
-template <QuantMode Q>
-void launch_quantized(const RowOpParams& p, cudaStream_t stream, int device) {
+template <QuantMode Q, bool RULE>
+void launch_quantized_as(const RowOpParams& p, cudaStream_t stream, int device) {
   const bool norm = p.weight != nullptr;
   switch (p.out_dtype) {
     case DType::kFp8E4m3fn:
-      return norm ? launch_for_input_dtype<OutKind::kE4m3fn, Q, true>(p, stream, device)
-                  : launch_for_input_dtype<OutKind::kE4m3fn, Q, false>(p, stream, device);
+      return norm ? launch_for_input_dtype<OutKind::kE4m3fn, Q, RULE, true>(p, stream, device)
+                  : launch_for_input_dtype<OutKind::kE4m3fn, Q, RULE, false>(p, stream, device);
     case DType::kFp8E4m3fnuz:
-      return norm ? launch_for_input_dtype<OutKind::kE4m3fnuz, Q, true>(p, stream, device)
-                  : launch_for_input_dtype<OutKind::kE4m3fnuz, Q, false>(p, stream, device);
+      return norm ? launch_for_input_dtype<OutKind::kE4m3fnuz, Q, RULE, true>(p, stream, device)
+                  : launch_for_input_dtype<OutKind::kE4m3fnuz, Q, RULE, false>(p, stream, device);
     case DType::kInt8:
-      if constexpr (Q != QuantMode::kPerGroup) {
-        return norm ? launch_for_input_dtype<OutKind::kInt8, Q, true>(p, stream, device)
-                    : launch_for_input_dtype<OutKind::kInt8, Q, false>(p, stream, device);
+      if constexpr (Q != QuantMode::kPerGroup || RULE) {  // INT8 per-token-group: the rule ops only
+        return norm ? launch_for_input_dtype<OutKind::kInt8, Q, RULE, true>(p, stream, device)
+                    : launch_for_input_dtype<OutKind::kInt8, Q, RULE, false>(p, stream, device);
       }
       [[fallthrough]];
     default: throw std::runtime_error("fusion_kernels: unsupported output dtype for this quant mode");
   }
+}
+
+// The dynamic quant modes run the RULE instantiation for the rule ops (p.rule given at run
+// time) and the fixed-rule one for the per-token and per-token-group ops.
+template <QuantMode Q>
+void launch_quantized(const RowOpParams& p, cudaStream_t stream, int device) {
+  if constexpr (FK_GPU_RULE_OPS && (Q == QuantMode::kPerToken || Q == QuantMode::kPerGroup)) {
+    if (p.rule.fixed == ScaleRule::kRuleGiven) return launch_quantized_as<Q, true>(p, stream, device);
+  }
+  if (p.rule.fixed == ScaleRule::kRuleGiven && (Q == QuantMode::kPerToken || Q == QuantMode::kPerGroup))
+    throw std::runtime_error("fusion_kernels: this build has no GPU kernels for the rule ops (FK_GPU_RULE_OPS=0)");
+  launch_quantized_as<Q, false>(p, stream, device);
 }
 
 }  // namespace dev

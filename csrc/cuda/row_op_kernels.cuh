@@ -28,8 +28,11 @@ namespace dev {
 // under a register budget per variant (min_blocks), so more blocks, and more rows' loads, are in
 // flight per SM, and gets the weight without registers: copied into shared memory as the block
 // starts (WSMEM), or else read after the reduction (from L1/L2). The launcher picks by the size
-// of the grid.
-template <typename T, typename W, OutKind OUT, QuantMode Q, int GRUN, bool NORM, bool RES, bool ALIGNED, bool CACHED,
+// of the grid. RULE: the dynamic quant modes' scale rule is the rule ops' runtime p.rule, else
+// the fixed rule of the mode, a compile-time constant (kernel_rule, quantizers.cuh): two
+// instantiations of the same code, so the fixed-rule ops' kernels compile as they did before
+// the rule ops existed.
+template <typename T, typename W, OutKind OUT, QuantMode Q, bool RULE, int GRUN, bool NORM, bool RES, bool ALIGNED, bool CACHED,
           bool WREGS = false, bool WSMEM = false, bool WIDE = false>
 __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WREGS, WIDE>()))
     row_op_kernel(const RowOpParams p, const int split_arg) {
@@ -297,9 +300,9 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
             }
           }
         const float amax = row_reduce<true>(am.value(), red_max);
-        const float scale = per_token_scale<OUT>(amax, p);
+        const float scale = per_token_scale<OUT, RULE>(amax, p);
         if (valid && lane == 0 && part == 0) p.scales[row * p.scale_row_stride] = scale;
-        inv_scale = rcp_scale(scale);
+        inv_scale = reciprocal_of_scale<RULE>(scale);
       }
 #pragma unroll
       for (int i = 0; i < (CACHED ? S : 1); ++i)
@@ -316,6 +319,7 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
       // else one chunk after the other, recomputed from memory.
       float* const row_scales = p.scales + row * p.scale_row_stride;
       uint8_t* const q_row = static_cast<uint8_t*>(p.out) + row * H;
+      const ScaleRule rule = kernel_rule<OUT, Q, RULE>(p);
       auto quant_chunk = [&](const TPack (&y)[kRun], const bool (&has)[kRun], const bool (&store)[kRun], int c) {
         constexpr int NG = kRun / GRUN;  // groups per thread per chunk
         // (A group spans at least kMinGroupSize / 8 >= NG lanes, as the scatter needs.)
@@ -323,8 +327,8 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
           // Each lane computes the scale of one group (group_scale_scattered) and reads the
           // reciprocal for each of its slots from a lane that holds the slot's group.
           const int width = group_slots / GRUN;
-          const float scale = group_scale_scattered<GRUN, OUT>(y, has, width, lane, p.rule.ue8m0);
-          const float inv_own = rcp_scale(scale);
+          const float scale = group_scale_scattered<GRUN, OUT, RULE>(y, has, width, lane, rule);
+          const float inv_own = reciprocal_of_scale<RULE>(scale);
           // The group's scale is written by the one of its lanes that comes first in the group
           // (lane_in_group < NG), whose slot c * kRun + own * GRUN lies lane_in_group slots
           // after the group's first slot.
@@ -348,10 +352,10 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
           }
         } else {
           float scale[kRun / GRUN];
-          group_scales<GRUN, OUT>(y, has, group_slots / GRUN, p.rule.ue8m0, scale);
+          group_scales<GRUN, OUT, RULE>(y, has, group_slots / GRUN, rule, scale);
           float inv_scale[kRun / GRUN];
 #pragma unroll
-          for (int g = 0; g < kRun / GRUN; ++g) inv_scale[g] = rcp_scale(scale[g]);
+          for (int g = 0; g < kRun / GRUN; ++g) inv_scale[g] = reciprocal_of_scale<RULE>(scale[g]);
 #pragma unroll
           for (int i = 0; i < kRun; ++i) {
             const int slot = slot_of(c * kRun + i);

@@ -5,7 +5,7 @@
 namespace fusion_kernels {
 
 void row_op_cuda_plain(const RowOpParams& p, cudaStream_t stream, int device) {
-  dev::launch_for_input_dtype<dev::OutKind::kPlain, QuantMode::kNone, true>(p, stream, device);
+  dev::launch_for_input_dtype<dev::OutKind::kPlain, QuantMode::kNone, false, true>(p, stream, device);
 }
 
 }  // namespace fusion_kernels
