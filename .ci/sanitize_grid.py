@@ -31,10 +31,11 @@ for op_name in OP_NAMES:
                 elif op_name in RULE_OP_NAMES:
                     if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fusion_kernels::{op_name}", "CUDA"):
                         continue  # a build without FK_GPU_RULE_OPS (csrc/row_op.h)
-                    # per row, and groups of 32 (INT8) and 64 (FP8): a runtime divisor, scales
-                    # rounded to bf16, UE8M0 and zero scales replaced
-                    for group_size, qdtype in [(0, torch.int8), (32, torch.int8), (64, torch.float8_e4m3fn)]:
-                        if group_size and hidden % group_size:
+                    # per row, groups of 32 (INT8) and 64 (FP8), and per tensor (FP8: its three
+                    # kernels): a runtime divisor, scales rounded to bf16, UE8M0, zero scales replaced
+                    for group_size, qdtype in [(0, torch.int8), (32, torch.int8), (64, torch.float8_e4m3fn),
+                                               (-1, torch.float8_e4m3fn)]:  # fmt: skip
+                        if group_size > 0 and hidden % group_size:
                             continue
                         args = make_args(op_name, tokens, hidden, dtype, "cuda", row_padding=pad, quant_dtype=qdtype,
                                          group_size=group_size, divisor=127.5 if group_size == 0 else 448.0,

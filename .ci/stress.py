@@ -26,7 +26,7 @@ def random_rule(rng: random.Random) -> dict:
     ue8m0 = rng.random() < 0.3
     return {
         "quant_dtype": qdtype,
-        "group_size": rng.choice([0, 0, 32, 64, 128]),
+        "group_size": rng.choice([-1, 0, 0, 32, 64, 128]),  # -1: one scale for the tensor
         "divisor": rng.choice([QMAX[qdtype], QMAX[qdtype], 127.5 if qdtype == torch.int8 else 3.0]),
         "absmax_floor": rng.choice([0.0, 1e-12, 1e-4]),
         # with UE8M0 a floor that is a power of two (the comparison's UE8M0 tolerance needs it)
@@ -47,7 +47,7 @@ while time.time() - start < args.seconds:
     name = rng.choice(names)
     dtype = rng.choice([torch.float32, torch.float16, torch.bfloat16])
     kw = random_rule(rng) if name in RULE_OP_NAMES else {}
-    if kw.get("group_size"):
+    if kw.get("group_size", 0) > 0:
         hidden = kw["group_size"] * rng.randint(1, 160)
         lead = (rng.randint(0, 5000),)
     elif "group" in name:

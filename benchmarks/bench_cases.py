@@ -26,6 +26,9 @@ CASES = [
     ("group64", "group", False, 64),
     ("int8_static", "int8_static", False, None),
     ("int8_per_token", "int8_per_token", False, None),
+    # torchao PerTensor: one scale from the whole tensor's absmax (the rule ops' group_size -1)
+    ("per_tensor", "per_tensor", False, None),
+    ("per_tensor+res", "per_tensor", True, None),
 ]
 CASE_NAMES = [c[0] for c in CASES]
 # The hidden sizes of the wider grid (``--hidden``): dense models' widths, an odd-sized one
@@ -99,11 +102,17 @@ def native_fn(cell: Cell):
             out = nf.quant_fp8_per_group(y, group, fp8)
         elif scheme == "int8_static":
             out = (nf.quant_int8_static(y, s),)
+        elif scheme == "per_tensor":
+            out = nf.quant_fp8_per_tensor(y, fp8)
         else:
             out = nf.quant_int8_per_token(y)
         return (*out, r) if residual else out
 
     return fn
+
+
+#: The per-tensor cases' scale rule (torchao's: the scale rounded to the model dtype, no floor).
+PER_TENSOR_RULE = (448.0, 0.0, 0.0, 0.0, DTYPE, False)
 
 
 def composed(cell: Cell, ns):
@@ -125,6 +134,8 @@ def composed(cell: Cell, ns):
             out = ns.per_token_group_fp8_quant(y, group, False, False, fp8)
         elif scheme == "int8_static":
             out = (ns.static_scaled_int8_quant(y, s),)
+        elif scheme == "per_tensor":
+            out = ns.dynamic_quant(y, fp8, -1, *PER_TENSOR_RULE)
         else:
             out = ns.dynamic_scaled_int8_quant(y)
         return (*out, r) if residual else out
@@ -159,6 +170,12 @@ def ours_fns(cell: Cell):
             )
         if scheme == "int8_static":
             return (ops.rms_norm_static_int8_quant(x, w, s, EPS),)
+        if scheme == "per_tensor":
+            return (
+                ops.fused_add_rms_norm_dynamic_quant(x, r, w, EPS, fp8, -1, *PER_TENSOR_RULE)
+                if residual
+                else ops.rms_norm_dynamic_quant(x, w, EPS, fp8, -1, *PER_TENSOR_RULE)
+            )
         return ops.rms_norm_dynamic_per_token_quant(x, w, EPS, torch.int8, None)
 
     unfused = composed(cell, ops)
@@ -177,4 +194,6 @@ def min_bytes(cell: Cell) -> int:
         n += t * 4
     if scheme == "group":
         n += t * (h // group) * 4
+    if scheme == "per_tensor":
+        n += 4  # (a two-pass kernel reads x twice: at most ~60% of this minimum's bandwidth)
     return n

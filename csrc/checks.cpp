@@ -125,8 +125,8 @@ void check_group(const char* op, const Tensor& input, int64_t group_size, bool c
 void check_rule(const char* op, ScalarType quant_dtype, int64_t group_size, double divisor, double absmax_floor,
                 double scale_floor, double zero_scale, ScalarType scale_dtype) {
   check_fp8_dtype(op, "quant_dtype", quant_dtype, true);
-  FK_CHECK(group_size == 0 || group_size == 32 || group_size == 64 || group_size == 128, op,
-           "group_size must be 0 (one scale per row), 32, 64 or 128, got ", group_size);
+  FK_CHECK(group_size == -1 || group_size == 0 || group_size == 32 || group_size == 64 || group_size == 128, op,
+           "group_size must be -1 (one scale for the tensor), 0 (one scale per row), 32, 64 or 128, got ", group_size);
   const float d = to_float32(divisor);
   FK_CHECK(std::isfinite(d) && d > 0.0f, op, "divisor must be finite and > 0 (as float32), got ", divisor);
   const char* names[] = {"absmax_floor", "scale_floor", "zero_scale"};

@@ -102,7 +102,7 @@ struct Request {
 };
 
 void launch(const char* op, const RowOpParams& p, const Tensor& input) {
-  if (p.rows == 0) return;
+  if (p.rows == 0 && p.quant != QuantMode::kPerTensor) return;  // per tensor: the scale of no rows
   if (input.is_cuda()) {
 #ifdef FK_WITH_CUDA
     torch::stable::accelerator::DeviceGuard guard(input.get_device_index());
@@ -128,7 +128,7 @@ Request rule_request(const char* op, ScaleRule& rule, ScalarType quant_dtype, in
   rule.scale_dtype = *to_dtype(scale_dtype);
   rule.ue8m0 = scale_ue8m0;
   Request r;
-  r.quant = group_size == 0 ? QuantMode::kPerToken : QuantMode::kPerGroup;
+  r.quant = group_size == 0 ? QuantMode::kPerToken : (group_size < 0 ? QuantMode::kPerTensor : QuantMode::kPerGroup);
   r.out_dtype = quant_dtype;
   r.group_size = group_size;
   r.rule = &rule;
@@ -198,6 +198,15 @@ Outputs run(const char* op, const Tensor& input, const Request& r) {
     p.scales = static_cast<float*>(o.scales.mutable_data_ptr());
     p.group_size = r.group_size;
     p.rule = r.rule ? *r.rule : group_rule(p.out_dtype, r.scale_ue8m0);
+  } else if (r.quant == QuantMode::kPerTensor) {
+    // One scale, shaped [1, ..., 1] like the input (as amax(keepdim=True) over every dim).
+    o.scales = alloc(std::vector<int64_t>(static_cast<size_t>(input.dim()), 1), ScalarType::Float, input);
+    p.scales = static_cast<float*>(o.scales.mutable_data_ptr());
+    Tensor workspace = alloc({in.rows}, ScalarType::Float, input);
+    p.workspace = static_cast<float*>(workspace.mutable_data_ptr());
+    p.rule = *r.rule;
+    launch(op, p, input);  // the workspace lives until the kernels are queued (the allocator
+    return o;              // orders its reuse after them on the stream)
   }
   launch(op, p, input);
   return o;

@@ -14,7 +14,7 @@
 // only and the pass refuses their sites on a GPU with no_kernel_for_device. With it off the
 // fixed-rule kernels are the same either way (their PTX is identical).
 #ifndef FK_GPU_RULE_OPS
-#define FK_GPU_RULE_OPS 0
+#define FK_GPU_RULE_OPS 1
 #endif
 
 namespace fusion_kernels {
@@ -26,6 +26,10 @@ enum class QuantMode : int32_t {
   kStatic,    // one fp32 scale for the whole tensor
   kPerToken,  // one fp32 scale per row, computed from the row's absmax
   kPerGroup,  // one fp32 scale per `group_size` elements of a row
+  // One fp32 scale for the whole tensor, from the absmax of all of it (the rule ops'
+  // group_size -1). Two passes over the rows (per_tensor.h): the rows' absmaxes without writing
+  // q, then the scale, then a static quant with it.
+  kPerTensor,
 };
 
 // Quantization constants shared by every kernel and by the Python reference
@@ -136,15 +140,26 @@ struct RowOpParams {
 
   QuantMode quant = QuantMode::kNone;
   DType out_dtype = DType::kFloat32;  // == in_dtype when quant == kNone
-  void* out = nullptr;  // contiguous [rows, hidden]
+  void* out = nullptr;  // contiguous [rows, hidden]; kPerToken with a given rule: nullptr writes
+                        // the scales only (the per-tensor ops' first pass)
 
   const float* scale = nullptr;  // kStatic: one element
   const float* scale_ub = nullptr;  // kPerToken: optional upper bound on the absmax
-  float* scales = nullptr;  // kPerToken: [rows]; kPerGroup: [rows, hidden / group_size] strided
+  float* scales = nullptr;  // kPerToken: [rows]; kPerGroup: [rows, hidden / group_size] strided;
+                            // kPerTensor: one element
+  float* workspace = nullptr;  // kPerTensor: [rows], the rows' absmaxes
   int64_t scale_row_stride = 0;
   int64_t scale_group_stride = 0;
   int64_t group_size = 0;
-  ScaleRule rule;  // kPerToken, kPerGroup: how the scales follow from the absmax
+  ScaleRule rule;  // kPerToken, kPerGroup, kPerTensor: how the scales follow from the absmax
 };
+
+// The rule that keeps the absmax as it is (divisor 1, no floor, no rounding): a per-token pass
+// with it writes each row's absmax as its "scale".
+inline ScaleRule identity_rule() {
+  ScaleRule r;
+  r.set_divisor(1.0f);
+  return r;
+}
 
 }  // namespace fusion_kernels

@@ -71,6 +71,15 @@ def quant_fp8_per_group(
     return q.reshape(y.shape), scale.squeeze(-1)
 
 
+def quant_fp8_per_tensor(y: torch.Tensor, fp8: torch.dtype = torch.float8_e4m3fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic per-tensor, as torchao's float8 PerTensor granularity computes it: one absmax of
+    the whole tensor divided by the format's max in the model dtype, no floor."""
+    finfo = torch.finfo(fp8)
+    scale = (y.abs().amax() / finfo.max).to(torch.float32)
+    q = (y.to(torch.float32) / scale).clamp(min=finfo.min, max=finfo.max).to(fp8)
+    return q, scale
+
+
 def quant_int8_static(y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (y.to(torch.float32) / scale).round().clamp(-128, 127).to(torch.int8)
 

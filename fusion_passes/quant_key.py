@@ -19,6 +19,8 @@ class Scheme(str, enum.Enum):
     STATIC = "static"  # one fp32 scale for the tensor, given
     PER_TOKEN = "per_token"  # one fp32 scale per row, from the row's absmax
     PER_GROUP = "per_group"  # one fp32 scale per group_size elements of a row
+    # one fp32 scale for the whole tensor, from its absmax (dynamic; the rule ops' group_size -1)
+    PER_TENSOR = "per_tensor"
 
     def __str__(self) -> str:
         return self.value

@@ -45,10 +45,13 @@ def _check_rule(input, quant_dtype, group_size, divisor, absmax_floor, scale_flo
         lambda: f"fusion_kernels: quant_dtype must be float8_e4m3fn or float8_e4m3fnuz or int8, got {quant_dtype}",
     )
     torch._check(
-        group_size in (0, 32, 64, 128),
-        lambda: f"fusion_kernels: group_size must be 0 (one scale per row), 32, 64 or 128, got {group_size}",
+        group_size in (-1, 0, 32, 64, 128),
+        lambda: (
+            "fusion_kernels: group_size must be -1 (one scale for the tensor), 0 (one scale per row), 32, 64 "
+            f"or 128, got {group_size}"
+        ),
     )
-    if group_size:
+    if group_size > 0:
         hidden = input.shape[-1]
         torch._check(
             hidden % group_size == 0,
@@ -77,6 +80,8 @@ def _check_rule(input, quant_dtype, group_size, divisor, absmax_floor, scale_flo
 
 
 def _rule_scales(input: torch.Tensor, group_size: int) -> torch.Tensor:
+    if group_size < 0:  # one scale for the tensor, [1, ..., 1]
+        return input.new_empty((1,) * input.dim(), dtype=torch.float32)
     groups = 1 if group_size == 0 else input.shape[-1] // group_size
     return input.new_empty((*input.shape[:-1], groups), dtype=torch.float32)
 

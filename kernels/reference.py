@@ -20,7 +20,8 @@ Scales:
 * per-token-group: ``max(amax, 1e-10) / qmax``, optionally rounded up to a power of two
   (``scale_ue8m0``) - the per_token_group_quant convention of DeepGEMM-style FP8 GEMMs;
 * the rule ops (``dynamic_quant``, ``rms_norm_dynamic_quant``, ``fused_add_rms_norm_dynamic_quant``):
-  the scale rule given by parameters, see :func:`dynamic_scale`. Both rules above are special
+  the scale rule given by parameters, see :func:`dynamic_scale`, per row, per group or (group
+  size -1) one scale for the whole tensor from the absmax of all of it. Both rules above are special
   cases of it (:func:`per_token_rule`, :func:`per_token_group_rule`).
 
 Special values: NaN propagates (a NaN in a row makes that row's dynamic scale NaN); +-Inf
@@ -259,6 +260,11 @@ def per_token_group_fp8_quant(
 def _rule_quant(
     input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype, scale_ue8m0
 ):
+    if group_size < 0:  # one scale for the tensor: the absmax of all of it (0 for no elements)
+        x = input.float()
+        amax = x.abs().amax() if x.numel() else x.new_zeros(())
+        scale = dynamic_scale(amax, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype, scale_ue8m0)
+        return _clamp_cast(_scaled(x, scale), quant_dtype), scale.reshape((1,) * input.dim())
     hidden = input.shape[-1]
     groups, size = (1, hidden) if group_size == 0 else (hidden // group_size, group_size)
     x = input.float().reshape(*input.shape[:-1], groups, size)
@@ -280,13 +286,17 @@ def dynamic_quant(
     scale_ue8m0: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic quantization with the scale rule given by parameters (:func:`dynamic_scale`):
-    one scale per row (``group_size`` 0, scales ``[..., 1]``) or per ``group_size`` elements
-    (32, 64 or 128; scales ``[..., H / group_size]``, row-major), FP8 or INT8."""
+    one scale for the whole tensor (``group_size`` -1, scales ``[1, ..., 1]``: the absmax of
+    every element, 0 for an empty tensor), one scale per row (``group_size`` 0, scales
+    ``[..., 1]``) or per ``group_size`` elements (32, 64 or 128; scales
+    ``[..., H / group_size]``, row-major), FP8 or INT8."""
     if quant_dtype not in QMAX:
         raise ValueError(f"quant_dtype must be float8_e4m3fn or float8_e4m3fnuz or int8, got {quant_dtype}")
-    if group_size != 0 and group_size not in GROUP_SIZES:
-        raise ValueError(f"group_size must be 0 (one scale per row), 32, 64 or 128, got {group_size}")
-    if group_size and input.shape[-1] % group_size != 0:
+    if group_size not in (-1, 0) and group_size not in GROUP_SIZES:
+        raise ValueError(
+            f"group_size must be -1 (one scale for the tensor), 0 (one scale per row), 32, 64 or 128, got {group_size}"
+        )
+    if group_size > 0 and input.shape[-1] % group_size != 0:
         raise ValueError(f"hidden size {input.shape[-1]} is not divisible by group_size {group_size}")
     check_scale_rule(divisor, absmax_floor, scale_floor, zero_scale, scale_dtype)
     return _rule_quant(

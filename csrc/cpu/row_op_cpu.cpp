@@ -12,6 +12,7 @@
 #include <cmath>
 #include <vector>
 
+#include "per_tensor.h"
 #include "scale_rule.h"
 
 namespace fusion_kernels {
@@ -124,6 +125,7 @@ void run(const RowOpParams& p) {
           const float a = (has_ub && amax > ub) ? ub : amax;
           const float s = scale_of(a, p.rule);
           p.scales[row * p.scale_row_stride] = s;
+          if (p.out == nullptr) continue;  // the scales only (per_tensor.h, pass 1)
           const float inv_s = 1.0f / s;
           for (int64_t j = 0; j < H; ++j) store_quant<OUT>(p.out, row * H + j, y[j] * inv_s, qmax);
         } else {  // kPerGroup
@@ -154,9 +156,17 @@ void dispatch_out(const RowOpParams& p) {
   }
 }
 
+// Pass 2 of the per-tensor quant: the tensor's absmax from the rows', then its scale.
+void tensor_scale_cpu(const float* row_absmax, int64_t rows, float* scale, const ScaleRule& rule, DType) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < rows; ++i) amax = nan_max(row_absmax[i], amax);
+  *scale = scale_of(amax, rule);
+}
+
 }  // namespace
 
 void row_op_cpu(const RowOpParams& p) {
+  if (p.quant == QuantMode::kPerTensor) return run_per_tensor(p, row_op_cpu, tensor_scale_cpu);
   if (p.rows == 0) return;
   switch (p.in_dtype) {
     case DType::kFloat32: return dispatch_out<float>(p);

@@ -335,5 +335,8 @@ void row_op_cuda_plain(const RowOpParams& p, cudaStream_t stream, int device);
 void row_op_cuda_static(const RowOpParams& p, cudaStream_t stream, int device);
 void row_op_cuda_per_token(const RowOpParams& p, cudaStream_t stream, int device);
 void row_op_cuda_per_group(const RowOpParams& p, cudaStream_t stream, int device);
+// Pass 2 of the per-tensor quant (per_tensor.h): the tensor's absmax from the rows', its scale.
+void tensor_scale_cuda(const float* row_absmax, int64_t rows, float* scale, const ScaleRule& rule, DType out,
+                       cudaStream_t stream);
 
 }  // namespace fusion_kernels

@@ -304,11 +304,13 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
         if (valid && lane == 0 && part == 0) p.scales[row * p.scale_row_stride] = scale;
         inv_scale = reciprocal_of_scale<RULE>(scale);
       }
+      // The rule ops' per-tensor first pass (per_tensor.h) writes the scales only.
+      const bool store_q = !(RULE && Q == QuantMode::kPerToken) || p.out != nullptr;
 #pragma unroll
       for (int i = 0; i < (CACHED ? S : 1); ++i)
         for (int j = CACHED ? i : 0; j < (CACHED ? i + 1 : loops); ++j) {
           const int slot = slot_of(j);
-          if (valid && slot < nslots && mine(i)) {
+          if (store_q && valid && slot < nslots && mine(i)) {
             TPack y;
             get_y(i, slot, y);
             store_pack<ALIGNED, STRM>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H, quantize<OUT>(y, inv_scale));

@@ -83,6 +83,8 @@ def _rule_tail(q, eps):
 
 
 def _rule_key(q) -> QuantKey:
+    if q["group_size"] == -1:
+        return QuantKey(q["quant_dtype"], Scheme.PER_TENSOR)
     if q["group_size"]:
         return QuantKey(q["quant_dtype"], Scheme.PER_GROUP, q["group_size"])
     return QuantKey(q["quant_dtype"], Scheme.PER_TOKEN)
@@ -222,8 +224,12 @@ class CustomOpPattern:
                 shape = list(m.view.args[1])
                 out = fx_utils.call(graph, m.view.target, (out, shape), like=m.view)
                 if scales is not None:
-                    last = 1 if key.scheme is Scheme.PER_TOKEN else x_groups(fx_utils.val(n["input"]), key)
-                    scales = fx_utils.call(graph, m.view.target, (scales, [*shape[:-1], last]), like=m.view)
+                    if key.scheme is Scheme.PER_TENSOR:  # one scale, [1, ..., 1] in the view's rank
+                        scale_shape = [1] * len(shape)
+                    else:
+                        last = 1 if key.scheme is Scheme.PER_TOKEN else x_groups(fx_utils.val(n["input"]), key)
+                        scale_shape = [*shape[:-1], last]
+                    scales = fx_utils.call(graph, m.view.target, (scales, scale_shape), like=m.view)
             if self.family.dynamic:
                 for idx, items in q_items.items():
                     for item in items:

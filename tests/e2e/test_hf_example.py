@@ -69,13 +69,16 @@ def test_torchao_per_row_every_site_fused(arch, fresh_dynamo, capsys):
         assert result["rel_between"] == 0.0  # nothing rewritten: the same code both ways
 
 
-def test_torchao_per_tensor_is_refused_with_the_reason(fresh_dynamo):
-    """One scale for the whole tensor needs every row's absmax before any row is quantized: no
-    fused op computes that (yet); each site is refused with the reason and left as it was."""
+def test_torchao_per_tensor_fuses_every_site(fresh_dynamo, capsys):
+    """One scale for the whole tensor (torchao PerTensor): every site is fused into the rule op
+    with group_size -1, and the outputs agree with the compile without the plugin."""
     result = _example().main([*TINY, "--arch", "qwen3", "--granularity", "tensor"])
     _assert_norm_sites(result, layers=1, head=True)
-    assert result["reasons"] == {"dynamic_per_tensor_unsupported": 3}, result["report"]
-    assert result["ok"] and result["rel_between"] == 0.0
+    if _rule_op():
+        assert result["fused"] == 3 and result["refused"] == 0, result["report"]
+        assert result["ok"] and "outputs agree" in capsys.readouterr().out
+    else:
+        assert result["reasons"] == {"scale_rule_unsupported": 3}, result["report"]
 
 
 def write_fp8_checkpoint(path: Path, layers: int = 1, hidden: int = 256) -> None:

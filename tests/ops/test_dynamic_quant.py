@@ -406,9 +406,9 @@ BAD_RULE_ARGS = [
     ("scale_dtype", torch.float8_e4m3fn, "scale_dtype must be float32, bfloat16 or float16"),
     ("quant_dtype", torch.float16, "quant_dtype must be float8_e4m3fn or float8_e4m3fnuz or int8"),
     ("quant_dtype", torch.uint8, "quant_dtype must be float8_e4m3fn or float8_e4m3fnuz or int8"),
-    ("group_size", 48, "group_size must be 0 (one scale per row), 32, 64 or 128"),
-    ("group_size", -1, "group_size must be 0 (one scale per row), 32, 64 or 128"),
-    ("group_size", 256, "group_size must be 0 (one scale per row), 32, 64 or 128"),
+    ("group_size", 48, "group_size must be -1 (one scale for the tensor), 0 (one scale per row), 32, 64 or 128"),
+    ("group_size", -2, "group_size must be -1 (one scale for the tensor), 0 (one scale per row), 32, 64 or 128"),
+    ("group_size", 256, "group_size must be -1 (one scale for the tensor), 0 (one scale per row), 32, 64 or 128"),
 ]
 
 
@@ -463,6 +463,7 @@ OPCHECK_CASES = [
     (64, FP8, rule(FP8, absmax_floor=1e-4, scale_ue8m0=True)),
     (32, INT8, rule(INT8, scale_dtype=torch.bfloat16, scale_floor=1e-6)),
     (128, FNUZ, rule(FNUZ, scale_dtype=torch.float16)),
+    (-1, FP8, rule(FP8, scale_dtype=torch.bfloat16)),
 ]
 
 
@@ -479,7 +480,7 @@ def test_under_torch_compile_fullgraph(device, fresh_dynamo, rule_ops):
     cases = {}
     for op_name, (group_size, qdtype, r) in itertools.product(RULE_OP_NAMES, OPCHECK_CASES):
         cases[(op_name, group_size, qdtype)] = make_args(
-            op_name, (9,), 320 if group_size in (0, 32, 64) else 384, torch.bfloat16, device,
+            op_name, (9,), 320 if group_size in (-1, 0, 32, 64) else 384, torch.bfloat16, device,
             quant_dtype=qdtype, group_size=group_size, **r,
         )  # fmt: skip
 

@@ -21,8 +21,6 @@ _spec.loader.exec_module(corpus)
 
 #: Spellings the kernels do not reproduce, and why (everything else in CASES must fuse).
 REFUSED = {
-    "llama+torchao_per_tensor": "dynamic_per_tensor_unsupported",
-    "llama+input_to_float8": "dynamic_per_tensor_unsupported",
     "llama+ct_token_int8": "int8_scaled_in_model_dtype",
 }
 
@@ -77,7 +75,10 @@ def assert_equivalent(got, expected, model_dtype):
 
 
 def _per_element(scales, q):
-    """Scales of any layout ([..., 1], [..., G], [rows * G, 1]) as one value per element of q."""
+    """Scales of any layout ([..., 1], [..., G], [rows * G, 1], one for the tensor) as one value
+    per element of q."""
+    if scales.numel() == 1:
+        return scales.reshape(()).expand(q.shape)
     groups = scales.numel() // (q.numel() // q.shape[-1])
     flat = scales.reshape(-1, groups)
     return flat.repeat_interleave(q.shape[-1] // groups, dim=-1).reshape(q.shape)
@@ -230,10 +231,10 @@ def test_torchao_float8_quantizers_as_torchao_writes_them(granularity):
         return qp._quantize_affine_float8(y, scale, torch.float8_e4m3fn), scale
 
     p, gm, got, expected = _library_case(quant)
-    if granularity == "tensor":
-        assert op_counts(gm) == {} and p.report.refusals_per_reason() == {"dynamic_per_tensor_unsupported": 1}
-        return
     assert op_counts(gm) == {"rms_norm_dynamic_quant": 1}, p.report
+    if granularity == "tensor":  # one scale for the whole tensor: the rule op's group_size -1
+        (node,) = [n for n in gm.graph.nodes if "dynamic_quant" in str(n.target)]
+        assert node.args[4] == -1, node.args
     assert_equivalent(got, expected, torch.bfloat16)
 
 

@@ -80,6 +80,10 @@ FAMILIES = {
     "rule_int8_group64": (
         lambda y, s, ub: ops.dynamic_quant(y, torch.int8, 64, 127.0, 1e-10, 0.0, 0.0, torch.float32, False),
         "rms_norm_dynamic_quant", "fused_add_rms_norm_dynamic_quant"),
+    # the rule op per tensor (group_size -1): torchao's PerTensor rule
+    "rule_fp8_per_tensor": (
+        lambda y, s, ub: ops.dynamic_quant(y, FP8, -1, 448.0, 0.0, 0.0, 0.0, torch.bfloat16, False),
+        "rms_norm_dynamic_quant", "fused_add_rms_norm_dynamic_quant"),
 }  # fmt: skip
 
 
@@ -158,7 +162,8 @@ def test_mixed_schemes_each_get_their_own_fused_op():
     assert_same(gm(*args), fn(*args))
 
 
-@pytest.mark.parametrize("family", ["fp8_static", "fp8_per_token", "fp8_group128", "int8_per_token"])
+@pytest.mark.parametrize("family", ["fp8_static", "fp8_per_token", "fp8_group128", "int8_per_token",
+                                    "rule_fp8_per_tensor"])  # fmt: skip
 @pytest.mark.parametrize("residual", [False, True])
 def test_quant_through_a_token_flattening_view_is_fused(family, residual):
     quant, fused, fused_res = FAMILIES[family]

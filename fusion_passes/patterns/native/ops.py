@@ -3,7 +3,8 @@
 
 A quantizer whose scale rule is one of the fixed conventions of the catalogue's ops (vLLM's
 per-token floor ``1 / (qmax * 512)``; the per-token-group absmax floor ``1e-10``) maps onto that
-op. Any other rule maps onto the rule ops (``rms_norm_dynamic_quant`` and its residual form),
+op. Any other rule, and every per-tensor scale (one absmax for the whole tensor: the rule ops'
+``group_size = -1``), maps onto the rule ops (``rms_norm_dynamic_quant`` and its residual form),
 which take the rule's parameters: the floor (on the absmax or on the scale, or none), the
 divisor, the dtype the scale is rounded to, UE8M0 and a replacement for zero scales. Without
 them, such a site is refused with the rule in the reason.
@@ -40,6 +41,8 @@ FORMS = {
     "int8_static": _legacy(QuantKey(torch.int8, Scheme.STATIC)),
     "int8_per_token": lambda r: _legacy(QuantKey(torch.int8, Scheme.PER_TOKEN))(r) + _rule(r),
     "int8_per_group": _rule,
+    "fp8_per_tensor": _rule,
+    "int8_per_tensor": _rule,
 }
 
 
@@ -58,12 +61,16 @@ def form_of(m: QuantMatch) -> str:
     family = "int8" if m.dtype == torch.int8 else "fp8"
     if m.rule is None:
         return f"{family}_static"
+    if m.rule.group_size < 0:
+        return f"{family}_per_tensor"
     return f"{family}_per_group" if m.rule.group_size else f"{family}_per_token"
 
 
 def key_of(m: QuantMatch) -> QuantKey:
     if m.rule is None:
         return QuantKey(m.dtype, Scheme.STATIC)
+    if m.rule.group_size < 0:
+        return QuantKey(m.dtype, Scheme.PER_TENSOR)
     if m.rule.group_size:
         return QuantKey(m.dtype, Scheme.PER_GROUP, m.rule.group_size)
     return QuantKey(m.dtype, Scheme.PER_TOKEN)
@@ -100,7 +107,7 @@ def choose_op(registry: reg.Registry, m: QuantMatch, residual: bool, eps: float)
         tail = (m.static_scale, eps, key.dtype) if key.is_fp8 else (m.static_scale, eps)
         return FusedCall(op, tail, key)
     rule = m.rule
-    if rule.group_size and rule.group_size not in GROUP_SIZES:
+    if rule.group_size > 0 and rule.group_size not in GROUP_SIZES:
         raise Refusal("unsupported_group_size", f"{rule.group_size}; supported: {', '.join(map(str, GROUP_SIZES))}")
     legacy = legacy_rule(key) if not (key.scheme is Scheme.PER_GROUP and key.dtype == torch.int8) else None
     if legacy is not None and same_rule(rule, _with_ue8m0(legacy, rule)):

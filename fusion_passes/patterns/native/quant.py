@@ -4,8 +4,8 @@
 A quantizer of the norm output ``y`` is a cast to an FP8/INT8 dtype of
 ``[round] [clamp] (y / S)`` (any spelling of the division: see graph.py), where ``S`` is either
 a one-element scale tensor (static) or a dynamic scale built from the absolute max of ``y`` over
-its last dim (one scale per row) or over groups of ``g`` elements of each row (``y`` viewed as
-``[..., H/g, g]`` or ``[numel/g, g]``)::
+its last dim (one scale per row), over groups of ``g`` elements of each row (``y`` viewed as
+``[..., H/g, g]`` or ``[numel/g, g]``) or over all of ``y`` (one scale for the tensor)::
 
     a = absmax                                      (in the model dtype or fp32: exact either way)
     a = max(a, absmax_floor)                        optional
@@ -37,7 +37,7 @@ aten = G.aten
 
 @dataclasses.dataclass(frozen=True)
 class ScaleRule:
-    group_size: int  # 0: one scale per row
+    group_size: int  # 0: one scale per row; -1: one scale for the whole tensor
     divisor: float
     absmax_floor: float = 0.0  # 0: none
     scale_floor: float = 0.0  # 0: none
@@ -59,7 +59,7 @@ class ScaleRule:
             parts.append(f"zero scale -> {self.zero_scale:g}")
         if not (self.absmax_floor or self.scale_floor or self.zero_scale):
             parts.append("no floor")
-        where = f"groups of {self.group_size}" if self.group_size else "per row"
+        where = {0: "per row", -1: "per tensor"}.get(self.group_size, f"groups of {self.group_size}")
         return f"{where}: " + ", ".join(parts)
 
 
@@ -235,10 +235,12 @@ def _dynamic(den, y, group, num_shape, dtype, q, seen) -> QuantMatch:
     src_shape = G.shape_of(src)
     if G.through_value_preserving(src, local) is not y:
         raise Refusal("scale_reads_another_tensor", f"the scale of {q.name} does not read the norm output")
-    if dims is None or (src_shape is not None and len(dims) == len(src_shape) and len(src_shape) > 1 and group == 0):
-        raise Refusal("dynamic_per_tensor_unsupported", "one scale for the whole tensor (a global absmax)")
-    rank = len(src_shape)
-    if len(dims) != 1 or dims[0] not in (-1, rank - 1) or src_shape[-1] != num_shape[-1]:
+    rank = len(src_shape) if src_shape is not None else None
+    if dims is None or (rank is not None and rank > 1 and sorted(d % rank for d in dims) == list(range(rank))):
+        # One absmax of every element of y: one scale for the whole tensor, whatever view of y
+        # it divides (a number that broadcasts over all of it).
+        group = -1
+    elif len(dims) != 1 or dims[0] not in (-1, rank - 1) or src_shape[-1] != num_shape[-1]:
         raise Refusal("absmax_not_over_last_dim", f"absmax over {dims} of a {list(src_shape)} view")
     if scale_dtype not in G.FLOAT_DTYPES:
         raise Refusal("scale_not_float", str(scale_dtype))
