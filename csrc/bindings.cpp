@@ -60,6 +60,16 @@ STABLE_TORCH_LIBRARY(fusion_kernels, m) {
       "ScalarType quant_dtype, int group_size, float divisor, float absmax_floor, float scale_floor, "
       "float zero_scale, ScalarType scale_dtype, bool scale_ue8m0) "
       "-> (Tensor out, Tensor scales, Tensor residual_out)");
+  // Their norm-output variants: the normalised output too, for a consumer other than the quantizer.
+  m.def(
+      "rms_norm_dynamic_quant_with_norm_out(Tensor input, Tensor weight, float epsilon, ScalarType quant_dtype, "
+      "int group_size, float divisor, float absmax_floor, float scale_floor, float zero_scale, "
+      "ScalarType scale_dtype, bool scale_ue8m0) -> (Tensor out, Tensor scales, Tensor norm_out)");
+  m.def(
+      "fused_add_rms_norm_dynamic_quant_with_norm_out(Tensor input, Tensor residual, Tensor weight, float epsilon, "
+      "ScalarType quant_dtype, int group_size, float divisor, float absmax_floor, float scale_floor, "
+      "float zero_scale, ScalarType scale_dtype, bool scale_ue8m0) "
+      "-> (Tensor out, Tensor scales, Tensor residual_out, Tensor norm_out)");
 }
 
 // The same host functions serve both dispatch keys: they check arguments, allocate on the
@@ -84,7 +94,9 @@ STABLE_TORCH_LIBRARY(fusion_kernels, m) {
 #define FK_REGISTER_RULE_OPS(m)                                                                          \
   m.impl("dynamic_quant", TORCH_BOX(&dynamic_quant));                                                    \
   m.impl("rms_norm_dynamic_quant", TORCH_BOX(&rms_norm_dynamic_quant));                                  \
-  m.impl("fused_add_rms_norm_dynamic_quant", TORCH_BOX(&fused_add_rms_norm_dynamic_quant))
+  m.impl("fused_add_rms_norm_dynamic_quant", TORCH_BOX(&fused_add_rms_norm_dynamic_quant));                \
+  m.impl("rms_norm_dynamic_quant_with_norm_out", TORCH_BOX(&rms_norm_dynamic_quant_with_norm_out));        \
+  m.impl("fused_add_rms_norm_dynamic_quant_with_norm_out", TORCH_BOX(&fused_add_rms_norm_dynamic_quant_with_norm_out))
 
 STABLE_TORCH_LIBRARY_IMPL(fusion_kernels, CPU, m) {
   FK_REGISTER_ALL(m);

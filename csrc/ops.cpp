@@ -85,6 +85,7 @@ struct Outputs {
   Tensor out;
   Tensor scales;
   Tensor residual_out;
+  Tensor norm_out;
 };
 
 struct Request {
@@ -99,6 +100,7 @@ struct Request {
   bool column_major_scales = false;
   bool scale_ue8m0 = false;
   const ScaleRule* rule = nullptr;  // the rule ops' rule; else the fixed rule of the quant mode
+  bool norm_out = false;  // the norm-output variants: y returned too
 };
 
 void launch(const char* op, const RowOpParams& p, const Tensor& input) {
@@ -173,6 +175,10 @@ Outputs run(const char* op, const Tensor& input, const Request& r) {
     p.weight = r.weight->const_data_ptr();
     p.weight_dtype = *to_dtype(r.weight->scalar_type());
     p.epsilon = static_cast<float>(r.epsilon);
+  }
+  if (r.norm_out) {
+    o.norm_out = alloc(leading_shape(input, H), in_st, input);
+    p.norm_out = o.norm_out.mutable_data_ptr();
   }
   if (r.scale) p.scale = static_cast<const float*>(r.scale->const_data_ptr());
   if (r.scale_ub && r.scale_ub->has_value()) p.scale_ub = static_cast<const float*>(r.scale_ub->value().const_data_ptr());
@@ -431,6 +437,38 @@ std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_dynamic_quant(Tensor input
   r.epsilon = epsilon;
   Outputs o = run(op, input, r);
   return {o.out, o.scales, o.residual_out};
+}
+
+std::tuple<Tensor, Tensor, Tensor> rms_norm_dynamic_quant_with_norm_out(Tensor input, Tensor weight, double epsilon,
+                                                                        ScalarType quant_dtype, int64_t group_size,
+                                                                        double divisor, double absmax_floor,
+                                                                        double scale_floor, double zero_scale,
+                                                                        ScalarType scale_dtype, bool scale_ue8m0) {
+  const char* op = "rms_norm_dynamic_quant_with_norm_out";
+  ScaleRule rule;
+  Request r = rule_request(op, rule, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
+                           scale_dtype, scale_ue8m0);
+  r.weight = &weight;
+  r.epsilon = epsilon;
+  r.norm_out = true;
+  Outputs o = run(op, input, r);
+  return {o.out, o.scales, o.norm_out};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> fused_add_rms_norm_dynamic_quant_with_norm_out(
+    Tensor input, Tensor residual, Tensor weight, double epsilon, ScalarType quant_dtype, int64_t group_size,
+    double divisor, double absmax_floor, double scale_floor, double zero_scale, ScalarType scale_dtype,
+    bool scale_ue8m0) {
+  const char* op = "fused_add_rms_norm_dynamic_quant_with_norm_out";
+  ScaleRule rule;
+  Request r = rule_request(op, rule, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
+                           scale_dtype, scale_ue8m0);
+  r.residual = &residual;
+  r.weight = &weight;
+  r.epsilon = epsilon;
+  r.norm_out = true;
+  Outputs o = run(op, input, r);
+  return {o.out, o.scales, o.residual_out, o.norm_out};
 }
 
 }  // namespace fusion_kernels

@@ -62,5 +62,15 @@ std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_dynamic_quant(Tensor input
                                                                     double absmax_floor, double scale_floor,
                                                                     double zero_scale, ScalarType scale_dtype,
                                                                     bool scale_ue8m0);
+// The norm-output variants of the fused rule ops: the normalised output returned too (last).
+std::tuple<Tensor, Tensor, Tensor> rms_norm_dynamic_quant_with_norm_out(Tensor input, Tensor weight, double epsilon,
+                                                                        ScalarType quant_dtype, int64_t group_size,
+                                                                        double divisor, double absmax_floor,
+                                                                        double scale_floor, double zero_scale,
+                                                                        ScalarType scale_dtype, bool scale_ue8m0);
+std::tuple<Tensor, Tensor, Tensor, Tensor> fused_add_rms_norm_dynamic_quant_with_norm_out(
+    Tensor input, Tensor residual, Tensor weight, double epsilon, ScalarType quant_dtype, int64_t group_size,
+    double divisor, double absmax_floor, double scale_floor, double zero_scale, ScalarType scale_dtype,
+    bool scale_ue8m0);
 
 }  // namespace fusion_kernels

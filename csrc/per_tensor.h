@@ -2,7 +2,8 @@
 // Dynamic per-tensor quantization (QuantMode::kPerTensor) as a composition of the row op, the
 // same on every device: one scale needs the absmax of every row before any row is quantized.
 //   1. every row's [residual add ->] [RMSNorm ->] absmax, with q not written (a per-token pass
-//      whose rule is the identity); the new residual is written here;
+//      whose rule is the identity); the new residual and the optional norm output are written
+//      here;
 //   2. the absmax of the tensor (a max: exact, so independent of how the rows were split) and
 //      its scale by the rule; with no rows the absmax is 0;
 //   3. a static quant of every row with that scale, the norm recomputed from the input (or from
@@ -34,6 +35,7 @@ void run_per_tensor(const RowOpParams& p, RunRows&& run_rows, TensorScale&& tens
     b.quant = QuantMode::kStatic;
     b.scale = p.scales;
     b.scales = nullptr;
+    b.norm_out = nullptr;  // written by pass 1
     if (p.residual != nullptr) {
       b.input = p.residual_out;
       b.input_row_stride = p.hidden;

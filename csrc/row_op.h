@@ -148,6 +148,9 @@ struct RowOpParams {
   float* scales = nullptr;  // kPerToken: [rows]; kPerGroup: [rows, hidden / group_size] strided;
                             // kPerTensor: one element
   float* workspace = nullptr;  // kPerTensor: [rows], the rows' absmaxes
+  // The rule ops' norm-output variants: the normalised output y written too (contiguous
+  // [rows, hidden] in the input dtype), for a consumer other than the quantizer. nullptr: not.
+  void* norm_out = nullptr;
   int64_t scale_row_stride = 0;
   int64_t scale_group_stride = 0;
   int64_t group_size = 0;

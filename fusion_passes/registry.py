@@ -29,6 +29,11 @@ NORM_OP_NAMES = {False: "rms_norm", True: "fused_add_rms_norm"}
 #: hasattr guard, independent of the fixed-rule tables above.
 RULE_QUANT_OP_NAME = "dynamic_quant"
 RULE_FUSED_OP_NAMES = {False: "rms_norm_dynamic_quant", True: "fused_add_rms_norm_dynamic_quant"}
+#: The fused rule ops' norm-output variants (the normalised output returned too), by residual.
+RULE_NORM_OUT_OP_NAMES = {
+    False: "rms_norm_dynamic_quant_with_norm_out",
+    True: "fused_add_rms_norm_dynamic_quant_with_norm_out",
+}
 
 
 def quant_op_name(key: QuantKey) -> str:
@@ -112,10 +117,13 @@ class Registry:
     #: The rule ops that the loaded library defines (see RULE_QUANT_OP_NAME, RULE_FUSED_OP_NAMES).
     rule_quant_op: torch._ops.OpOverload | None = None
     rule_fused_ops: dict[bool, torch._ops.OpOverload] = dataclasses.field(default_factory=dict)
+    #: Their norm-output variants (see RULE_NORM_OUT_OP_NAMES), where defined.
+    rule_norm_out_ops: dict[bool, torch._ops.OpOverload] = dataclasses.field(default_factory=dict)
 
     def schemas(self) -> list[str]:
         ops = {*self.quant_ops.values(), *self.fused_ops.values(), *self.norm_ops.values()}
         ops |= {*self.rule_fused_ops.values(), *([self.rule_quant_op] if self.rule_quant_op is not None else [])}
+        ops |= set(self.rule_norm_out_ops.values())
         return sorted(str(op._schema) for op in ops)
 
     def rule_op(self, residual: bool | None) -> torch._ops.OpOverload | None:
@@ -159,7 +167,9 @@ def build_registry() -> Registry:
                 fused_ops[(key, residual)] = f
     rule_quant_op = get(RULE_QUANT_OP_NAME)
     rule_fused_ops = {res: op for res, name in RULE_FUSED_OP_NAMES.items() if (op := get(name)) is not None}
-    return Registry(quant_ops, fused_ops, norm_ops, missing, _library_line(), rule_quant_op, rule_fused_ops)
+    rule_norm_out_ops = {res: op for res, name in RULE_NORM_OUT_OP_NAMES.items() if (op := get(name)) is not None}
+    return Registry(quant_ops, fused_ops, norm_ops, missing, _library_line(), rule_quant_op, rule_fused_ops,
+                    rule_norm_out_ops)  # fmt: skip
 
 
 _registry: Registry | None = None

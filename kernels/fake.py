@@ -214,6 +214,21 @@ def fused_add_rms_norm_dynamic_quant(input, residual, weight, epsilon, quant_dty
     return _out(input, quant_dtype), _rule_scales(input, group_size), _out(input, input.dtype)
 
 
+def rms_norm_dynamic_quant_with_norm_out(input, weight, epsilon, quant_dtype, group_size, divisor, absmax_floor,
+                                         scale_floor, zero_scale, scale_dtype, scale_ue8m0):  # fmt: skip
+    return (*rms_norm_dynamic_quant(input, weight, epsilon, quant_dtype, group_size, divisor, absmax_floor,
+                                    scale_floor, zero_scale, scale_dtype, scale_ue8m0),
+            _out(input, input.dtype))  # fmt: skip
+
+
+def fused_add_rms_norm_dynamic_quant_with_norm_out(input, residual, weight, epsilon, quant_dtype, group_size, divisor,
+                                                   absmax_floor, scale_floor, zero_scale, scale_dtype,
+                                                   scale_ue8m0):  # fmt: skip
+    return (*fused_add_rms_norm_dynamic_quant(input, residual, weight, epsilon, quant_dtype, group_size, divisor,
+                                              absmax_floor, scale_floor, zero_scale, scale_dtype, scale_ue8m0),
+            _out(input, input.dtype))  # fmt: skip
+
+
 FAKES = {
     name: globals()[name]
     for name in (
@@ -235,11 +250,20 @@ FAKES = {
         "dynamic_quant",
         "rms_norm_dynamic_quant",
         "fused_add_rms_norm_dynamic_quant",
+        "rms_norm_dynamic_quant_with_norm_out",
+        "fused_add_rms_norm_dynamic_quant_with_norm_out",
     )
 }
 
-#: The ops whose dynamic scale rule is given by parameters (the rule ops).
-RULE_OP_NAMES: tuple[str, ...] = ("dynamic_quant", "rms_norm_dynamic_quant", "fused_add_rms_norm_dynamic_quant")
+#: The ops whose dynamic scale rule is given by parameters (the rule ops), and the fused ones'
+#: norm-output variants (the normalised output returned too, last).
+RULE_OP_NAMES: tuple[str, ...] = (
+    "dynamic_quant",
+    "rms_norm_dynamic_quant",
+    "fused_add_rms_norm_dynamic_quant",
+    "rms_norm_dynamic_quant_with_norm_out",
+    "fused_add_rms_norm_dynamic_quant_with_norm_out",
+)
 
 #: Every op the library is expected to define (the registry and the tests use this list).
 OP_NAMES: tuple[str, ...] = tuple(FAKES)

@@ -63,6 +63,8 @@ __all__ = [
     "dynamic_quant",
     "rms_norm_dynamic_quant",
     "fused_add_rms_norm_dynamic_quant",
+    "rms_norm_dynamic_quant_with_norm_out",
+    "fused_add_rms_norm_dynamic_quant_with_norm_out",
     "dynamic_scale",
     "check_scale_rule",
     "per_token_rule",
@@ -363,6 +365,24 @@ def fused_add_rms_norm_dynamic_quant(input, residual, weight, epsilon, quant_dty
     q, scales = dynamic_quant(y, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
                               scale_dtype, scale_ue8m0)  # fmt: skip
     return q, scales, residual_out
+
+
+def rms_norm_dynamic_quant_with_norm_out(input, weight, epsilon, quant_dtype, group_size, divisor, absmax_floor,
+                                         scale_floor, zero_scale, scale_dtype, scale_ue8m0):  # fmt: skip
+    """:func:`rms_norm_dynamic_quant` that also returns the normalised output ``y`` (last)."""
+    y = rms_norm(input, weight, epsilon)
+    return (*dynamic_quant(y, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype,
+                           scale_ue8m0), y)  # fmt: skip
+
+
+def fused_add_rms_norm_dynamic_quant_with_norm_out(input, residual, weight, epsilon, quant_dtype, group_size, divisor,
+                                                   absmax_floor, scale_floor, zero_scale, scale_dtype,
+                                                   scale_ue8m0):  # fmt: skip
+    """:func:`fused_add_rms_norm_dynamic_quant` that also returns the normalised output ``y`` (last)."""
+    y, residual_out = fused_add_rms_norm(input, residual, weight, epsilon)
+    q, scales = dynamic_quant(y, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
+                              scale_dtype, scale_ue8m0)  # fmt: skip
+    return q, scales, residual_out, y
 
 
 from .microscaling import *  # noqa: E402,F401,F403  (the microscaling formats: MXFP8, MXFP4, NVFP4)

@@ -203,6 +203,8 @@ OUTPUT_KINDS: dict[str, tuple[str, ...]] = {
     "dynamic_quant": ("q", "scales"),
     "rms_norm_dynamic_quant": ("q", "scales"),
     "fused_add_rms_norm_dynamic_quant": ("q", "scales", "res"),
+    "rms_norm_dynamic_quant_with_norm_out": ("q", "scales", "act"),
+    "fused_add_rms_norm_dynamic_quant_with_norm_out": ("q", "scales", "res", "act"),
 }
 
 #: Tolerance for the normalized output: two roundings of the input dtype (relative). The row's

@@ -114,6 +114,8 @@ void run(const RowOpParams& p) {
         }
       }
 
+      if (p.norm_out != nullptr)
+        for (int64_t j = 0; j < H; ++j) store_plain<T>(p.norm_out, row * H + j, y[j]);
       if constexpr (OUT == DType::kFloat32 || OUT == DType::kFloat16 || OUT == DType::kBFloat16) {
         for (int64_t j = 0; j < H; ++j) store_plain<T>(p.out, row * H + j, y[j]);
       } else {

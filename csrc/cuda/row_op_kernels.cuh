@@ -310,10 +310,14 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
       for (int i = 0; i < (CACHED ? S : 1); ++i)
         for (int j = CACHED ? i : 0; j < (CACHED ? i + 1 : loops); ++j) {
           const int slot = slot_of(j);
-          if (store_q && valid && slot < nslots && mine(i)) {
+          if (valid && slot < nslots && mine(i)) {
             TPack y;
             get_y(i, slot, y);
-            store_pack<ALIGNED, STRM>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H, quantize<OUT>(y, inv_scale));
+            if constexpr (RULE) {  // the norm-output variants (rule ops only)
+              if (p.norm_out != nullptr) store_pack<ALIGNED, STRM>(static_cast<T*>(p.norm_out) + row * H, slot * V, H, y);
+            }
+            if (store_q)
+              store_pack<ALIGNED, STRM>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H, quantize<OUT>(y, inv_scale));
           }
         }
     } else {  // kPerGroup
@@ -321,6 +325,12 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
       // else one chunk after the other, recomputed from memory.
       float* const row_scales = p.scales + row * p.scale_row_stride;
       uint8_t* const q_row = static_cast<uint8_t*>(p.out) + row * H;
+      // The norm-output variants (rule ops only): y stored beside q.
+      auto store_norm = [&](int slot, const TPack& y) {
+        if constexpr (RULE) {
+          if (p.norm_out != nullptr) store_pack<ALIGNED, STRM>(static_cast<T*>(p.norm_out) + row * H, slot * V, H, y);
+        }
+      };
       const ScaleRule rule = kernel_rule<OUT, Q, RULE>(p);
       auto quant_chunk = [&](const TPack (&y)[kRun], const bool (&has)[kRun], const bool (&store)[kRun], int c) {
         constexpr int NG = kRun / GRUN;  // groups per thread per chunk
@@ -349,7 +359,10 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
 #pragma unroll
             for (int t = 0; t < GRUN; ++t) {
               const int i = g * GRUN + t;
-              if (store[i]) store_pack<ALIGNED, STRM>(q_row, slot_of(c * kRun + i) * V, H, quantize<OUT>(y[i], inv_scale));
+              if (store[i]) {
+                store_norm(slot_of(c * kRun + i), y[i]);
+                store_pack<ALIGNED, STRM>(q_row, slot_of(c * kRun + i) * V, H, quantize<OUT>(y[i], inv_scale));
+              }
             }
           }
         } else {
@@ -362,6 +375,7 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
           for (int i = 0; i < kRun; ++i) {
             const int slot = slot_of(c * kRun + i);
             if (store[i]) {
+              store_norm(slot, y[i]);
               if ((slot & (group_slots - 1)) == 0) row_scales[(slot >> group_shift) * p.scale_group_stride] = scale[i / GRUN];
               store_pack<ALIGNED, STRM>(q_row, slot * V, H, quantize<OUT>(y[i], inv_scale[i / GRUN]));
             }

@@ -31,6 +31,8 @@ SCHEMAS = {
     "dynamic_quant": "fusion_kernels::dynamic_quant(Tensor input, ScalarType quant_dtype, int group_size, float divisor, float absmax_floor, float scale_floor, float zero_scale, ScalarType scale_dtype, bool scale_ue8m0) -> (Tensor out, Tensor scales)",
     "rms_norm_dynamic_quant": "fusion_kernels::rms_norm_dynamic_quant(Tensor input, Tensor weight, float epsilon, ScalarType quant_dtype, int group_size, float divisor, float absmax_floor, float scale_floor, float zero_scale, ScalarType scale_dtype, bool scale_ue8m0) -> (Tensor out, Tensor scales)",
     "fused_add_rms_norm_dynamic_quant": "fusion_kernels::fused_add_rms_norm_dynamic_quant(Tensor input, Tensor residual, Tensor weight, float epsilon, ScalarType quant_dtype, int group_size, float divisor, float absmax_floor, float scale_floor, float zero_scale, ScalarType scale_dtype, bool scale_ue8m0) -> (Tensor out, Tensor scales, Tensor residual_out)",
+    "rms_norm_dynamic_quant_with_norm_out": "fusion_kernels::rms_norm_dynamic_quant_with_norm_out(Tensor input, Tensor weight, float epsilon, ScalarType quant_dtype, int group_size, float divisor, float absmax_floor, float scale_floor, float zero_scale, ScalarType scale_dtype, bool scale_ue8m0) -> (Tensor out, Tensor scales, Tensor norm_out)",
+    "fused_add_rms_norm_dynamic_quant_with_norm_out": "fusion_kernels::fused_add_rms_norm_dynamic_quant_with_norm_out(Tensor input, Tensor residual, Tensor weight, float epsilon, ScalarType quant_dtype, int group_size, float divisor, float absmax_floor, float scale_floor, float zero_scale, ScalarType scale_dtype, bool scale_ue8m0) -> (Tensor out, Tensor scales, Tensor residual_out, Tensor norm_out)",
 }
 
 

@@ -195,12 +195,48 @@ def test_different_quantizers_of_one_norm_are_refused():
     assert _refused(fn) == {"different_quantizers_of_one_norm": 1}
 
 
-def test_norm_output_with_a_bf16_consumer_is_refused():
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("quant", ["vllm_per_token", "torchao_per_row", "torchao_per_tensor", "vllm_group128"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_norm_output_with_another_consumer_fuses_into_the_variant(quant, residual, dtype):
+    """y read by a 16-bit branch (a router, a residual path) and quantized: one op returns both,
+    and y is bit for bit what the spelling computes from our norm's arithmetic (Hugging Face's
+    rounding points); the quantized outputs within the equivalence rule."""
+
     def fn(x, r, w, s):
+        if residual:
+            x, r = corpus.residual_hf(x, r)
         y = corpus.norm_llama(x, w, 1e-6)
+        return (*corpus.QUANTS[quant](y, s), y * 2, *((r,) if residual else ()))
+
+    args = corpus.inputs(dtype)
+    p = FusionPass(native="always")
+    gm, got = corpus.run_pass(fn, args, p)
+    name = ("fused_add_" if residual else "") + "rms_norm_dynamic_quant_with_norm_out"
+    assert op_counts(gm) == {name: 1}, p.report
+    (site,) = p.report.sites
+    assert site.note == "normalised output returned too"
+    expected = fn(*args)
+    assert_equivalent(got[:2], expected[:2], dtype)
+    # y * 2 from the variant's y: the reference norm's y up to its reduction order (ACT_TOL)
+    from fusion_kernels.testing import ACT_TOL
+
+    torch.testing.assert_close(got[2], expected[2], rtol=ACT_TOL[dtype], atol=ACT_TOL[dtype])
+    if residual:
+        torch.testing.assert_close(got[3], expected[3], rtol=0, atol=0)
+
+
+def test_norm_output_with_another_consumer_is_refused_where_the_variant_differs():
+    def static(x, r, w, s):
+        y = corpus.norm_llama(x, w, 1e-6)
+        return corpus.q_vllm_static(y, s), y * 2
+
+    def functional(x, r, w, s):  # F.rms_norm rounds y once; the variant's y is rounded twice
+        y = corpus.NORMS["functional"](x, w, 1e-6)
         return (*corpus.q_vllm_per_token(y, s), y * 2)
 
-    assert _refused(fn) == {"norm_output_has_other_users": 1}
+    for fn in (static, functional):
+        assert _refused(fn) == {"norm_output_has_other_users": 1}
 
 
 def test_quant_steps_helper_sees_nan():

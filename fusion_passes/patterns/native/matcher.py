@@ -17,7 +17,7 @@ from fusion_passes import fx_utils, policy
 from fusion_passes.patterns import Refusal
 from fusion_passes.patterns.native import graph as G
 from fusion_passes.patterns.native.norm import NormMatch, anchors, match_norm
-from fusion_passes.patterns.native.ops import FORMS, FusedCall, choose_op, form_of
+from fusion_passes.patterns.native.ops import FORMS, FusedCall, choose_op, form_of, with_norm_out
 from fusion_passes.patterns.native.quant import QuantMatch, match_quantizer, quant_casts
 from fusion_passes.quant_key import QuantKey, Scheme
 from fusion_passes.registry import Registry
@@ -94,7 +94,10 @@ class NativeMatcher:
                 g.sites.append(Site(g.index, name, False, r.reason, anchor.name, where, r.detail))
                 continue
             fused = self._rewrite(graph, norm, quants, call)
-            detail = f"{len(quants)} quantizers merged" if len(quants) > 1 else ""
+            details = [f"{len(quants)} quantizers merged"] if len(quants) > 1 else []
+            if call.norm_out:
+                details.append("normalised output returned too")
+            detail = "; ".join(details)
             g.sites.append(Site(g.index, name, True, call.op_name, fused.name, where, detail))
             changed = True
         return changed
@@ -123,6 +126,13 @@ class NativeMatcher:
             region.add(norm.residual_out)
             outputs.add(norm.residual_out)
         escapes = [(n, u) for n in region if n not in outputs for u in n.users if u not in region]
+        # Only the normalised output read elsewhere (an MoE router, a 16-bit branch): the rule op's
+        # norm-output variant returns it too, where it computes y exactly as the spelling rounds it.
+        y_readers = [u for n, u in escapes if n is norm.y]
+        if y_readers and len(y_readers) == len(escapes):
+            escapes = []
+        else:
+            y_readers = []
         if escapes:
             # Deterministic, and autograd first: a value the forward graph returns for the backward
             # pass is the cause the user can act on (run under no_grad / inference_mode).
@@ -155,7 +165,21 @@ class NativeMatcher:
             raise Refusal("int8_rounding_points_differ", "the norm reads the unrounded fp32 residual sum")
         if m.rule is not None and m.rule.group_size and x_val.shape[-1] % m.rule.group_size:
             raise Refusal("group_size_not_dividing_hidden")
-        call = choose_op(self.registry, m, norm.residual is not None, float(eps))
+        if y_readers:
+            user = f"{norm.y.name} is also used by {min(u.name for u in y_readers)}"
+            y_dtype = G.dtype_of(norm.y)
+            if y_dtype != x_val.dtype:
+                raise Refusal("norm_output_has_other_users",
+                              f"{user}; it is {y_dtype}, the norm-output variant returns {x_val.dtype}")  # fmt: skip
+            if norm.spelling == "functional" and x_val.dtype != torch.float32:
+                raise Refusal("norm_output_has_other_users",
+                              f"{user}; F.rms_norm rounds it once, the norm-output variant twice (as Hugging Face's "
+                              "RMSNorm)")  # fmt: skip
+            if norm.sum_unrounded:
+                raise Refusal("norm_output_has_other_users", f"{user}; the norm reads the unrounded fp32 residual sum")
+            call = with_norm_out(self.registry, m, norm.residual is not None, float(eps), user)
+        else:
+            call = choose_op(self.registry, m, norm.residual is not None, float(eps))
         if not platform.has_kernel(call.op._schema.name, x_val.device):
             raise Refusal("no_kernel_for_device", str(x_val.device))
         info = platform.device_info(x_val.device)
@@ -199,6 +223,8 @@ class NativeMatcher:
             if residual:
                 new_res = fx_utils.getitem(graph, fused, 2 if dynamic else 1)
                 norm.residual_out.replace_all_uses_with(new_res)
+            if call.norm_out:  # the other readers of y get the variant's normalised output
+                norm.y.replace_all_uses_with(fx_utils.getitem(graph, fused, 3 if residual else 2))
         dead = (
             [n for m in quants for n in m.seen] + [n for m in quants for n in m.scale_nodes] + [norm.y] + norm.internal
         )

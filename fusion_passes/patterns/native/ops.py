@@ -51,6 +51,7 @@ class FusedCall:
     op: torch._ops.OpOverload
     tail: tuple  # the arguments after (input, [residual,] weight, epsilon)
     key: QuantKey  # for the speed policy
+    norm_out: bool = False  # the op also returns the normalised output (its last output)
 
     @property
     def op_name(self) -> str:
@@ -126,6 +127,25 @@ def choose_op(registry: reg.Registry, m: QuantMatch, residual: bool, eps: float)
     tail = (eps, key.dtype, rule.group_size, rule.divisor, rule.absmax_floor, rule.scale_floor, rule.zero_scale,
             rule.scale_dtype, rule.ue8m0)  # fmt: skip
     return FusedCall(op, tail, key)
+
+
+def with_norm_out(registry: reg.Registry, m: QuantMatch, residual: bool, eps: float, user: str) -> FusedCall:
+    """The norm-output variant of the rule op for a site whose normalised output ``y`` also has
+    another reader (``user``): one op returns q, the scales and ``y``. A fixed-rule quantizer is
+    expressed as its rule (the rule op computes the fixed-rule ops' arithmetic bit for bit)."""
+    name = reg.RULE_NORM_OUT_OP_NAMES[residual]
+    if m.rule is None:
+        raise Refusal("norm_output_has_other_users",
+                      f"{user}; a static scale has no norm-output variant (dynamic scales only)")  # fmt: skip
+    op = registry.rule_norm_out_ops.get(residual)
+    if op is None:
+        raise Refusal("norm_output_has_other_users", f"{user}; {name} is not available")
+    if m.rule.group_size > 0 and m.rule.group_size not in GROUP_SIZES:
+        raise Refusal("unsupported_group_size", f"{m.rule.group_size}; supported: {', '.join(map(str, GROUP_SIZES))}")
+    key, rule = key_of(m), m.rule
+    tail = (eps, key.dtype, rule.group_size, rule.divisor, rule.absmax_floor, rule.scale_floor, rule.zero_scale,
+            rule.scale_dtype, rule.ue8m0)  # fmt: skip
+    return FusedCall(op, tail, key, norm_out=True)
 
 
 def _with_ue8m0(legacy: ScaleRule, rule: ScaleRule) -> ScaleRule:
