@@ -191,6 +191,47 @@ def _sm_number(arch: str) -> int:
     return int(digits) if digits else 0
 
 
+@dataclasses.dataclass(frozen=True)
+class CudaArch:
+    """A CUDA target arch: ``sm_90``, or with nvcc's suffix, ``sm_100a`` (arch-specific: the
+    features of exactly that arch, e.g. the FP4 and UE8M0 conversion instructions; its code runs
+    only there) or ``sm_100f`` (family-specific: runs on the family's later minors too, sm_103)."""
+
+    major: int
+    minor: int
+    suffix: str = ""  # "", "a" or "f"
+
+    @property
+    def number(self) -> str:
+        return f"{self.major}{self.minor}{self.suffix}"
+
+    def __str__(self) -> str:
+        return f"sm_{self.number}"
+
+    def runs_on(self, device: CudaArch) -> bool:
+        """Whether machine code for this arch runs on a device of arch ``device`` (a device has
+        no suffix: its compute capability). CUDA's binary compatibility: code for X.y runs on X.z
+        for z >= y; arch-specific code only on X.y itself."""
+        if self.suffix == "a":
+            return (self.major, self.minor) == (device.major, device.minor)
+        return self.major == device.major and device.minor >= self.minor
+
+
+def parse_cuda_arch(arch: str) -> CudaArch:
+    """``"sm_90"``, ``"sm_100a"``, ``"sm_120f"``, ``"9.0"``, ``"10.0a"``, ``"100a"`` -> CudaArch;
+    ValueError naming the text otherwise."""
+    text = arch.strip().lower().removeprefix("sm_").removeprefix("compute_")
+    suffix = text[-1] if text[-1:] in ("a", "f") else ""
+    body = text[: len(text) - len(suffix)]
+    if "." in body:
+        major_s, _, minor_s = body.partition(".")
+    else:
+        major_s, minor_s = body[:-1], body[-1:]
+    if not (major_s.isdigit() and minor_s.isdigit() and len(minor_s) == 1):
+        raise ValueError(f"not a CUDA arch: {arch!r} (expected e.g. sm_90, sm_100a, sm_120f or 9.0)")
+    return CudaArch(int(major_s), int(minor_s), suffix)
+
+
 def visible_gpu_arch() -> str | None:
     """The arch of the current GPU when torch has one (initialises CUDA), else None."""
     if build_kind() == "cpu" or not torch.cuda.is_available():
@@ -277,8 +318,7 @@ def cuda_build_archs() -> list[str]:
     archs: list[str] = []
     if env:
         for a in _split_archs(env):
-            a = a.lower().replace("+ptx", "")
-            archs.append(a if a.startswith("sm_") else "sm_" + a.replace(".", ""))
+            archs.append(str(parse_cuda_arch(a.lower().replace("+ptx", ""))))
     elif torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             major, minor = torch.cuda.get_device_capability(i)

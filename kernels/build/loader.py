@@ -69,16 +69,43 @@ def find_prebuilt(kind: str, arch: str | None) -> tuple[Path | None, str]:
             return d / LIB_NAME, ""
         if m.get("target") != kind:
             continue
-        if arch is None or arch in archs or (kind == "cuda" and _ptx_covers(archs, arch)):
+        if arch is None or arch in archs or (kind == "cuda" and (_sass_runs(archs, arch) or _ptx_covers(archs, arch))):
             return d / LIB_NAME, ""
     return None, f"no prebuilt library for {kind} {arch or ''}".rstrip() + f" (have: {', '.join(seen) or 'none'})"
 
 
-def _ptx_covers(archs: list[str], arch: str) -> bool:
-    # The newest arch is also shipped as PTX, which the driver can compile for newer GPUs.
-    if not archs or not arch.startswith("sm_") or not archs[-1].startswith("sm_"):
+def _cuda_archs(archs: list[str]) -> list[platform.CudaArch]:
+    out = []
+    for a in archs:
+        try:
+            out.append(platform.parse_cuda_arch(a))
+        except ValueError:
+            pass
+    return out
+
+
+def _sass_runs(archs: list[str], arch: str) -> bool:
+    """Machine code in the library for the device's arch: its own, or an arch- or
+    family-specific build that runs on it (sm_100a on sm_100, sm_100f on sm_103)."""
+    try:
+        device = platform.parse_cuda_arch(arch)
+    except ValueError:
         return False
-    return int(arch[3:]) >= int(archs[-1][3:])
+    return any(a.runs_on(device) for a in _cuda_archs(archs))
+
+
+def _ptx_covers(archs: list[str], arch: str) -> bool:
+    # The newest unsuffixed arch is also shipped as PTX, which the driver can compile for newer
+    # GPUs (arch- and family-specific PTX is not: cuda_gencode_flags).
+    plain = [a for a in _cuda_archs(archs) if not a.suffix]
+    try:
+        device = platform.parse_cuda_arch(arch)
+    except ValueError:
+        return False
+    if not plain or device.suffix:
+        return False
+    newest = max(plain, key=lambda a: (a.major, a.minor))
+    return (device.major, device.minor) >= (newest.major, newest.minor)
 
 
 def needed_gpu_code() -> tuple[str, str | None]:

@@ -47,12 +47,16 @@ def common_defines() -> list[str]:
 
 
 def cuda_gencode_flags(archs: tuple[str, ...]) -> list[str]:
-    flags = []
-    for arch in archs:
-        num = arch.removeprefix("sm_")
-        flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
-    if archs:  # PTX of the newest arch, so a newer GPU can still JIT the kernels
-        num = archs[-1].removeprefix("sm_")
+    """Machine code for every arch (suffixed ones, ``sm_100a`` / ``sm_120f``, with their own
+    features), plus PTX of the newest unsuffixed arch, so a newer GPU can still JIT the kernels
+    (arch- and family-specific PTX does not run on later archs)."""
+    from fusion_kernels.platform import parse_cuda_arch
+
+    parsed = [parse_cuda_arch(a) for a in archs]
+    flags = [f"-gencode=arch=compute_{a.number},code=sm_{a.number}" for a in parsed]
+    plain = [a for a in parsed if not a.suffix]
+    if plain:
+        num = max(plain, key=lambda a: (a.major, a.minor)).number
         flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
     return flags
 

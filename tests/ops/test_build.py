@@ -252,3 +252,62 @@ def test_info_of_a_failed_build_prints_the_reason_once(capsys, monkeypatch, capl
     rc, out = _info(capsys)
     assert rc == 1 and "None" not in out, out
     assert [line.split()[0] for line in out.splitlines()] == ["status", "reason", "log"]
+
+
+# --- CUDA archs with nvcc's suffixes (sm_100a: arch-specific, sm_120f: family-specific) ---------
+
+
+def test_cuda_arch_parsing_and_what_runs_where():
+    from fusion_kernels.platform import CudaArch, parse_cuda_arch
+
+    assert parse_cuda_arch("sm_90") == CudaArch(9, 0)
+    assert parse_cuda_arch("9.0") == CudaArch(9, 0)
+    assert parse_cuda_arch("sm_100a") == CudaArch(10, 0, "a") and str(parse_cuda_arch("10.0a")) == "sm_100a"
+    assert parse_cuda_arch("sm_120f") == CudaArch(12, 0, "f") and parse_cuda_arch("103a") == CudaArch(10, 3, "a")
+    for bad in ("sm_", "gfx942", "sm_9x", "sm_100b"):
+        with pytest.raises(ValueError, match="not a CUDA arch"):
+            parse_cuda_arch(bad)
+    dev = parse_cuda_arch
+    assert dev("sm_100a").runs_on(dev("sm_100")) and not dev("sm_100a").runs_on(dev("sm_103"))
+    assert dev("sm_100f").runs_on(dev("sm_103")) and not dev("sm_100f").runs_on(dev("sm_120"))
+    assert dev("sm_90").runs_on(dev("sm_90")) and not dev("sm_90").runs_on(dev("sm_100"))
+    assert dev("sm_80").runs_on(dev("sm_86")) and not dev("sm_86").runs_on(dev("sm_80"))
+
+
+def test_gencode_flags_of_suffixed_archs():
+    from fusion_kernels.build import cuda_gencode_flags
+
+    assert cuda_gencode_flags(("sm_90", "sm_80")) == [
+        "-gencode=arch=compute_90,code=sm_90",
+        "-gencode=arch=compute_80,code=sm_80",
+        "-gencode=arch=compute_90,code=compute_90",  # PTX of the newest, whatever the order
+    ]
+    # arch-specific machine code, PTX only of the newest plain arch (suffixed PTX runs nowhere newer)
+    assert cuda_gencode_flags(("sm_90", "sm_100a", "sm_120f")) == [
+        "-gencode=arch=compute_90,code=sm_90",
+        "-gencode=arch=compute_100a,code=sm_100a",
+        "-gencode=arch=compute_120f,code=sm_120f",
+        "-gencode=arch=compute_90,code=compute_90",
+    ]
+    assert cuda_gencode_flags(("sm_100a",)) == ["-gencode=arch=compute_100a,code=sm_100a"]
+
+
+@pytest.mark.parametrize(
+    "archs, device, found",
+    [
+        (("sm_80", "sm_90"), "sm_90", True),
+        (("sm_80", "sm_90"), "sm_100", True),  # the sm_90 PTX
+        (("sm_80", "sm_89"), "sm_86", True),  # sm_80 machine code runs on sm_86 (same major)
+        (("sm_89",), "sm_86", False),
+        (("sm_90", "sm_100a"), "sm_100", True),
+        (("sm_100a",), "sm_103", False),  # arch-specific, no PTX
+        (("sm_100f",), "sm_103", True),  # the family
+        (("sm_120f",), "sm_100", False),
+    ],
+)
+def test_prebuilt_lookup_with_suffixed_archs(library, cuda_torch, tmp_path, archs, device, found):
+    from fusion_kernels.build.loader import find_prebuilt
+
+    _fake_prebuilt(library, tmp_path / "prebuilt", "cuda", archs)
+    path, why = find_prebuilt("cuda", device)
+    assert (path is not None) == found, why
