@@ -17,6 +17,10 @@ fusion_kernels.load(strict=True)
 ops = torch.ops.fusion_kernels
 count = 0
 for op_name in OP_NAMES:
+    if not hasattr(ops, op_name) or not torch._C._dispatch_has_kernel_for_dispatch_key(
+        f"fusion_kernels::{op_name}", "CUDA"
+    ):
+        continue  # not in this library, or no CUDA kernel (the rule ops need FK_GPU_RULE_OPS, csrc/row_op.h)
     for tokens in [(0,), (1,), (7,), (1200,)]:  # 1200 rows: the throughput variant (many blocks)
         # At 1200 rows, 4096: aligned 16-bit rows of 128 threads with the weight staged in shared
         # memory (for the dynamic quants, the 64-register kernels of FK_WIDE_ROWS_PER_SM).

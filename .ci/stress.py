@@ -39,7 +39,13 @@ def random_rule(rng: random.Random) -> dict:
 
 fusion_kernels.load(strict=True)
 # The rule ops only where this build has their CUDA kernels (FK_GPU_RULE_OPS=1, csrc/row_op.h).
-names = [n for n in OP_NAMES if torch._C._dispatch_has_kernel_for_dispatch_key(f"fusion_kernels::{n}", "CUDA")]
+# (Only ops the loaded library defines: asking the dispatcher about an undefined op raises.)
+names = [
+    n
+    for n in OP_NAMES
+    if hasattr(torch.ops.fusion_kernels, n)
+    and torch._C._dispatch_has_kernel_for_dispatch_key(f"fusion_kernels::{n}", "CUDA")
+]
 print(f"stress: {len(names)} ops with CUDA kernels" + ("" if set(RULE_OP_NAMES) <= set(names) else " (no rule ops)"))
 rng = random.Random(args.seed)
 start, count = time.time(), 0
