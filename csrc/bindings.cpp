@@ -4,6 +4,7 @@
 // post-grad graph shows plain call_function nodes that the pass can rewrite.
 #include <torch/csrc/stable/library.h>
 
+#include "mx_ops.h"
 #include "ops.h"
 #include "row_op.h"
 
@@ -114,3 +115,48 @@ STABLE_TORCH_LIBRARY_IMPL(fusion_kernels, CUDA, m) {
 #endif
 }
 #endif
+
+// --- The microscaling quant ops (mx_ops.h): MXFP8, MXFP4, NVFP4, unfused and fused with RMSNorm.
+// scale_mode: "floor", "rceil", "ceil" or "even"; swizzled_scales: the 128x4 tile layout instead
+// of row-major [..., H / block]; FP4 outputs are packed two per byte as uint8 [..., H / 2].
+// CPU kernels only in this release (no CUDA registration; .ci/check_library.py exempts them).
+STABLE_TORCH_LIBRARY_FRAGMENT(fusion_kernels, m) {
+  m.def("mxfp8_quant(Tensor input, ScalarType fp8_dtype, str scale_mode, bool swizzled_scales) "
+        "-> (Tensor out, Tensor scales)");
+  m.def("mxfp4_quant(Tensor input, str scale_mode, bool swizzled_scales) -> (Tensor out, Tensor scales)");
+  m.def(
+      "nvfp4_quant(Tensor input, Tensor global_scale, bool global_scale_is_multiplier, bool swizzled_scales) "
+      "-> (Tensor out, Tensor scales)");
+  m.def(
+      "rms_norm_mxfp8_quant(Tensor input, Tensor weight, float epsilon, ScalarType fp8_dtype, str scale_mode, "
+      "bool swizzled_scales) -> (Tensor out, Tensor scales)");
+  m.def(
+      "fused_add_rms_norm_mxfp8_quant(Tensor input, Tensor residual, Tensor weight, float epsilon, "
+      "ScalarType fp8_dtype, str scale_mode, bool swizzled_scales) "
+      "-> (Tensor out, Tensor scales, Tensor residual_out)");
+  m.def(
+      "rms_norm_mxfp4_quant(Tensor input, Tensor weight, float epsilon, str scale_mode, bool swizzled_scales) "
+      "-> (Tensor out, Tensor scales)");
+  m.def(
+      "fused_add_rms_norm_mxfp4_quant(Tensor input, Tensor residual, Tensor weight, float epsilon, "
+      "str scale_mode, bool swizzled_scales) -> (Tensor out, Tensor scales, Tensor residual_out)");
+  m.def(
+      "rms_norm_nvfp4_quant(Tensor input, Tensor weight, float epsilon, Tensor global_scale, "
+      "bool global_scale_is_multiplier, bool swizzled_scales) -> (Tensor out, Tensor scales)");
+  m.def(
+      "fused_add_rms_norm_nvfp4_quant(Tensor input, Tensor residual, Tensor weight, float epsilon, "
+      "Tensor global_scale, bool global_scale_is_multiplier, bool swizzled_scales) "
+      "-> (Tensor out, Tensor scales, Tensor residual_out)");
+}
+
+STABLE_TORCH_LIBRARY_IMPL(fusion_kernels, CPU, m) {
+  m.impl("mxfp8_quant", TORCH_BOX(&mxfp8_quant));
+  m.impl("mxfp4_quant", TORCH_BOX(&mxfp4_quant));
+  m.impl("nvfp4_quant", TORCH_BOX(&nvfp4_quant));
+  m.impl("rms_norm_mxfp8_quant", TORCH_BOX(&rms_norm_mxfp8_quant));
+  m.impl("fused_add_rms_norm_mxfp8_quant", TORCH_BOX(&fused_add_rms_norm_mxfp8_quant));
+  m.impl("rms_norm_mxfp4_quant", TORCH_BOX(&rms_norm_mxfp4_quant));
+  m.impl("fused_add_rms_norm_mxfp4_quant", TORCH_BOX(&fused_add_rms_norm_mxfp4_quant));
+  m.impl("rms_norm_nvfp4_quant", TORCH_BOX(&rms_norm_nvfp4_quant));
+  m.impl("fused_add_rms_norm_nvfp4_quant", TORCH_BOX(&fused_add_rms_norm_nvfp4_quant));
+}

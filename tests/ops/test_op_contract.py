@@ -8,6 +8,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from fusion_kernels import OP_NAMES
+from fusion_kernels.fake import ALL_OP_NAMES, MX_OP_NAMES
 from fusion_kernels.testing import assert_outputs_match, make_args, reference_of
 
 ops = torch.ops.fusion_kernels
@@ -33,11 +34,21 @@ SCHEMAS = {
     "fused_add_rms_norm_dynamic_quant": "fusion_kernels::fused_add_rms_norm_dynamic_quant(Tensor input, Tensor residual, Tensor weight, float epsilon, ScalarType quant_dtype, int group_size, float divisor, float absmax_floor, float scale_floor, float zero_scale, ScalarType scale_dtype, bool scale_ue8m0) -> (Tensor out, Tensor scales, Tensor residual_out)",
     "rms_norm_dynamic_quant_with_norm_out": "fusion_kernels::rms_norm_dynamic_quant_with_norm_out(Tensor input, Tensor weight, float epsilon, ScalarType quant_dtype, int group_size, float divisor, float absmax_floor, float scale_floor, float zero_scale, ScalarType scale_dtype, bool scale_ue8m0) -> (Tensor out, Tensor scales, Tensor norm_out)",
     "fused_add_rms_norm_dynamic_quant_with_norm_out": "fusion_kernels::fused_add_rms_norm_dynamic_quant_with_norm_out(Tensor input, Tensor residual, Tensor weight, float epsilon, ScalarType quant_dtype, int group_size, float divisor, float absmax_floor, float scale_floor, float zero_scale, ScalarType scale_dtype, bool scale_ue8m0) -> (Tensor out, Tensor scales, Tensor residual_out, Tensor norm_out)",
+    # The microscaling ops (fake.MX_OP_NAMES): not in OP_NAMES, tested in test_microscaling_ops.py.
+    "mxfp8_quant": "fusion_kernels::mxfp8_quant(Tensor input, ScalarType fp8_dtype, str scale_mode, bool swizzled_scales) -> (Tensor out, Tensor scales)",
+    "mxfp4_quant": "fusion_kernels::mxfp4_quant(Tensor input, str scale_mode, bool swizzled_scales) -> (Tensor out, Tensor scales)",
+    "nvfp4_quant": "fusion_kernels::nvfp4_quant(Tensor input, Tensor global_scale, bool global_scale_is_multiplier, bool swizzled_scales) -> (Tensor out, Tensor scales)",
+    "rms_norm_mxfp8_quant": "fusion_kernels::rms_norm_mxfp8_quant(Tensor input, Tensor weight, float epsilon, ScalarType fp8_dtype, str scale_mode, bool swizzled_scales) -> (Tensor out, Tensor scales)",
+    "fused_add_rms_norm_mxfp8_quant": "fusion_kernels::fused_add_rms_norm_mxfp8_quant(Tensor input, Tensor residual, Tensor weight, float epsilon, ScalarType fp8_dtype, str scale_mode, bool swizzled_scales) -> (Tensor out, Tensor scales, Tensor residual_out)",
+    "rms_norm_mxfp4_quant": "fusion_kernels::rms_norm_mxfp4_quant(Tensor input, Tensor weight, float epsilon, str scale_mode, bool swizzled_scales) -> (Tensor out, Tensor scales)",
+    "fused_add_rms_norm_mxfp4_quant": "fusion_kernels::fused_add_rms_norm_mxfp4_quant(Tensor input, Tensor residual, Tensor weight, float epsilon, str scale_mode, bool swizzled_scales) -> (Tensor out, Tensor scales, Tensor residual_out)",
+    "rms_norm_nvfp4_quant": "fusion_kernels::rms_norm_nvfp4_quant(Tensor input, Tensor weight, float epsilon, Tensor global_scale, bool global_scale_is_multiplier, bool swizzled_scales) -> (Tensor out, Tensor scales)",
+    "fused_add_rms_norm_nvfp4_quant": "fusion_kernels::fused_add_rms_norm_nvfp4_quant(Tensor input, Tensor residual, Tensor weight, float epsilon, Tensor global_scale, bool global_scale_is_multiplier, bool swizzled_scales) -> (Tensor out, Tensor scales, Tensor residual_out)",
 }
 
 
 def test_every_op_is_defined_with_its_schema():
-    assert set(SCHEMAS) == set(OP_NAMES)
+    assert set(SCHEMAS) == set(ALL_OP_NAMES) == set(OP_NAMES) | set(MX_OP_NAMES)
     for name, schema in SCHEMAS.items():
         assert str(getattr(ops, name).default._schema) == schema
 

@@ -1,0 +1,224 @@
+// SPDX-License-Identifier: Apache-2.0
+// The microscaling (block-scaled) formats on raw floats: MXFP8, MXFP4 (E8M0 block scales) and
+// NVFP4 (E4M3 block scales and an fp32 global scale). No torch: bit-level conversions that the
+// CPU kernels (cpu/mx_cpu.cpp) use and the GPU kernels can share. The spec, bit for bit, is
+// fusion_kernels/microscaling.py (kernels/microscaling.py); each function names its counterpart.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define FK_MX_HD __host__ __device__
+#else
+#define FK_MX_HD
+#endif
+
+namespace fusion_kernels {
+namespace mx {
+
+constexpr int kMxBlock = 32;  // MXFP8 / MXFP4 elements per E8M0 scale
+constexpr int kNvfp4Block = 16;  // NVFP4 elements per E4M3 scale
+constexpr float kE2m1Max = 6.0f;
+constexpr float kE4m3Max = 448.0f;
+constexpr float kE4m3MinNormal = 0x1p-6f;  // lower clamp of the NVFP4 "divisor" block scales
+constexpr float kF32MinNormal = 0x1p-126f;  // lower clamp of the divisor in floor/ceil/even
+constexpr uint8_t kE8m0Nan = 255;
+
+// How an E8M0 block scale follows from the block's absmax (microscaling.mx_block_scale; torchao's
+// ScaleCalculationMode). The ops take it as a string; these are its values.
+enum class ScaleMode : int32_t { kFloor = 0, kRceil = 1, kCeil = 2, kEven = 3 };
+
+// The element formats of the E8M0-scaled blocks.
+enum class ElemFormat : int32_t { kE4m3, kE5m2, kE2m1 };
+
+struct ElemInfo {
+  float qmax;  // largest value: 448, 57344, 6
+  int32_t pow2;  // floor(log2(qmax)): 8, 15, 2
+  int32_t mbits;  // mantissa bits: 3, 2, 1
+};
+
+FK_MX_HD inline ElemInfo elem_info(ElemFormat f) {
+  switch (f) {
+    case ElemFormat::kE4m3: return {448.0f, 8, 3};
+    case ElemFormat::kE5m2: return {57344.0f, 15, 2};
+    default: return {6.0f, 2, 1};
+  }
+}
+
+FK_MX_HD inline uint32_t bits_of(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+}
+
+FK_MX_HD inline float float_of(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+FK_MX_HD inline bool is_nan(float v) { return v != v; }
+
+// NaN-propagating max and clamp (std::min/std::max would drop a NaN operand).
+FK_MX_HD inline float nan_max(float a, float b) { return (a != a || a > b) ? a : b; }
+FK_MX_HD inline float clamp_keep_nan(float v, float lo, float hi) { return v > hi ? hi : (v < lo ? lo : v); }
+
+// x * r for a block factor r: a NaN r (the factor of a block holding a NaN) gives r's NaN for
+// every element, NaN elements included; else the IEEE product. This is what the reference's
+// torch product gives on the CPU (checked: a NaN element of such a block comes out as r's
+// positive NaN); a plain x * r leaves it to the compiler's operand order which NaN comes out.
+FK_MX_HD inline float mul_by_factor(float x, float r) { return is_nan(r) ? r : x * r; }
+
+// --- FP4 e2m1 ----------------------------------------------------------------------------------
+
+// The e2m1 code (0..15, sign in bit 3) of x: round to nearest even, saturating to +-6; NaN gives
+// 7 with NaN's sign (microscaling.f32_to_e2m1, the model of cvt.rn.satfinite.e2m1x2.f32).
+FK_MX_HD inline uint8_t f32_to_e2m1(float x) {
+  const uint32_t bits = bits_of(x);
+  const uint32_t sign = (bits >> 28) & 8u;
+  const int32_t mag = static_cast<int32_t>(bits & 0x7FFFFFFFu);
+  const int32_t e = mag >> 23;
+  int32_t shift = 149 - e;
+  shift = shift < 22 ? 22 : (shift > 30 ? 30 : shift);
+  const int32_t sig = (mag & 0x7FFFFF) | 0x800000;
+  const int32_t n = (sig + ((1 << shift) >> 1) - 1 + ((sig >> shift) & 1)) >> shift;
+  int32_t code = n + 2 * (e > 127 ? e - 127 : 0);
+  if (code > 7) code = 7;
+  return static_cast<uint8_t>(static_cast<uint32_t>(code) | sign);
+}
+
+// --- E8M0 --------------------------------------------------------------------------------------
+
+// The float of an E8M0 byte: 2^(byte - 127); byte 0 is the fp32 subnormal 2^-127, 255 is NaN
+// (microscaling.e8m0_to_f32).
+FK_MX_HD inline float e8m0_to_f32(uint8_t byte) {
+  if (byte == 0) return float_of(0x00400000u);
+  if (byte == kE8m0Nan) return float_of(0x7FC00000u);
+  return float_of(static_cast<uint32_t>(byte) << 23);
+}
+
+// The E8M0 byte of a non-negative float (or NaN) rounded up to a power of two, saturating
+// (microscaling.f32_to_ue8m0, the model of cvt.rp.satfinite.ue8m0x2.f32). The sign bit is ignored.
+FK_MX_HD inline uint8_t f32_to_ue8m0_rp(float x) {
+  const uint32_t mag = bits_of(x) & 0x7FFFFFFFu;
+  if (mag > 0x7F800000u) return kE8m0Nan;
+  const uint32_t e = mag >> 23;
+  const uint32_t m = mag & 0x7FFFFFu;
+  const uint32_t byte = e == 0 ? (m > 0x400000u ? 1u : 0u) : e + (m != 0 ? 1u : 0u);
+  return static_cast<uint8_t>(byte > 254u ? 254u : byte);
+}
+
+// The E8M0 scale byte of a block whose absmax (>= 0 or NaN) is `amax` (microscaling.mx_block_scale).
+FK_MX_HD inline uint8_t mx_block_scale(float amax, ElemFormat elem, ScaleMode mode) {
+  if (is_nan(amax)) return kE8m0Nan;
+  const ElemInfo info = elem_info(elem);
+  if (mode == ScaleMode::kRceil) return f32_to_ue8m0_rp(amax / info.qmax);
+  uint32_t bits = bits_of(amax);
+  if (mode == ScaleMode::kEven) bits = (bits + (1u << (22 - info.mbits))) & 0x7F800000u;
+  int32_t e = static_cast<int32_t>((bits >> 23) & 0xFFu);
+  if (mode == ScaleMode::kCeil) e += (bits & 0x7FFFFFu) != 0 ? 1 : 0;
+  int32_t byte = e - info.pow2;
+  byte = byte < 0 ? 0 : (byte > 254 ? 254 : byte);
+  return static_cast<uint8_t>(byte);
+}
+
+// What a block's elements are multiplied by (rceil) or divided by (the other modes) - see
+// mx_scaled. rceil: 2^(127 - byte), exact; byte 0 gives 1 and 255 NaN. Others: the divisor
+// max(2^(byte - 127), 2^-126); byte 255 gives +Inf.
+FK_MX_HD inline float mx_block_factor(uint8_t byte, ScaleMode mode) {
+  if (mode == ScaleMode::kRceil) {
+    if (byte == kE8m0Nan) return float_of(0x7FC00000u);
+    if (byte == 0) return 1.0f;
+    return e8m0_to_f32(static_cast<uint8_t>(254 - byte));
+  }
+  const float divisor = float_of(static_cast<uint32_t>(byte) << 23);
+  return divisor < kF32MinNormal ? kF32MinNormal : divisor;
+}
+
+// x brought into the element range by its block's factor (microscaling._mx_scaled).
+FK_MX_HD inline float mx_scaled(float x, float factor, ScaleMode mode) {
+  return mode == ScaleMode::kRceil ? mul_by_factor(x, factor) : x / factor;
+}
+
+// --- E4M3 (the NVFP4 block scales) -------------------------------------------------------------
+
+// float8_e4m3fn of x, round to nearest even; finite values beyond the range and +-Inf saturate
+// to +-448, NaN gives 0x7F with NaN's sign (as torch's conversion and cvt.rn.satfinite.e4m3x2).
+FK_MX_HD inline uint8_t f32_to_e4m3fn(float f) {
+  constexpr uint32_t kFirstOutOfRange = UINT32_C(1087) << 20;  // 480.0f
+  constexpr uint32_t kDenormMask = UINT32_C(141) << 23;
+  uint32_t f_bits = bits_of(f);
+  const uint32_t sign = f_bits & 0x80000000u;
+  f_bits ^= sign;
+  uint8_t result;
+  if (f_bits >= kFirstOutOfRange) {
+    result = f_bits > 0x7F800000u ? 0x7F : 0x7E;
+  } else if (f_bits < (UINT32_C(121) << 23)) {  // below 2^-6: the e4m3 subnormals
+    f_bits = bits_of(float_of(f_bits) + float_of(kDenormMask));
+    result = static_cast<uint8_t>(f_bits - kDenormMask);
+  } else {
+    const uint32_t mant_odd = (f_bits >> 20) & 1u;
+    f_bits += (static_cast<uint32_t>(7 - 127) << 23) + 0x7FFFFu;
+    f_bits += mant_odd;
+    result = static_cast<uint8_t>(f_bits >> 20);
+    if (result == 0x7F) result = 0x7E;
+  }
+  return static_cast<uint8_t>(result | (sign >> 24));
+}
+
+// The float of a float8_e4m3fn byte (0x7F / 0xFF: NaN).
+FK_MX_HD inline float e4m3fn_to_f32(uint8_t b) {
+  const uint32_t sign = static_cast<uint32_t>(b & 0x80) << 24;
+  const uint32_t e = (b >> 3) & 0xF;
+  const uint32_t m = b & 0x7;
+  if (e == 0xF && m == 0x7) return float_of(sign | 0x7FC00000u);
+  if (e == 0) {
+    // m * 2^-9, exact in fp32
+    const float v = static_cast<float>(m) * 0x1p-9f;
+    return sign ? -v : v;
+  }
+  return float_of(sign | ((e + 120u) << 23) | (m << 20));
+}
+
+// --- NVFP4 -------------------------------------------------------------------------------------
+
+// The e4m3 scale byte of a block with absmax `amax` and the factor its elements are multiplied
+// by before the e2m1 conversion (microscaling.nvfp4_quantize), given the global scale `g`:
+//   divisor (torchao):   s = e4m3(clamp((amax / 6) / g, 2^-6, 448)), r = (1 / g) / s
+//   multiplier (vLLM):   s = e4m3(min(g * (amax * fp32(1/6)), 448)),
+//                        r = 1 / (s * (1 / g))   (1 / g taken as 0 where g is 0; r 0 where the
+//                        product is 0)
+struct Nvfp4Block {
+  uint8_t scale;
+  float factor;
+};
+
+FK_MX_HD inline Nvfp4Block nvfp4_block(float amax, float g, bool multiplier) {
+  Nvfp4Block b;
+  if (!multiplier) {
+    const float block = (amax / kE2m1Max) / g;
+    b.scale = f32_to_e4m3fn(clamp_keep_nan(block, kE4m3MinNormal, kE4m3Max));
+    b.factor = (1.0f / g) / e4m3fn_to_f32(b.scale);
+  } else {
+    constexpr float kInv6 = static_cast<float>(1.0 / 6.0);
+    float v = g * (amax * kInv6);
+    if (v > kE4m3Max) v = kE4m3Max;
+    b.scale = f32_to_e4m3fn(v);
+    const float inv_g = g == 0.0f ? 0.0f : 1.0f / g;
+    const float d = e4m3fn_to_f32(b.scale) * inv_g;
+    b.factor = d == 0.0f ? 0.0f : 1.0f / d;
+  }
+  return b;
+}
+
+// --- the 128x4 swizzled scale layout -----------------------------------------------------------
+
+// The byte offset of scale [r, c] of a [rows, cols] scale matrix in the 128x4 tile layout of
+// block-scaled GEMMs (microscaling.swizzle_scales_128x4); col_tiles = ceil(cols / 4).
+FK_MX_HD inline int64_t swizzled_offset(int64_t r, int64_t c, int64_t col_tiles) {
+  return 512 * ((r / 128) * col_tiles + c / 4) + 16 * (r % 32) + 4 * ((r % 128) / 32) + c % 4;
+}
+
+}  // namespace mx
+}  // namespace fusion_kernels

@@ -1,0 +1,298 @@
+// SPDX-License-Identifier: Apache-2.0
+// Host bodies of the microscaling quant ops (mx_ops.h): argument checks (checks.h, messages
+// "fusion_kernels.<op>: <argument> ..."), output allocation, and the hand-off to the CPU kernel
+// (cpu/mx_cpu.cpp). CPU only in this release: bindings.cpp registers no CUDA kernel for them.
+#include "mx_ops.h"
+
+#include <torch/csrc/stable/ops.h>
+
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include "checks.h"
+#include "cpu/mx_cpu.h"
+#include "microscaling.h"
+#include "row_op.h"
+
+namespace fusion_kernels {
+namespace {
+
+const char* dtype_name(ScalarType t) {
+  switch (t) {
+    case ScalarType::Float: return "torch.float32";
+    case ScalarType::Half: return "torch.float16";
+    case ScalarType::BFloat16: return "torch.bfloat16";
+    case ScalarType::Double: return "torch.float64";
+    case ScalarType::Char: return "torch.int8";
+    case ScalarType::Byte: return "torch.uint8";
+    case ScalarType::Int: return "torch.int32";
+    case ScalarType::Long: return "torch.int64";
+    case ScalarType::Float8_e4m3fn: return "torch.float8_e4m3fn";
+    case ScalarType::Float8_e4m3fnuz: return "torch.float8_e4m3fnuz";
+    case ScalarType::Float8_e5m2: return "torch.float8_e5m2";
+    case ScalarType::Float8_e5m2fnuz: return "torch.float8_e5m2fnuz";
+    case ScalarType::Float8_e8m0fnu: return "torch.float8_e8m0fnu";
+    default: return torch::headeronly::toString(t);
+  }
+}
+
+DType to_dtype(ScalarType t) {
+  switch (t) {
+    case ScalarType::Half: return DType::kFloat16;
+    case ScalarType::BFloat16: return DType::kBFloat16;
+    default: return DType::kFloat32;
+  }
+}
+
+// The leading dims of a [..., H] tensor as one strided row dimension, or a contiguous copy when
+// they cannot be described by one stride (as ops.cpp's as_rows).
+struct Rows {
+  Tensor t;
+  int64_t rows = 1;
+  int64_t stride = 0;
+};
+
+Rows as_rows(const Tensor& t) {
+  const int64_t n = t.dim();
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < n; ++d) rows *= t.size(d);
+  int64_t row_stride = -1;
+  int64_t expected = -1;
+  bool collapsible = true;
+  for (int64_t d = n - 2; d >= 0; --d) {
+    if (t.size(d) == 1) continue;
+    if (row_stride < 0) {
+      row_stride = t.stride(d);
+      expected = row_stride * t.size(d);
+    } else if (t.stride(d) == expected) {
+      expected *= t.size(d);
+    } else {
+      collapsible = false;
+      break;
+    }
+  }
+  if (row_stride < 0) row_stride = t.size(-1);
+  if (!collapsible) {
+    Tensor c = torch::stable::contiguous(t);
+    return {c, rows, c.size(-1)};
+  }
+  return {t, rows, row_stride};
+}
+
+std::vector<int64_t> leading_shape(const Tensor& t, int64_t last) {
+  std::vector<int64_t> shape;
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) shape.push_back(t.size(d));
+  shape.push_back(last);
+  return shape;
+}
+
+Tensor alloc(const std::vector<int64_t>& shape, ScalarType dtype, const Tensor& like) {
+  return torch::stable::empty(torch::headeronly::IntHeaderOnlyArrayRef(shape.data(), shape.size()), dtype,
+                              std::nullopt, like.device());
+}
+
+mx::ScaleMode parse_scale_mode(const char* op, const std::string& s) {
+  if (s == "floor") return mx::ScaleMode::kFloor;
+  if (s == "rceil") return mx::ScaleMode::kRceil;
+  if (s == "ceil") return mx::ScaleMode::kCeil;
+  if (s == "even") return mx::ScaleMode::kEven;
+  fail(op, "scale_mode must be one of 'floor', 'rceil', 'ceil', 'even', got '", s, "'");
+}
+
+MxKind mxfp8_kind(const char* op, ScalarType fp8_dtype) {
+  if (fp8_dtype == ScalarType::Float8_e4m3fn) return MxKind::kMxfp8E4m3;
+  if (fp8_dtype == ScalarType::Float8_e5m2) return MxKind::kMxfp8E5m2;
+  fail(op, "fp8_dtype must be float8_e4m3fn or float8_e5m2, got ", dtype_name(fp8_dtype));
+}
+
+struct MxRequest {
+  MxKind kind = MxKind::kMxfp8E4m3;
+  mx::ScaleMode scale_mode = mx::ScaleMode::kFloor;
+  const Tensor* global_scale = nullptr;
+  bool global_scale_is_multiplier = false;
+  bool swizzled = false;
+  const Tensor* residual = nullptr;
+  const Tensor* weight = nullptr;
+  double epsilon = 0.0;
+};
+
+struct MxOutputs {
+  Tensor out;
+  Tensor scales;
+  Tensor residual_out;
+};
+
+MxOutputs run_mx(const char* op, const Tensor& input, const MxRequest& r) {
+  check_input(op, input);
+  const int64_t H = input.size(-1);
+  const int64_t block = mx_block_size(r.kind);
+  if (H % block != 0)
+    fail(op, "the hidden size (input.size(-1) = ", H, ") must be divisible by the block size ", block);
+  if (r.weight) check_weight(op, *r.weight, input);
+  if (r.weight) check_epsilon(op, r.epsilon);
+  if (r.residual) check_residual(op, *r.residual, input);
+  if (r.global_scale) check_scalar_scale(op, "global_scale", *r.global_scale, input);
+  if (!input.is_cpu()) fail(op, "has a CPU kernel only in this release, got an input on a GPU");
+
+  const ScalarType in_st = input.scalar_type();
+  MxQuantParams p;
+  Rows in = as_rows(input);
+  p.rows = in.rows;
+  p.hidden = H;
+  p.in_dtype = to_dtype(in_st);
+  p.input = in.t.const_data_ptr();
+  p.input_row_stride = in.stride;
+  p.kind = r.kind;
+  p.scale_mode = r.scale_mode;
+  p.swizzled = r.swizzled;
+
+  MxOutputs o;
+  const bool fp4 = r.kind == MxKind::kMxfp4 || r.kind == MxKind::kNvfp4;
+  const ScalarType out_st = r.kind == MxKind::kMxfp8E4m3   ? ScalarType::Float8_e4m3fn
+                            : r.kind == MxKind::kMxfp8E5m2 ? ScalarType::Float8_e5m2
+                                                           : ScalarType::Byte;
+  o.out = alloc(leading_shape(input, fp4 ? H / 2 : H), out_st, input);
+  p.out = o.out.mutable_data_ptr();
+
+  const ScalarType scale_st = r.kind == MxKind::kNvfp4 ? ScalarType::Float8_e4m3fn : ScalarType::Float8_e8m0fnu;
+  const int64_t cols = H / block;
+  if (r.swizzled) {
+    const int64_t row_tiles = (in.rows + 127) / 128;
+    const int64_t col_tiles = (cols + 3) / 4;
+    o.scales = alloc({32 * row_tiles, 16 * col_tiles}, scale_st, input);
+    // The padding of the tiles is 0 (as swizzle_scales_128x4 writes it).
+    std::memset(o.scales.mutable_data_ptr(), 0, static_cast<size_t>(512 * row_tiles * col_tiles));
+  } else {
+    o.scales = alloc(leading_shape(input, cols), scale_st, input);
+  }
+  p.scales = static_cast<uint8_t*>(o.scales.mutable_data_ptr());
+
+  Rows res;
+  if (r.residual) {
+    res = as_rows(*r.residual);
+    p.residual = res.t.const_data_ptr();
+    p.residual_row_stride = res.stride;
+    o.residual_out = alloc(leading_shape(input, H), in_st, input);
+    p.residual_out = o.residual_out.mutable_data_ptr();
+  }
+  if (r.weight) {
+    p.weight = r.weight->const_data_ptr();
+    p.weight_dtype = r.weight->scalar_type() == ScalarType::Float ? DType::kFloat32 : p.in_dtype;
+    p.epsilon = static_cast<float>(r.epsilon);
+  }
+  if (r.global_scale) {
+    p.global_scale = static_cast<const float*>(r.global_scale->const_data_ptr());
+    p.global_scale_is_multiplier = r.global_scale_is_multiplier;
+  }
+  mx_quant_cpu(p);
+  return o;
+}
+
+MxRequest mx_request(const char* op, MxKind kind, const std::string& scale_mode, bool swizzled) {
+  MxRequest r;
+  r.kind = kind;
+  r.scale_mode = parse_scale_mode(op, scale_mode);
+  r.swizzled = swizzled;
+  return r;
+}
+
+MxRequest nvfp4_request(const Tensor& global_scale, bool multiplier, bool swizzled) {
+  MxRequest r;
+  r.kind = MxKind::kNvfp4;
+  r.global_scale = &global_scale;
+  r.global_scale_is_multiplier = multiplier;
+  r.swizzled = swizzled;
+  return r;
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor> mxfp8_quant(Tensor input, ScalarType fp8_dtype, std::string scale_mode,
+                                       bool swizzled_scales) {
+  const char* op = "mxfp8_quant";
+  MxRequest r = mx_request(op, mxfp8_kind(op, fp8_dtype), scale_mode, swizzled_scales);
+  MxOutputs o = run_mx(op, input, r);
+  return {o.out, o.scales};
+}
+
+std::tuple<Tensor, Tensor> mxfp4_quant(Tensor input, std::string scale_mode, bool swizzled_scales) {
+  const char* op = "mxfp4_quant";
+  MxRequest r = mx_request(op, MxKind::kMxfp4, scale_mode, swizzled_scales);
+  MxOutputs o = run_mx(op, input, r);
+  return {o.out, o.scales};
+}
+
+std::tuple<Tensor, Tensor> nvfp4_quant(Tensor input, Tensor global_scale, bool global_scale_is_multiplier,
+                                       bool swizzled_scales) {
+  MxRequest r = nvfp4_request(global_scale, global_scale_is_multiplier, swizzled_scales);
+  MxOutputs o = run_mx("nvfp4_quant", input, r);
+  return {o.out, o.scales};
+}
+
+std::tuple<Tensor, Tensor> rms_norm_mxfp8_quant(Tensor input, Tensor weight, double epsilon, ScalarType fp8_dtype,
+                                                std::string scale_mode, bool swizzled_scales) {
+  const char* op = "rms_norm_mxfp8_quant";
+  MxRequest r = mx_request(op, mxfp8_kind(op, fp8_dtype), scale_mode, swizzled_scales);
+  r.weight = &weight;
+  r.epsilon = epsilon;
+  MxOutputs o = run_mx(op, input, r);
+  return {o.out, o.scales};
+}
+
+std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_mxfp8_quant(Tensor input, Tensor residual, Tensor weight,
+                                                                  double epsilon, ScalarType fp8_dtype,
+                                                                  std::string scale_mode, bool swizzled_scales) {
+  const char* op = "fused_add_rms_norm_mxfp8_quant";
+  MxRequest r = mx_request(op, mxfp8_kind(op, fp8_dtype), scale_mode, swizzled_scales);
+  r.residual = &residual;
+  r.weight = &weight;
+  r.epsilon = epsilon;
+  MxOutputs o = run_mx(op, input, r);
+  return {o.out, o.scales, o.residual_out};
+}
+
+std::tuple<Tensor, Tensor> rms_norm_mxfp4_quant(Tensor input, Tensor weight, double epsilon, std::string scale_mode,
+                                                bool swizzled_scales) {
+  const char* op = "rms_norm_mxfp4_quant";
+  MxRequest r = mx_request(op, MxKind::kMxfp4, scale_mode, swizzled_scales);
+  r.weight = &weight;
+  r.epsilon = epsilon;
+  MxOutputs o = run_mx(op, input, r);
+  return {o.out, o.scales};
+}
+
+std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_mxfp4_quant(Tensor input, Tensor residual, Tensor weight,
+                                                                  double epsilon, std::string scale_mode,
+                                                                  bool swizzled_scales) {
+  const char* op = "fused_add_rms_norm_mxfp4_quant";
+  MxRequest r = mx_request(op, MxKind::kMxfp4, scale_mode, swizzled_scales);
+  r.residual = &residual;
+  r.weight = &weight;
+  r.epsilon = epsilon;
+  MxOutputs o = run_mx(op, input, r);
+  return {o.out, o.scales, o.residual_out};
+}
+
+std::tuple<Tensor, Tensor> rms_norm_nvfp4_quant(Tensor input, Tensor weight, double epsilon, Tensor global_scale,
+                                                bool global_scale_is_multiplier, bool swizzled_scales) {
+  MxRequest r = nvfp4_request(global_scale, global_scale_is_multiplier, swizzled_scales);
+  r.weight = &weight;
+  r.epsilon = epsilon;
+  MxOutputs o = run_mx("rms_norm_nvfp4_quant", input, r);
+  return {o.out, o.scales};
+}
+
+std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_nvfp4_quant(Tensor input, Tensor residual, Tensor weight,
+                                                                  double epsilon, Tensor global_scale,
+                                                                  bool global_scale_is_multiplier,
+                                                                  bool swizzled_scales) {
+  MxRequest r = nvfp4_request(global_scale, global_scale_is_multiplier, swizzled_scales);
+  r.residual = &residual;
+  r.weight = &weight;
+  r.epsilon = epsilon;
+  MxOutputs o = run_mx("fused_add_rms_norm_nvfp4_quant", input, r);
+  return {o.out, o.scales, o.residual_out};
+}
+
+}  // namespace fusion_kernels
