@@ -106,8 +106,8 @@ STABLE_TORCH_LIBRARY_IMPL(fusion_kernels, CPU, m) {
 
 #ifdef FK_WITH_CUDA
 // The rule ops run their own instantiation of the GPU kernels (RULE, launch.cuh), so the
-// fixed-rule ops' kernels compile exactly as they did before the rule ops existed. Registered
-// only in builds with FK_GPU_RULE_OPS=1 (row_op.h says why).
+// fixed-rule ops' kernels compile exactly as they did before the rule ops existed. Left out of
+// builds with FK_GPU_RULE_OPS=0 (row_op.h).
 STABLE_TORCH_LIBRARY_IMPL(fusion_kernels, CUDA, m) {
   FK_REGISTER_ALL(m);
 #if FK_GPU_RULE_OPS

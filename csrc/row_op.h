@@ -9,10 +9,10 @@
 #include <cmath>
 #include <cstdint>
 
-// The rule ops on CUDA/HIP (their own RULE instantiation of the row kernels, launch.cuh). Off by
-// default until that instantiation has passed its GPU tests: the rule ops then have CPU kernels
-// only and the pass refuses their sites on a GPU with no_kernel_for_device. With it off the
-// fixed-rule kernels are the same either way (their PTX is identical).
+// The rule ops on CUDA/HIP (their own RULE instantiation of the row kernels, launch.cuh). 0 leaves
+// them out (about half the GPU build time): the rule ops then have CPU kernels only and the pass
+// refuses their sites on a GPU with no_kernel_for_device. The fixed-rule kernels are the same
+// either way (their PTX is identical).
 #ifndef FK_GPU_RULE_OPS
 #define FK_GPU_RULE_OPS 1
 #endif
