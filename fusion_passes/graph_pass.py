@@ -172,7 +172,8 @@ class FusionPass(CustomGraphPass):
                 g.sites.append(Site(g.index, pattern.name, False, r.reason, qnode.name, where, r.detail))
                 continue
             fused = pattern.rewrite(graph, m, key, self.registry)
-            g.sites.append(Site(g.index, pattern.name, True, _op_name(fused.target), fused.name, where))
+            note = "normalised output returned too" if m.norm_out_tail is not None else ""
+            g.sites.append(Site(g.index, pattern.name, True, _op_name(fused.target), fused.name, where, note))
             changed = True
         return changed
 

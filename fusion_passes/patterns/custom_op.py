@@ -31,6 +31,7 @@ from fusion_passes.quant_key import QuantKey, Scheme
 from fusion_passes.registry import (
     NORM_OP_NAMES,
     RULE_FUSED_OP_NAMES,
+    RULE_NORM_OUT_OP_NAMES,
     RULE_QUANT_OP_NAME,
     Registry,
     family_key,
@@ -168,17 +169,21 @@ class CustomOpPattern:
 
     def check(self, m: _Match, registry: Registry) -> QuantKey:
         """Raise Refusal unless the fused op computes exactly what the pair computes here."""
-        # The norm's output must feed only this quant: another consumer would still need it.
+        # The norm's output feeds this quant; another consumer gets the rule op's norm-output
+        # variant (the same y, bit for bit: our norm's), where one computes this quant.
         expected = {m.view} if m.view is not None else {m.qnode}
-        if set(m.y.users) != expected or (m.view is not None and set(m.view.users) != {m.qnode}):
-            raise Refusal("norm_output_has_other_users")
-        if self.residual and len(fx_utils.getitem_users(m.norm).get(0, [])) != 1:
-            raise Refusal("norm_output_has_other_users")
+        if m.view is not None and set(m.view.users) != {m.qnode}:
+            raise Refusal("norm_output_has_other_users", f"{m.view.name} is also used elsewhere")
+        others = [u for y in self._y_nodes(m) for u in y.users if u not in expected]
+        if others:
+            m.norm_out_tail = self._norm_out_tail(m, registry, f"{m.y.name} is also used by {others[0].name}")
         try:
             key = self.family.key(m.q)
         except (ValueError, TypeError) as exc:
             raise Refusal("unsupported_quant_args", str(exc)) from None
         fused = self._fused_op(registry, key)
+        if m.norm_out_tail is not None:
+            fused = registry.rule_norm_out_ops[self.residual]
         if fused is None:
             raise Refusal(
                 "fused_op_missing", self.fused_op_name() if self.family.rule else fused_op_name(key, self.residual)
@@ -206,6 +211,34 @@ class CustomOpPattern:
                 raise Refusal("column_major_needs_2d_input")
         return key
 
+    def _y_nodes(self, m: _Match) -> list[fx.Node]:
+        """The nodes whose value is the norm's output: the norm, or its getitem(0) nodes."""
+        return fx_utils.getitem_users(m.norm).get(0, []) if self.residual else [m.norm]
+
+    def _norm_out_tail(self, m: _Match, registry: Registry, user: str) -> tuple:
+        """The norm-output variant's trailing arguments for this quant (its scale rule as the rule
+        op's arguments; the fixed rules are special cases of it, bit for bit), or Refusal."""
+        from fusion_kernels.reference import GROUP_ABSMAX_FLOOR, QMAX, per_token_min_scale
+
+        q, name = m.q, self.family.name
+        if not self.family.dynamic:
+            raise Refusal("norm_output_has_other_users", f"{user}; a static scale has no norm-output variant")
+        if registry.rule_norm_out_ops.get(self.residual) is None:
+            raise Refusal("norm_output_has_other_users", f"{user}; {RULE_NORM_OUT_OP_NAMES[self.residual]} is not available")
+        if self.family.rule:
+            return tuple(q[a] for a in _RULE_ARGS)
+        if name in ("fp8_per_token", "int8_per_token"):
+            dtype = q.get("fp8_dtype", torch.int8)
+            if q.get("scale_ub") is not None:
+                raise Refusal("norm_output_has_other_users", f"{user}; scale_ub has no norm-output variant")
+            return (dtype, 0, QMAX[dtype], 0.0, per_token_min_scale(dtype), 0.0, torch.float32, False)
+        if name == "fp8_per_group":
+            if q["column_major_scales"]:
+                raise Refusal("norm_output_has_other_users", f"{user}; column-major scales have no norm-output variant")
+            dtype = q["fp8_dtype"]
+            return (dtype, q["group_size"], QMAX[dtype], GROUP_ABSMAX_FLOOR, 0.0, 0.0, torch.float32, q["scale_ue8m0"])
+        raise Refusal("norm_output_has_other_users", user)
+
     # -- rewriting -----------------------------------------------------------------------
 
     def rewrite(self, graph: fx.Graph, m: _Match, key: QuantKey, registry: Registry) -> fx.Node:
@@ -213,6 +246,9 @@ class CustomOpPattern:
         n = m.n
         head = (n["input"], n["residual"], n["weight"]) if self.residual else (n["input"], n["weight"])
         args = head + self.family.fused_tail(m.q, n["epsilon"])
+        if m.norm_out_tail is not None:
+            fused_op = registry.rule_norm_out_ops[self.residual]
+            args = head + (n["epsilon"], *m.norm_out_tail)
         res_items = fx_utils.getitem_users(m.norm).get(1, []) if self.residual else []
         q_items = fx_utils.getitem_users(m.qnode) if self.family.dynamic else {}
         with graph.inserting_before(m.qnode):
@@ -240,6 +276,11 @@ class CustomOpPattern:
                 new_res = fx_utils.getitem(graph, fused, 2 if self.family.dynamic else 1)
                 for item in res_items:
                     item.replace_all_uses_with(new_res)
+            if m.norm_out_tail is not None:  # y's other readers get the variant's y
+                new_y = fx_utils.getitem(graph, fused, 3 if self.residual else 2)
+                keep = {m.view} if m.view is not None else {m.qnode}
+                for y in self._y_nodes(m):
+                    y.replace_all_uses_with(new_y, delete_user_cb=lambda u, keep=keep: u not in keep)
         # Erase what the fused op replaced, consumers first.
         for items in q_items.values():
             for item in items:
@@ -248,7 +289,9 @@ class CustomOpPattern:
         if m.view is not None:
             graph.erase_node(m.view)
         if self.residual:
-            graph.erase_node(m.y)
+            for y in self._y_nodes(m):
+                if not y.users:
+                    graph.erase_node(y)
             for item in res_items:
                 graph.erase_node(item)
             if not m.norm.users:
@@ -271,6 +314,8 @@ class _Match:
     y: fx.Node  # the norm's normalized output (rms_norm node, or getitem(fused_add_rms_norm, 0))
     norm: fx.Node
     n: dict[str, Any]  # norm op arguments by name
+    #: Set by check when y has other readers: the norm-output variant's arguments after epsilon.
+    norm_out_tail: tuple | None = None
 
 
 def all_patterns() -> list[CustomOpPattern]:

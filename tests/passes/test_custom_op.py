@@ -226,6 +226,46 @@ def test_norm_output_with_another_user_is_left_alone(residual):
     assert_same(gm(*args), fn(*args))
 
 
+@pytest.mark.parametrize("family", ["fp8_per_token", "fp8_group128", "int8_per_token", "rule_fp8_row_bf16_scale",
+                                    "rule_int8_group64", "rule_fp8_per_tensor"])  # fmt: skip
+@pytest.mark.parametrize("residual", [False, True])
+def test_norm_output_with_another_user_fuses_into_the_variant(family, residual):
+    """y also read elsewhere: the rule op's norm-output variant returns q, the scales and y (our
+    norm's y, bit for bit), every reader rewired; the fixed rules through their rule."""
+    quant = FAMILIES[family][0]
+
+    def fn(x, r, w, s, ub):
+        if residual:
+            y, new_r = ops.fused_add_rms_norm(x, r, w, EPS)
+        else:
+            y, new_r = ops.rms_norm(x, w, EPS), None
+        out = quant(y, s, ub)
+        return (*out, y * 2, y.sum(), *((new_r,) if residual else ()))
+
+    args = inputs()
+    gm = trace(fn, *args)
+    p = run_pass(gm)
+    name = ("fused_add_" if residual else "") + "rms_norm_dynamic_quant_with_norm_out"
+    assert op_counts(gm) == {name: 1}, p.report
+    assert p.report.sites[0].note == "normalised output returned too"
+    assert_same(gm(*args), fn(*args))
+
+
+@pytest.mark.parametrize("family", ["fp8_per_token_ub", "fp8_group64_colmajor_ue8m0"])
+def test_norm_output_with_another_user_and_no_variant_is_refused(family):
+    quant = FAMILIES[family][0]
+
+    def fn(x, r, w, s, ub):
+        y = ops.rms_norm(x, w, EPS)
+        return (*quant(y, s, ub), y * 2)
+
+    args = inputs(tokens=(10,))
+    gm = trace(fn, *args)
+    p = run_pass(gm)
+    assert p.report.refusals_per_reason() == {"norm_output_has_other_users": 1}
+    assert_same(gm(*args), fn(*args))
+
+
 def test_group_size_not_dividing_hidden_is_refused_with_its_reason():
     def fn(x, r, w, s, ub):
         return ops.per_token_group_fp8_quant(ops.rms_norm(x, w, EPS), 64, False, False, FP8)
