@@ -36,6 +36,15 @@ RULE_NORM_OUT_OP_NAMES = {
 }
 
 
+#: The microscaling formats: format -> (unfused quant op, fused ops by residual). CPU kernels
+#: only in this release; each op behind its own hasattr guard.
+MX_FORMATS = ("mxfp8", "mxfp4", "nvfp4")
+
+
+def mx_op_names(fmt: str) -> tuple[str, dict[bool, str]]:
+    return f"{fmt}_quant", {False: f"rms_norm_{fmt}_quant", True: f"fused_add_rms_norm_{fmt}_quant"}
+
+
 def quant_op_name(key: QuantKey) -> str:
     """The unfused quant op of a key."""
     if key.is_fp8:
@@ -119,11 +128,13 @@ class Registry:
     rule_fused_ops: dict[bool, torch._ops.OpOverload] = dataclasses.field(default_factory=dict)
     #: Their norm-output variants (see RULE_NORM_OUT_OP_NAMES), where defined.
     rule_norm_out_ops: dict[bool, torch._ops.OpOverload] = dataclasses.field(default_factory=dict)
+    #: The microscaling ops by name (MX_FORMATS), where defined.
+    mx_ops: dict[str, torch._ops.OpOverload] = dataclasses.field(default_factory=dict)
 
     def schemas(self) -> list[str]:
         ops = {*self.quant_ops.values(), *self.fused_ops.values(), *self.norm_ops.values()}
         ops |= {*self.rule_fused_ops.values(), *([self.rule_quant_op] if self.rule_quant_op is not None else [])}
-        ops |= set(self.rule_norm_out_ops.values())
+        ops |= set(self.rule_norm_out_ops.values()) | set(self.mx_ops.values())
         return sorted(str(op._schema) for op in ops)
 
     def rule_op(self, residual: bool | None) -> torch._ops.OpOverload | None:
@@ -168,8 +179,14 @@ def build_registry() -> Registry:
     rule_quant_op = get(RULE_QUANT_OP_NAME)
     rule_fused_ops = {res: op for res, name in RULE_FUSED_OP_NAMES.items() if (op := get(name)) is not None}
     rule_norm_out_ops = {res: op for res, name in RULE_NORM_OUT_OP_NAMES.items() if (op := get(name)) is not None}
+    mx_ops = {}
+    for fmt in MX_FORMATS:
+        quant, fused = mx_op_names(fmt)
+        for name in (quant, *fused.values()):
+            if (op := get(name)) is not None:
+                mx_ops[name] = op
     return Registry(quant_ops, fused_ops, norm_ops, missing, _library_line(), rule_quant_op, rule_fused_ops,
-                    rule_norm_out_ops)  # fmt: skip
+                    rule_norm_out_ops, mx_ops)  # fmt: skip
 
 
 _registry: Registry | None = None

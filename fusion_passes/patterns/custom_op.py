@@ -34,6 +34,7 @@ from fusion_passes.registry import (
     RULE_NORM_OUT_OP_NAMES,
     RULE_QUANT_OP_NAME,
     Registry,
+    mx_op_names,
     family_key,
     fused_op_name,
     quant_op_name,
@@ -53,6 +54,9 @@ class Family:
     fused_tail: Callable[[dict[str, Any], Any], tuple]
     dynamic: bool  # the quant returns (out, scales)
     rule: bool = False  # the rule op: its fused op takes the scale rule's arguments
+    #: a microscaling format (MX_FORMATS): its fused ops by name, blocks of `block` elements
+    mx: str = ""
+    block: int = 0
 
 
 def _fp8_static_tail(q, eps):
@@ -103,6 +107,15 @@ FAMILIES = (
     Family("int8_per_token", "dynamic_scaled_int8_quant", Scheme.PER_TOKEN,
            lambda q: QuantKey(torch.int8, Scheme.PER_TOKEN), _int8_token_tail, True),
     Family("dynamic_rule", RULE_QUANT_OP_NAME, Scheme.PER_TOKEN, _rule_key, _rule_tail, True, rule=True),
+    # The microscaling formats (no QuantKey: their key is the format); the fused op's arguments
+    # after epsilon are the quant op's after its input.
+    Family("mxfp8", "mxfp8_quant", Scheme.PER_GROUP, lambda q: None,
+           lambda q, eps: (eps, q["fp8_dtype"], q["scale_mode"], q["swizzled_scales"]), True, mx="mxfp8", block=32),
+    Family("mxfp4", "mxfp4_quant", Scheme.PER_GROUP, lambda q: None,
+           lambda q, eps: (eps, q["scale_mode"], q["swizzled_scales"]), True, mx="mxfp4", block=32),
+    Family("nvfp4", "nvfp4_quant", Scheme.PER_GROUP, lambda q: None,
+           lambda q, eps: (eps, q["global_scale"], q["global_scale_is_multiplier"], q["swizzled_scales"]), True,
+           mx="nvfp4", block=16),
 )  # fmt: skip
 
 
@@ -120,13 +133,17 @@ class CustomOpPattern:
         return f"{self.norm_op}+{self.family.quant_op}"
 
     def fused_op_name(self) -> str:
+        if self.family.mx:
+            return mx_op_names(self.family.mx)[1][self.residual]
         if self.family.rule:
             return RULE_FUSED_OP_NAMES[self.residual]
         sample = family_key(self.family.name)
         assert quant_op_name(sample) == self.family.quant_op
         return fused_op_name(sample, self.residual)
 
-    def _fused_op(self, registry: Registry, key: QuantKey):
+    def _fused_op(self, registry: Registry, key: QuantKey | None):
+        if self.family.mx:
+            return registry.mx_ops.get(self.fused_op_name())
         if self.family.rule:
             return registry.rule_op(self.residual)
         return registry.fused_ops.get((key, self.residual))
@@ -186,7 +203,8 @@ class CustomOpPattern:
             fused = registry.rule_norm_out_ops[self.residual]
         if fused is None:
             raise Refusal(
-                "fused_op_missing", self.fused_op_name() if self.family.rule else fused_op_name(key, self.residual)
+                "fused_op_missing",
+                self.fused_op_name() if (self.family.rule or self.family.mx) else fused_op_name(key, self.residual),
             )
         x_val = fx_utils.val(m.n["input"])
         y_val = fx_utils.val(m.qnode.args[0] if m.view is not None else m.y)
@@ -196,6 +214,12 @@ class CustomOpPattern:
             raise Refusal("no_kernel_for_device", str(x_val.device))
         if x_val.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise Refusal("unsupported_dtype", str(x_val.dtype))
+        if self.family.mx:
+            # Through a token-flattening view: row-major scales are viewed like the quant's input;
+            # swizzled ones tile the flattened rows, so they are the same tensor either way.
+            if m.view is not None and y_val.shape[-1] != x_val.shape[-1]:
+                raise Refusal("view_changes_hidden_dim")
+            return key
         if m.view is not None:
             if y_val.shape[-1] != x_val.shape[-1]:
                 raise Refusal("view_changes_hidden_dim")
@@ -258,14 +282,23 @@ class CustomOpPattern:
             scales = fx_utils.getitem(graph, fused, 1) if self.family.dynamic else None
             if m.view is not None:
                 shape = list(m.view.args[1])
-                out = fx_utils.call(graph, m.view.target, (out, shape), like=m.view)
+                if self.family.mx in ("mxfp4", "nvfp4"):  # packed FP4: H / 2 bytes a row
+                    out_shape = [*shape[:-1], int(fx_utils.val(n["input"]).shape[-1]) // 2]
+                    out = fx_utils.call(graph, m.view.target, (out, out_shape), like=m.qnode)
+                else:
+                    out = fx_utils.call(graph, m.view.target, (out, shape), like=m.view)
                 if scales is not None:
-                    if key.scheme is Scheme.PER_TENSOR:  # one scale, [1, ..., 1] in the view's rank
+                    if self.family.mx:  # row-major [..., H / block] (swizzled ones are 2-D either way)
+                        x_val = fx_utils.val(n["input"])
+                        scale_shape = ([*shape[:-1], int(x_val.shape[-1]) // self.family.block]
+                                       if not m.q["swizzled_scales"] else None)  # fmt: skip
+                    elif key.scheme is Scheme.PER_TENSOR:  # one scale, [1, ..., 1] in the view's rank
                         scale_shape = [1] * len(shape)
                     else:
                         last = 1 if key.scheme is Scheme.PER_TOKEN else x_groups(fx_utils.val(n["input"]), key)
                         scale_shape = [*shape[:-1], last]
-                    scales = fx_utils.call(graph, m.view.target, (scales, scale_shape), like=m.view)
+                    if scale_shape is not None:
+                        scales = fx_utils.call(graph, m.view.target, (scales, scale_shape), like=m.view)
             if self.family.dynamic:
                 for idx, items in q_items.items():
                     for item in items:

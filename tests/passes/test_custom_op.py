@@ -349,3 +349,57 @@ def test_report_of_a_pass_that_saw_no_graph_says_why():
     gm = trace(lambda x, r, w, s, ub: ops.static_scaled_fp8_quant(ops.rms_norm(x, w, EPS), s, FP8), *inputs())
     p(gm.graph)
     assert "FX graph cache" not in str(p.report) and p.report.fused == 1
+
+
+# --- the microscaling formats ------------------------------------------------------------------
+
+MX_QUANTS = {
+    "mxfp8_rceil": (lambda y, g: ops.mxfp8_quant(y, FP8, "rceil", False), "mxfp8"),
+    "mxfp8_floor_swizzled": (lambda y, g: ops.mxfp8_quant(y, torch.float8_e5m2, "floor", True), "mxfp8"),
+    "mxfp4_even": (lambda y, g: ops.mxfp4_quant(y, "even", False), "mxfp4"),
+    "mxfp4_ceil_swizzled": (lambda y, g: ops.mxfp4_quant(y, "ceil", True), "mxfp4"),
+    "nvfp4_divisor": (lambda y, g: ops.nvfp4_quant(y, g, False, False), "nvfp4"),
+    "nvfp4_multiplier_swizzled": (lambda y, g: ops.nvfp4_quant(y, g, True, True), "nvfp4"),
+}
+
+
+@pytest.fixture
+def mx_ops():
+    missing = [n for n in ("mxfp8_quant", "mxfp4_quant", "nvfp4_quant") if not hasattr(ops, n)]
+    if missing:
+        pytest.skip(f"the loaded library does not define {missing}")
+
+
+@pytest.mark.parametrize("quant", list(MX_QUANTS))
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("view", [False, True], ids=["direct", "flattening-view"])
+def test_microscaling_quant_after_the_norm_is_fused(quant, residual, view, mx_ops):
+    q, fmt = MX_QUANTS[quant]
+    fused = ("fused_add_" if residual else "") + f"rms_norm_{fmt}_quant"
+
+    def fn(x, r, w, s, ub):
+        g = s * 0.01  # a global scale for NVFP4
+        if residual:
+            y, new_r = ops.fused_add_rms_norm(x, r, w, EPS)
+        else:
+            y, new_r = ops.rms_norm(x, w, EPS), None
+        out = q(y.view(-1, y.shape[-1]) if view else y, g)
+        return (*out, new_r) if residual else out
+
+    args = inputs(tokens=(3, 50) if view else (130,))  # 130 rows: the swizzled layout pads to 256
+    gm = trace(fn, *args)
+    p = run_pass(gm)
+    assert op_counts(gm) == {fused: 1}, p.report
+    assert_same(gm(*args), fn(*args))
+
+
+def test_microscaling_norm_output_read_elsewhere_is_refused(mx_ops):
+    def fn(x, r, w, s, ub):
+        y = ops.rms_norm(x, w, EPS)
+        return (*ops.mxfp8_quant(y, FP8, "rceil", False), y * 2)
+
+    args = inputs()
+    gm = trace(fn, *args)
+    p = run_pass(gm)
+    assert p.report.refusals_per_reason() == {"norm_output_has_other_users": 1}
+    assert_same(gm(*args), fn(*args))
