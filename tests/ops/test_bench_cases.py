@@ -40,3 +40,10 @@ def test_every_case_passes_the_benchmark_check(bench):
         for variant, fn in (("fused", fused), ("unfused", unfused), ("eager", cases.native_fn(cell))):
             timing.check(cell, variant, fn(x, r, w, s), x, r, w, s)
         assert cases.min_bytes(cell) >= 33 * 512 * 3
+
+
+def test_the_neighbour_benchmark_steps_compute_the_op(bench, monkeypatch, fresh_dynamo):
+    """bench_neighbour.py's model step (FP8 matmul, the op, FP8 matmul) with our op and with
+    Inductor's compile in the middle: both pass the benchmark's check, on CPU (two compiles)."""
+    neighbour = _load("bench_neighbour", monkeypatch)
+    neighbour.check("cpu", ["static+res", "group128"])
