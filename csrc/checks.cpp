@@ -8,12 +8,6 @@
 #include "row_op.h"
 
 namespace fusion_kernels {
-namespace {
-
-#define FK_CHECK(cond, op, ...) \
-  do {                          \
-    if (!(cond)) fail(op, __VA_ARGS__); \
-  } while (0)
 
 // Dtypes in messages as torch spells them (torch.float16, not c10's Half; torch.int8, not Char).
 const char* name_of(ScalarType t) {
@@ -32,9 +26,17 @@ const char* name_of(ScalarType t) {
     case ScalarType::Float8_e4m3fnuz: return "torch.float8_e4m3fnuz";
     case ScalarType::Float8_e5m2: return "torch.float8_e5m2";
     case ScalarType::Float8_e5m2fnuz: return "torch.float8_e5m2fnuz";
+    case ScalarType::Float8_e8m0fnu: return "torch.float8_e8m0fnu";
     default: return torch::headeronly::toString(t);
   }
 }
+
+namespace {
+
+#define FK_CHECK(cond, op, ...) \
+  do {                          \
+    if (!(cond)) fail(op, __VA_ARGS__); \
+  } while (0)
 
 std::string device_str(const Tensor& t) {
   if (t.is_cpu()) return "cpu";

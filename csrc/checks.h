@@ -40,6 +40,9 @@ template <typename... Args>
   throw std::runtime_error(msg);
 }
 
+// A dtype in messages as torch spells it (torch.float16, not c10's Half).
+const char* name_of(ScalarType t);
+
 // Each raises (fail) when its argument is bad; `op` names the op in the message.
 void check_input(const char* op, const Tensor& input);
 void check_weight(const char* op, const Tensor& weight, const Tensor& input);

@@ -14,83 +14,10 @@
 #include "cpu/mx_cpu.h"
 #include "microscaling.h"
 #include "row_op.h"
+#include "tensor_rows.h"
 
 namespace fusion_kernels {
 namespace {
-
-const char* dtype_name(ScalarType t) {
-  switch (t) {
-    case ScalarType::Float: return "torch.float32";
-    case ScalarType::Half: return "torch.float16";
-    case ScalarType::BFloat16: return "torch.bfloat16";
-    case ScalarType::Double: return "torch.float64";
-    case ScalarType::Char: return "torch.int8";
-    case ScalarType::Byte: return "torch.uint8";
-    case ScalarType::Int: return "torch.int32";
-    case ScalarType::Long: return "torch.int64";
-    case ScalarType::Float8_e4m3fn: return "torch.float8_e4m3fn";
-    case ScalarType::Float8_e4m3fnuz: return "torch.float8_e4m3fnuz";
-    case ScalarType::Float8_e5m2: return "torch.float8_e5m2";
-    case ScalarType::Float8_e5m2fnuz: return "torch.float8_e5m2fnuz";
-    case ScalarType::Float8_e8m0fnu: return "torch.float8_e8m0fnu";
-    default: return torch::headeronly::toString(t);
-  }
-}
-
-DType to_dtype(ScalarType t) {
-  switch (t) {
-    case ScalarType::Half: return DType::kFloat16;
-    case ScalarType::BFloat16: return DType::kBFloat16;
-    default: return DType::kFloat32;
-  }
-}
-
-// The leading dims of a [..., H] tensor as one strided row dimension, or a contiguous copy when
-// they cannot be described by one stride (as ops.cpp's as_rows).
-struct Rows {
-  Tensor t;
-  int64_t rows = 1;
-  int64_t stride = 0;
-};
-
-Rows as_rows(const Tensor& t) {
-  const int64_t n = t.dim();
-  int64_t rows = 1;
-  for (int64_t d = 0; d + 1 < n; ++d) rows *= t.size(d);
-  int64_t row_stride = -1;
-  int64_t expected = -1;
-  bool collapsible = true;
-  for (int64_t d = n - 2; d >= 0; --d) {
-    if (t.size(d) == 1) continue;
-    if (row_stride < 0) {
-      row_stride = t.stride(d);
-      expected = row_stride * t.size(d);
-    } else if (t.stride(d) == expected) {
-      expected *= t.size(d);
-    } else {
-      collapsible = false;
-      break;
-    }
-  }
-  if (row_stride < 0) row_stride = t.size(-1);
-  if (!collapsible) {
-    Tensor c = torch::stable::contiguous(t);
-    return {c, rows, c.size(-1)};
-  }
-  return {t, rows, row_stride};
-}
-
-std::vector<int64_t> leading_shape(const Tensor& t, int64_t last) {
-  std::vector<int64_t> shape;
-  for (int64_t d = 0; d + 1 < t.dim(); ++d) shape.push_back(t.size(d));
-  shape.push_back(last);
-  return shape;
-}
-
-Tensor alloc(const std::vector<int64_t>& shape, ScalarType dtype, const Tensor& like) {
-  return torch::stable::empty(torch::headeronly::IntHeaderOnlyArrayRef(shape.data(), shape.size()), dtype,
-                              std::nullopt, like.device());
-}
 
 mx::ScaleMode parse_scale_mode(const char* op, const std::string& s) {
   if (s == "floor") return mx::ScaleMode::kFloor;
@@ -103,7 +30,7 @@ mx::ScaleMode parse_scale_mode(const char* op, const std::string& s) {
 MxKind mxfp8_kind(const char* op, ScalarType fp8_dtype) {
   if (fp8_dtype == ScalarType::Float8_e4m3fn) return MxKind::kMxfp8E4m3;
   if (fp8_dtype == ScalarType::Float8_e5m2) return MxKind::kMxfp8E5m2;
-  fail(op, "fp8_dtype must be float8_e4m3fn or float8_e5m2, got ", dtype_name(fp8_dtype));
+  fail(op, "fp8_dtype must be float8_e4m3fn or float8_e5m2, got ", name_of(fp8_dtype));
 }
 
 struct MxRequest {
@@ -140,7 +67,7 @@ MxOutputs run_mx(const char* op, const Tensor& input, const MxRequest& r) {
   Rows in = as_rows(input);
   p.rows = in.rows;
   p.hidden = H;
-  p.in_dtype = to_dtype(in_st);
+  p.in_dtype = *to_dtype(in_st);
   p.input = in.t.const_data_ptr();
   p.input_row_stride = in.stride;
   p.kind = r.kind;

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The ops' host bodies: each op is a row op (row_op.h) with some stages off. run() checks the
 // arguments (checks.h), allocates the outputs, fills RowOpParams and hands them to the CPU or
-// CUDA implementation.
+// CUDA implementation. The rule ops' bodies are in rule_ops.cpp, the microscaling ops' in mx_ops.cpp.
 #include "ops.h"
 
 #include <torch/csrc/stable/accelerator.h>
@@ -12,96 +12,15 @@
 
 #include "checks.h"
 #include "cpu/row_op_cpu.h"
+#include "op_request.h"
 #include "row_op.h"
+#include "tensor_rows.h"
 #ifdef FK_WITH_CUDA
 #include "cuda/row_op_cuda.h"
 #endif
 
 namespace fusion_kernels {
 namespace {
-
-std::optional<DType> to_dtype(ScalarType t) {
-  switch (t) {
-    case ScalarType::Float: return DType::kFloat32;
-    case ScalarType::Half: return DType::kFloat16;
-    case ScalarType::BFloat16: return DType::kBFloat16;
-    case ScalarType::Float8_e4m3fn: return DType::kFp8E4m3fn;
-    case ScalarType::Float8_e4m3fnuz: return DType::kFp8E4m3fnuz;
-    case ScalarType::Char: return DType::kInt8;
-    default: return std::nullopt;
-  }
-}
-
-// The leading dims of a [..., H] tensor as one strided row dimension. Returns a contiguous copy
-// when the leading dims cannot be described by a single stride.
-struct Rows {
-  Tensor t;
-  int64_t rows = 1;
-  int64_t stride = 0;
-};
-
-Rows as_rows(const Tensor& t) {
-  const int64_t n = t.dim();
-  int64_t rows = 1;
-  for (int64_t d = 0; d + 1 < n; ++d) rows *= t.size(d);
-  // Walk the leading dims from the innermost outwards, skipping size-1 dims (their stride is
-  // meaningless), and check that they nest like a contiguous block of rows.
-  int64_t row_stride = -1;
-  int64_t expected = -1;
-  bool collapsible = true;
-  for (int64_t d = n - 2; d >= 0; --d) {
-    if (t.size(d) == 1) continue;
-    if (row_stride < 0) {
-      row_stride = t.stride(d);
-      expected = row_stride * t.size(d);
-    } else if (t.stride(d) == expected) {
-      expected *= t.size(d);
-    } else {
-      collapsible = false;
-      break;
-    }
-  }
-  if (row_stride < 0) row_stride = t.size(-1);
-  if (!collapsible) {
-    Tensor c = torch::stable::contiguous(t);
-    return {c, rows, c.size(-1)};
-  }
-  return {t, rows, row_stride};
-}
-
-std::vector<int64_t> leading_shape(const Tensor& t, int64_t last) {
-  std::vector<int64_t> shape;
-  for (int64_t d = 0; d + 1 < t.dim(); ++d) shape.push_back(t.size(d));
-  shape.push_back(last);
-  return shape;
-}
-
-Tensor alloc(const std::vector<int64_t>& shape, ScalarType dtype, const Tensor& like) {
-  return torch::stable::empty(torch::headeronly::IntHeaderOnlyArrayRef(shape.data(), shape.size()), dtype,
-                              std::nullopt, like.device());
-}
-
-struct Outputs {
-  Tensor out;
-  Tensor scales;
-  Tensor residual_out;
-  Tensor norm_out;
-};
-
-struct Request {
-  const Tensor* residual = nullptr;
-  const Tensor* weight = nullptr;
-  double epsilon = 0.0;
-  QuantMode quant = QuantMode::kNone;
-  ScalarType out_dtype = ScalarType::Float;
-  const Tensor* scale = nullptr;
-  const std::optional<Tensor>* scale_ub = nullptr;
-  int64_t group_size = 0;
-  bool column_major_scales = false;
-  bool scale_ue8m0 = false;
-  const ScaleRule* rule = nullptr;  // the rule ops' rule; else the fixed rule of the quant mode
-  bool norm_out = false;  // the norm-output variants: y returned too
-};
 
 void launch(const char* op, const RowOpParams& p, const Tensor& input) {
   if (p.rows == 0 && p.quant != QuantMode::kPerTensor) return;  // per tensor: the scale of no rows
@@ -117,8 +36,10 @@ void launch(const char* op, const RowOpParams& p, const Tensor& input) {
   }
 }
 
-// A rule op's request: its rule checked and converted (the floats as float32), per row or per
-// group. `rule` must outlive the request.
+}  // namespace
+
+namespace detail {
+
 Request rule_request(const char* op, ScaleRule& rule, ScalarType quant_dtype, int64_t group_size, double divisor,
                      double absmax_floor, double scale_floor, double zero_scale, ScalarType scale_dtype,
                      bool scale_ue8m0) {
@@ -218,7 +139,11 @@ Outputs run(const char* op, const Tensor& input, const Request& r) {
   return o;
 }
 
-}  // namespace
+}  // namespace detail
+
+using detail::Outputs;
+using detail::Request;
+using detail::run;
 
 Tensor rms_norm(Tensor input, Tensor weight, double epsilon) {
   Request r;
@@ -395,80 +320,6 @@ std::tuple<Tensor, Tensor> fused_add_rms_norm_static_int8_quant(Tensor input, Te
   r.scale = &scale;
   Outputs o = run("fused_add_rms_norm_static_int8_quant", input, r);
   return {o.out, o.residual_out};
-}
-
-std::tuple<Tensor, Tensor> dynamic_quant(Tensor input, ScalarType quant_dtype, int64_t group_size, double divisor,
-                                         double absmax_floor, double scale_floor, double zero_scale,
-                                         ScalarType scale_dtype, bool scale_ue8m0) {
-  const char* op = "dynamic_quant";
-  ScaleRule rule;
-  Request r = rule_request(op, rule, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
-                           scale_dtype, scale_ue8m0);
-  Outputs o = run(op, input, r);
-  return {o.out, o.scales};
-}
-
-std::tuple<Tensor, Tensor> rms_norm_dynamic_quant(Tensor input, Tensor weight, double epsilon, ScalarType quant_dtype,
-                                                  int64_t group_size, double divisor, double absmax_floor,
-                                                  double scale_floor, double zero_scale, ScalarType scale_dtype,
-                                                  bool scale_ue8m0) {
-  const char* op = "rms_norm_dynamic_quant";
-  ScaleRule rule;
-  Request r = rule_request(op, rule, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
-                           scale_dtype, scale_ue8m0);
-  r.weight = &weight;
-  r.epsilon = epsilon;
-  Outputs o = run(op, input, r);
-  return {o.out, o.scales};
-}
-
-std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_dynamic_quant(Tensor input, Tensor residual, Tensor weight,
-                                                                    double epsilon, ScalarType quant_dtype,
-                                                                    int64_t group_size, double divisor,
-                                                                    double absmax_floor, double scale_floor,
-                                                                    double zero_scale, ScalarType scale_dtype,
-                                                                    bool scale_ue8m0) {
-  const char* op = "fused_add_rms_norm_dynamic_quant";
-  ScaleRule rule;
-  Request r = rule_request(op, rule, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
-                           scale_dtype, scale_ue8m0);
-  r.residual = &residual;
-  r.weight = &weight;
-  r.epsilon = epsilon;
-  Outputs o = run(op, input, r);
-  return {o.out, o.scales, o.residual_out};
-}
-
-std::tuple<Tensor, Tensor, Tensor> rms_norm_dynamic_quant_with_norm_out(Tensor input, Tensor weight, double epsilon,
-                                                                        ScalarType quant_dtype, int64_t group_size,
-                                                                        double divisor, double absmax_floor,
-                                                                        double scale_floor, double zero_scale,
-                                                                        ScalarType scale_dtype, bool scale_ue8m0) {
-  const char* op = "rms_norm_dynamic_quant_with_norm_out";
-  ScaleRule rule;
-  Request r = rule_request(op, rule, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
-                           scale_dtype, scale_ue8m0);
-  r.weight = &weight;
-  r.epsilon = epsilon;
-  r.norm_out = true;
-  Outputs o = run(op, input, r);
-  return {o.out, o.scales, o.norm_out};
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor> fused_add_rms_norm_dynamic_quant_with_norm_out(
-    Tensor input, Tensor residual, Tensor weight, double epsilon, ScalarType quant_dtype, int64_t group_size,
-    double divisor, double absmax_floor, double scale_floor, double zero_scale, ScalarType scale_dtype,
-    bool scale_ue8m0) {
-  const char* op = "fused_add_rms_norm_dynamic_quant_with_norm_out";
-  ScaleRule rule;
-  Request r = rule_request(op, rule, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
-                           scale_dtype, scale_ue8m0);
-  r.residual = &residual;
-  r.weight = &weight;
-  r.epsilon = epsilon;
-  r.norm_out = true;
-  Outputs o = run(op, input, r);
-  return {o.out, o.scales, o.residual_out, o.norm_out};
 }
 
 }  // namespace fusion_kernels

@@ -248,7 +248,8 @@ class CustomOpPattern:
         if not self.family.dynamic:
             raise Refusal("norm_output_has_other_users", f"{user}; a static scale has no norm-output variant")
         if registry.rule_norm_out_ops.get(self.residual) is None:
-            raise Refusal("norm_output_has_other_users", f"{user}; {RULE_NORM_OUT_OP_NAMES[self.residual]} is not available")
+            missing = RULE_NORM_OUT_OP_NAMES[self.residual]
+            raise Refusal("norm_output_has_other_users", f"{user}; {missing} is not available")
         if self.family.rule:
             return tuple(q[a] for a in _RULE_ARGS)
         if name in ("fp8_per_token", "int8_per_token"):

@@ -12,7 +12,7 @@ from fusion_kernels.build.errors import BuildError
 LIB_NAME = "libfusion_kernels.so"
 
 #: The host sources, compiled for every target (the CPU kernels and the op registrations).
-CPU_SOURCES = ("bindings.cpp", "ops.cpp", "checks.cpp", "cpu/row_op_cpu.cpp", "mx_ops.cpp", "cpu/mx_cpu.cpp")
+CPU_SOURCES = ("bindings.cpp", "ops.cpp", "rule_ops.cpp", "checks.cpp", "cpu/row_op_cpu.cpp", "mx_ops.cpp", "cpu/mx_cpu.cpp")
 #: The device sources, added for CUDA targets (and hipified for ROCm targets).
 GPU_SOURCES = (
     "cuda/row_op_cuda.cu",

@@ -83,8 +83,6 @@ def rule_ops(request):
     # norm-output variants: only their tests are skipped then).
     params = getattr(request.node, "callspec", None)
     wanted = [*BASE_RULE_OPS, *([params.params["op_name"]] if params and "op_name" in params.params else [])]
-    if "norm_out" in request.node.name:
-        wanted += [n for n in RULE_OP_NAMES if n.endswith("_with_norm_out")]
     missing = [n for n in dict.fromkeys(wanted) if not hasattr(ops, n)]
     if missing:
         pytest.skip(f"the loaded library does not define {missing}")
@@ -684,34 +682,3 @@ def test_scale_of_every_absmax_on_cuda(name, dtype, rule_ops):
     assert_equal_or_both_nan(s.cpu(), ref_s, f"scales {name}")
     assert_equal_or_both_nan(q.cpu(), ref_q, f"q {name}")
 
-
-# --- the norm-output variants ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_norm_out_variants_add_the_norm_output_bit_for_bit(dtype, device, rule_ops):
-    """``*_with_norm_out`` returns what the fused rule op returns, and then what the norm op returns
-    (our unfused norm, bit for bit): per row, per group, per tensor, every launch variant."""
-    eps = 1e-6
-    cases = [(0, INT8, rule(INT8, divisor=127.5, zero_scale=1e-7)),
-             (64, FP8, rule(FP8, absmax_floor=1e-4, scale_ue8m0=True)),
-             (128, FP8, rule(FP8, scale_floor=1.0 / (448 * 512))),
-             (-1, FP8, rule(FP8, scale_dtype=torch.bfloat16))]  # fmt: skip
-    sizes = [(0, 128), (1, 4096), (7, 1024), (300, 1152)] + ([(2048, 7168), (3, 16384)] if device == "cuda" else [])
-    for (rows, hidden), (group_size, qdtype, r) in itertools.product(sizes, cases):
-        if group_size > 0 and hidden % group_size:
-            continue
-        g = torch.Generator().manual_seed(rows + hidden)
-        x = torch.randn(rows, hidden, generator=g).to(dtype).to(device)
-        res = torch.randn(rows, hidden, generator=g).to(dtype).to(device)
-        w = (1 + 0.3 * torch.randn(hidden, generator=g)).to(dtype).to(device)
-        what = f"{dtype} G={group_size} {rows}x{hidden}"
-        got = ops.rms_norm_dynamic_quant_with_norm_out(x, w, eps, qdtype, group_size, **r)
-        exp = (*ops.rms_norm_dynamic_quant(x, w, eps, qdtype, group_size, **r), ops.rms_norm(x, w, eps))
-        for i, (a, b) in enumerate(zip(got, exp, strict=True)):
-            assert_equal_or_both_nan(a, b, f"{what} output {i}")
-        got = ops.fused_add_rms_norm_dynamic_quant_with_norm_out(x, res, w, eps, qdtype, group_size, **r)
-        exp = (*ops.fused_add_rms_norm_dynamic_quant(x, res, w, eps, qdtype, group_size, **r),
-               ops.fused_add_rms_norm(x, res, w, eps)[0])  # fmt: skip
-        for i, (a, b) in enumerate(zip(got, exp, strict=True)):
-            assert_equal_or_both_nan(a, b, f"{what} residual output {i}")
