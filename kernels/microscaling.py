@@ -365,8 +365,10 @@ def mxfp4_quantize(
     (torchao's ``to_mx`` with ``float4_e2m1fn_x2``).
 
     Scales and scaling as :func:`mxfp8_quantize` with qmax 6; each scaled value is converted by
-    :func:`f32_to_e2m1` (round to nearest even, saturating to +-6). NaN elements give code 7 with
-    their sign (e2m1 has no NaN; torchao's software conversion encodes them differently).
+    :func:`f32_to_e2m1` (round to nearest even, saturating to +-6). NaN gives code 7 with the
+    sign of the scaled NaN (e2m1 has no NaN; torchao's software conversion encodes it
+    differently): in floor/ceil/even the element's own NaN; in rceil a block holding a NaN has
+    scale 255 and a NaN factor, and every element of it takes the factor's (positive) NaN.
 
     Returns ``(q, scales)``: ``q`` packed FP4, ``[..., H / 2]`` contiguous (element ``2i`` in the
     low nibble of byte ``i``), as ``uint8`` or ``float4_e2m1fn_x2`` (``fp4_dtype``); ``scales``
