@@ -62,19 +62,15 @@ MxOutputs run_mx(const char* op, const Tensor& input, const MxRequest& r) {
   if (r.global_scale) check_scalar_scale(op, "global_scale", *r.global_scale, input);
   if (!input.is_cpu()) fail(op, "has a CPU kernel only in this release, got an input on a GPU");
 
-  const ScalarType in_st = input.scalar_type();
   MxQuantParams p;
-  Rows in = as_rows(input);
-  p.rows = in.rows;
-  p.hidden = H;
-  p.in_dtype = *to_dtype(in_st);
-  p.input = in.t.const_data_ptr();
-  p.input_row_stride = in.stride;
+  const NormInputs bound = bind_norm_inputs(p, input, r.residual, r.weight, r.epsilon);
+  const Rows& in = bound.in;
   p.kind = r.kind;
   p.scale_mode = r.scale_mode;
   p.swizzled = r.swizzled;
 
   MxOutputs o;
+  o.residual_out = bound.residual_out;
   const bool fp4 = r.kind == MxKind::kMxfp4 || r.kind == MxKind::kNvfp4;
   const ScalarType out_st = r.kind == MxKind::kMxfp8E4m3   ? ScalarType::Float8_e4m3fn
                             : r.kind == MxKind::kMxfp8E5m2 ? ScalarType::Float8_e5m2
@@ -95,19 +91,6 @@ MxOutputs run_mx(const char* op, const Tensor& input, const MxRequest& r) {
   }
   p.scales = static_cast<uint8_t*>(o.scales.mutable_data_ptr());
 
-  Rows res;
-  if (r.residual) {
-    res = as_rows(*r.residual);
-    p.residual = res.t.const_data_ptr();
-    p.residual_row_stride = res.stride;
-    o.residual_out = alloc(leading_shape(input, H), in_st, input);
-    p.residual_out = o.residual_out.mutable_data_ptr();
-  }
-  if (r.weight) {
-    p.weight = r.weight->const_data_ptr();
-    p.weight_dtype = r.weight->scalar_type() == ScalarType::Float ? DType::kFloat32 : p.in_dtype;
-    p.epsilon = static_cast<float>(r.epsilon);
-  }
   if (r.global_scale) {
     p.global_scale = static_cast<const float*>(r.global_scale->const_data_ptr());
     p.global_scale_is_multiplier = r.global_scale_is_multiplier;

@@ -70,33 +70,17 @@ Outputs run(const char* op, const Tensor& input, const Request& r) {
   if (r.quant == QuantMode::kPerGroup) check_group(op, input, r.group_size, r.column_major_scales);
 
   RowOpParams p;
-  Rows in = as_rows(input);
-  p.rows = in.rows;
-  p.hidden = H;
-  p.in_dtype = *to_dtype(in_st);
-  p.input = in.t.const_data_ptr();
-  p.input_row_stride = in.stride;
+  const NormInputs bound = bind_norm_inputs(p, input, r.residual, r.weight, r.epsilon);
+  const Rows& in = bound.in;
 
   Outputs o;
+  o.residual_out = bound.residual_out;
   const ScalarType out_st = r.quant == QuantMode::kNone ? in_st : r.out_dtype;
   o.out = alloc(leading_shape(input, H), out_st, input);
   p.out = o.out.mutable_data_ptr();
   p.out_dtype = *to_dtype(out_st);
   p.quant = r.quant;
 
-  Rows res;
-  if (r.residual) {
-    res = as_rows(*r.residual);
-    p.residual = res.t.const_data_ptr();
-    p.residual_row_stride = res.stride;
-    o.residual_out = alloc(leading_shape(input, H), in_st, input);
-    p.residual_out = o.residual_out.mutable_data_ptr();
-  }
-  if (r.weight) {
-    p.weight = r.weight->const_data_ptr();
-    p.weight_dtype = *to_dtype(r.weight->scalar_type());
-    p.epsilon = static_cast<float>(r.epsilon);
-  }
   if (r.norm_out) {
     o.norm_out = alloc(leading_shape(input, H), in_st, input);
     p.norm_out = o.norm_out.mutable_data_ptr();

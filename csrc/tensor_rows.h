@@ -79,4 +79,39 @@ inline Tensor alloc(const std::vector<int64_t>& shape, ScalarType dtype, const T
                               std::nullopt, like.device());
 }
 
+// The tensors of a [residual add ->] [RMSNorm ->] request bound to a params struct (RowOpParams,
+// MxQuantParams: the same field names): the input's rows, the residual's and the new residual
+// (allocated here), the norm weight and eps. Holds what the pointers point into (a contiguous
+// copy of rows that no stride describes) until the kernel has been queued.
+struct NormInputs {
+  Rows in;
+  Rows res;
+  Tensor residual_out;  // set iff a residual is given
+};
+
+template <typename Params>
+NormInputs bind_norm_inputs(Params& p, const Tensor& input, const Tensor* residual, const Tensor* weight,
+                            double epsilon) {
+  NormInputs n;
+  n.in = as_rows(input);
+  p.rows = n.in.rows;
+  p.hidden = input.size(-1);
+  p.in_dtype = *to_dtype(input.scalar_type());
+  p.input = n.in.t.const_data_ptr();
+  p.input_row_stride = n.in.stride;
+  if (residual) {
+    n.res = as_rows(*residual);
+    p.residual = n.res.t.const_data_ptr();
+    p.residual_row_stride = n.res.stride;
+    n.residual_out = alloc(leading_shape(input, input.size(-1)), input.scalar_type(), input);
+    p.residual_out = n.residual_out.mutable_data_ptr();
+  }
+  if (weight) {
+    p.weight = weight->const_data_ptr();
+    p.weight_dtype = *to_dtype(weight->scalar_type());
+    p.epsilon = static_cast<float>(epsilon);
+  }
+  return n;
+}
+
 }  // namespace fusion_kernels

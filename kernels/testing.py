@@ -262,6 +262,15 @@ def assert_outputs_match(
 # --- inputs -------------------------------------------------------------------------------------
 
 
+def scale_rule(quant_dtype: torch.dtype, **overrides) -> dict:
+    """A rule op's scale rule as keyword arguments (``divisor`` ... ``scale_ue8m0``, the reference's
+    ``dynamic_scale``): ``absmax / qmax`` with nothing else, unless overridden."""
+    rule = dict(divisor=QMAX[quant_dtype], absmax_floor=0.0, scale_floor=0.0, zero_scale=0.0,
+                scale_dtype=torch.float32, scale_ue8m0=False)  # fmt: skip
+    rule.update(overrides)
+    return rule
+
+
 def make_args(
     op_name: str,
     tokens: tuple[int, ...],

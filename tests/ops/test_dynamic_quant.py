@@ -23,6 +23,7 @@ from fusion_kernels import reference
 from fusion_kernels.fake import RULE_OP_NAMES
 from fusion_kernels.reference import QMAX
 from fusion_kernels.testing import assert_outputs_match, make_args, quant_steps, reference_of
+from fusion_kernels.testing import scale_rule as rule
 
 ops = torch.ops.fusion_kernels
 
@@ -30,14 +31,6 @@ FP8 = torch.float8_e4m3fn
 FNUZ = torch.float8_e4m3fnuz
 INT8 = torch.int8
 RULE_ARGS = ("divisor", "absmax_floor", "scale_floor", "zero_scale", "scale_dtype", "scale_ue8m0")
-
-
-def rule(qdtype, **kw):
-    """A scale rule as keyword arguments: absmax / qmax, nothing else, unless overridden."""
-    r = dict(divisor=QMAX[qdtype], absmax_floor=0.0, scale_floor=0.0, zero_scale=0.0,
-             scale_dtype=torch.float32, scale_ue8m0=False)  # fmt: skip
-    r.update(kw)
-    return r
 
 
 # name: (rule of (quant dtype, input dtype), quant dtypes, group sizes)

@@ -10,19 +10,12 @@ import pytest
 import torch
 
 from fusion_kernels.fake import RULE_OP_NAMES
-from fusion_kernels.reference import QMAX
+from fusion_kernels.testing import scale_rule as rule
 
 ops = torch.ops.fusion_kernels
 FP8 = torch.float8_e4m3fn
 INT8 = torch.int8
 NORM_OUT_OPS = [n for n in RULE_OP_NAMES if n.endswith("_with_norm_out")]
-
-
-def rule(qdtype, **kw):
-    r = dict(divisor=QMAX[qdtype], absmax_floor=0.0, scale_floor=0.0, zero_scale=0.0,
-             scale_dtype=torch.float32, scale_ue8m0=False)  # fmt: skip
-    r.update(kw)
-    return r
 
 
 @pytest.fixture
@@ -45,7 +38,6 @@ def assert_equal_or_both_nan(a: torch.Tensor, b: torch.Tensor, what: str) -> Non
     nan = torch.isnan(fa)
     assert torch.equal(nan, torch.isnan(fb)), f"{what}: NaN at different places"
     assert torch.equal(fa[~nan], fb[~nan]), f"{what}: differs"
-
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

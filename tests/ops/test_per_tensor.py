@@ -16,8 +16,7 @@ import torch
 
 from fusion_kernels import reference
 from fusion_kernels.fake import RULE_OP_NAMES
-from fusion_kernels.reference import QMAX
-from fusion_kernels.testing import assert_outputs_match, make_args
+from fusion_kernels.testing import assert_outputs_match, make_args, scale_rule as rule
 
 ops = torch.ops.fusion_kernels
 
@@ -25,13 +24,6 @@ FP8 = torch.float8_e4m3fn
 FNUZ = torch.float8_e4m3fnuz
 INT8 = torch.int8
 PER_TENSOR = -1
-
-
-def rule(qdtype, **kw):
-    r = dict(divisor=QMAX[qdtype], absmax_floor=0.0, scale_floor=0.0, zero_scale=0.0,
-             scale_dtype=torch.float32, scale_ue8m0=False)  # fmt: skip
-    r.update(kw)
-    return r
 
 
 #: name: rule of (quant dtype, model dtype)
@@ -52,7 +44,8 @@ def rule_ops(request, device):
     missing = [n for n in RULE_OP_NAMES if not n.endswith("_with_norm_out") and not hasattr(ops, n)]
     if missing:
         pytest.skip(f"the loaded library does not define {missing}")
-    if device == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key("fusion_kernels::dynamic_quant", "CUDA"):
+    cuda_kernel = torch._C._dispatch_has_kernel_for_dispatch_key("fusion_kernels::dynamic_quant", "CUDA")
+    if device == "cuda" and not cuda_kernel:
         pytest.skip("the loaded library has no CUDA kernels for the rule ops")
 
 
