@@ -10,7 +10,7 @@ from collections import Counter
 
 import torch
 
-from fusion_kernels.fake import ALL_OP_NAMES, MX_OP_NAMES
+from fusion_kernels.fake import ALL_OP_NAMES
 
 
 def elf_section(path: str, wanted: str) -> bytes:
@@ -65,10 +65,9 @@ for name in ALL_OP_NAMES:
         continue
     if not torch._C._dispatch_has_kernel_for_dispatch_key(qual, "CPU"):
         no_cpu.append(name)
-    # The microscaling ops have CPU kernels only in this release (their CUDA kernels come later).
-    # The rule ops have CUDA kernels in the default build (FK_GPU_RULE_OPS, csrc/row_op.h).
-    cpu_only = name in MX_OP_NAMES
-    if args.expect_cuda and not cpu_only and not torch._C._dispatch_has_kernel_for_dispatch_key(qual, "CUDA"):
+    # The rule ops have CUDA kernels in the default build (FK_GPU_RULE_OPS, csrc/row_op.h), and so
+    # do the microscaling ops.
+    if args.expect_cuda and not torch._C._dispatch_has_kernel_for_dispatch_key(qual, "CUDA"):
         no_cuda.append(name)
 problems = []
 if missing:

@@ -4,14 +4,16 @@
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 so each output is a fresh allocation: an output element the
 kernel does not write is then an uninitialized read when copied back (initcheck)."""
 
+import itertools
 import sys
 
 import torch
 
 import fusion_kernels
 from fusion_kernels import OP_NAMES
-from fusion_kernels.fake import RULE_OP_NAMES
+from fusion_kernels.fake import MX_OP_NAMES, RULE_OP_NAMES
 from fusion_kernels.testing import make_args
+from fusion_kernels.testing_mx import FORMATS, modes, mx_input, run_fused, run_quant
 
 fusion_kernels.load(strict=True)
 ops = torch.ops.fusion_kernels
@@ -53,6 +55,24 @@ for op_name in OP_NAMES:
                 for o in out if isinstance(out, tuple) else (out,):
                     o.cpu()
                 count += 1
+
+# The microscaling ops: every format, both scale layouts (T = 1, 7, 130: padding rows and, at
+# H = 96 / 3 blocks, padding columns of the swizzled tiles), a row-strided fp16 input, the
+# register-cached and the re-reading norm kernels (H = 16896 > 16384 bf16 elements).
+if all(torch._C._dispatch_has_kernel_for_dispatch_key(f"fusion_kernels::{n}", "CUDA") for n in MX_OP_NAMES):
+    for fmt, tokens, hidden, dtype, sw in itertools.product(
+        FORMATS, [1, 7, 130], [96, 4096, 16896], [torch.bfloat16, torch.float16], [False, True]
+    ):
+        base = mx_input((tokens, hidden + (32 if dtype == torch.float16 else 0)), dtype).cuda()
+        x = base[:, :hidden]
+        w = torch.ones(hidden, dtype=dtype, device="cuda")
+        gs = torch.tensor(0.02, device="cuda")
+        mode = modes(fmt)[1]
+        out = run_fused(fmt, x, w, 1e-6, mode, "swizzled" if sw else "row_major", x.clone(), gs)[0]
+        out += run_quant(fmt, x, mode, "swizzled" if sw else "row_major", gs)[0]
+        for o in out:
+            o.cpu()
+        count += 4
 torch.cuda.synchronize()
 print(f"sanitize grid: {count} op calls")
 sys.exit(0)

@@ -119,7 +119,7 @@ STABLE_TORCH_LIBRARY_IMPL(fusion_kernels, CUDA, m) {
 // --- The microscaling quant ops (mx_ops.h): MXFP8, MXFP4, NVFP4, unfused and fused with RMSNorm.
 // scale_mode: "floor", "rceil", "ceil" or "even"; swizzled_scales: the 128x4 tile layout instead
 // of row-major [..., H / block]; FP4 outputs are packed two per byte as uint8 [..., H / 2].
-// CPU kernels only in this release (no CUDA registration; .ci/check_library.py exempts them).
+// CPU and CUDA / HIP kernels (the same host bodies: they hand off by the input's device).
 STABLE_TORCH_LIBRARY_FRAGMENT(fusion_kernels, m) {
   m.def("mxfp8_quant(Tensor input, ScalarType fp8_dtype, str scale_mode, bool swizzled_scales) "
         "-> (Tensor out, Tensor scales)");
@@ -149,14 +149,19 @@ STABLE_TORCH_LIBRARY_FRAGMENT(fusion_kernels, m) {
       "-> (Tensor out, Tensor scales, Tensor residual_out)");
 }
 
-STABLE_TORCH_LIBRARY_IMPL(fusion_kernels, CPU, m) {
-  m.impl("mxfp8_quant", TORCH_BOX(&mxfp8_quant));
-  m.impl("mxfp4_quant", TORCH_BOX(&mxfp4_quant));
-  m.impl("nvfp4_quant", TORCH_BOX(&nvfp4_quant));
-  m.impl("rms_norm_mxfp8_quant", TORCH_BOX(&rms_norm_mxfp8_quant));
-  m.impl("fused_add_rms_norm_mxfp8_quant", TORCH_BOX(&fused_add_rms_norm_mxfp8_quant));
-  m.impl("rms_norm_mxfp4_quant", TORCH_BOX(&rms_norm_mxfp4_quant));
-  m.impl("fused_add_rms_norm_mxfp4_quant", TORCH_BOX(&fused_add_rms_norm_mxfp4_quant));
-  m.impl("rms_norm_nvfp4_quant", TORCH_BOX(&rms_norm_nvfp4_quant));
-  m.impl("fused_add_rms_norm_nvfp4_quant", TORCH_BOX(&fused_add_rms_norm_nvfp4_quant));
-}
+#define FK_REGISTER_MX_OPS(m)                                                                            \
+  m.impl("mxfp8_quant", TORCH_BOX(&mxfp8_quant));                                                        \
+  m.impl("mxfp4_quant", TORCH_BOX(&mxfp4_quant));                                                        \
+  m.impl("nvfp4_quant", TORCH_BOX(&nvfp4_quant));                                                        \
+  m.impl("rms_norm_mxfp8_quant", TORCH_BOX(&rms_norm_mxfp8_quant));                                      \
+  m.impl("fused_add_rms_norm_mxfp8_quant", TORCH_BOX(&fused_add_rms_norm_mxfp8_quant));                  \
+  m.impl("rms_norm_mxfp4_quant", TORCH_BOX(&rms_norm_mxfp4_quant));                                      \
+  m.impl("fused_add_rms_norm_mxfp4_quant", TORCH_BOX(&fused_add_rms_norm_mxfp4_quant));                  \
+  m.impl("rms_norm_nvfp4_quant", TORCH_BOX(&rms_norm_nvfp4_quant));                                      \
+  m.impl("fused_add_rms_norm_nvfp4_quant", TORCH_BOX(&fused_add_rms_norm_nvfp4_quant))
+
+STABLE_TORCH_LIBRARY_IMPL(fusion_kernels, CPU, m) { FK_REGISTER_MX_OPS(m); }
+
+#ifdef FK_WITH_CUDA
+STABLE_TORCH_LIBRARY_IMPL(fusion_kernels, CUDA, m) { FK_REGISTER_MX_OPS(m); }
+#endif

@@ -167,6 +167,28 @@ FK_MX_HD inline uint8_t f32_to_e4m3fn(float f) {
   return static_cast<uint8_t>(result | (sign >> 24));
 }
 
+// float8_e5m2 of x, round to nearest even; |x| from 2^16 up (Inf included) gives +-Inf, NaN
+// gives 0x7F with NaN's sign (torch's conversion). The MXFP8 kernels clamp to +-57344 first.
+FK_MX_HD inline uint8_t f32_to_e5m2(float f) {
+  uint32_t f_bits = bits_of(f);
+  const uint32_t sign = f_bits & 0x80000000u;
+  f_bits ^= sign;
+  uint8_t result;
+  if (f_bits >= (UINT32_C(143) << 23)) {  // 2^16: beyond the largest finite value's rounding range
+    result = f_bits > 0x7F800000u ? 0x7F : 0x7C;
+  } else if (f_bits < (UINT32_C(113) << 23)) {  // below 2^-14: the e5m2 subnormals, by an
+    // exact-alignment add (the sum's low mantissa bits are the rounded subnormal)
+    constexpr uint32_t kAlign = UINT32_C(134) << 23;
+    result = static_cast<uint8_t>(bits_of(float_of(f_bits) + float_of(kAlign)) - kAlign);
+  } else {
+    // rebias 127 -> 15 and round the 23-bit mantissa to 2 bits, ties to even
+    const uint32_t odd = (f_bits >> 21) & 1u;
+    f_bits += (static_cast<uint32_t>(15 - 127) << 23) + 0xFFFFFu + odd;
+    result = static_cast<uint8_t>(f_bits >> 21);
+  }
+  return static_cast<uint8_t>(result | (sign >> 24));
+}
+
 // The float of a float8_e4m3fn byte (0x7F / 0xFF: NaN).
 FK_MX_HD inline float e4m3fn_to_f32(uint8_t b) {
   const uint32_t sign = static_cast<uint32_t>(b & 0x80) << 24;

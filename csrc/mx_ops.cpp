@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Host bodies of the microscaling quant ops (mx_ops.h): argument checks (checks.h, messages
 // "fusion_kernels.<op>: <argument> ..."), output allocation, and the hand-off to the CPU kernel
-// (cpu/mx_cpu.cpp). CPU only in this release: bindings.cpp registers no CUDA kernel for them.
+// (cpu/mx_cpu.cpp) or the CUDA / HIP kernel (cuda/mx_kernels.cuh), which give the same bytes.
 #include "mx_ops.h"
 
 #include <torch/csrc/stable/ops.h>
@@ -15,6 +15,11 @@
 #include "microscaling.h"
 #include "row_op.h"
 #include "tensor_rows.h"
+#ifdef FK_WITH_CUDA
+#include <torch/csrc/stable/accelerator.h>
+
+#include "cuda/mx_cuda.h"
+#endif
 
 namespace fusion_kernels {
 namespace {
@@ -60,7 +65,7 @@ MxOutputs run_mx(const char* op, const Tensor& input, const MxRequest& r) {
   if (r.weight) check_epsilon(op, r.epsilon);
   if (r.residual) check_residual(op, *r.residual, input);
   if (r.global_scale) check_scalar_scale(op, "global_scale", *r.global_scale, input);
-  if (!input.is_cpu()) fail(op, "has a CPU kernel only in this release, got an input on a GPU");
+  if (!input.is_cpu() && !input.is_cuda()) fail(op, "input must be on the CPU or a CUDA / ROCm GPU");
 
   MxQuantParams p;
   const NormInputs bound = bind_norm_inputs(p, input, r.residual, r.weight, r.epsilon);
@@ -84,8 +89,9 @@ MxOutputs run_mx(const char* op, const Tensor& input, const MxRequest& r) {
     const int64_t row_tiles = (in.rows + 127) / 128;
     const int64_t col_tiles = (cols + 3) / 4;
     o.scales = alloc({32 * row_tiles, 16 * col_tiles}, scale_st, input);
-    // The padding of the tiles is 0 (as swizzle_scales_128x4 writes it).
-    std::memset(o.scales.mutable_data_ptr(), 0, static_cast<size_t>(512 * row_tiles * col_tiles));
+    // The padding of the tiles is 0 (as swizzle_scales_128x4 writes it): zero-filled here on the
+    // CPU, written by the kernel on a GPU.
+    if (input.is_cpu()) std::memset(o.scales.mutable_data_ptr(), 0, static_cast<size_t>(512 * row_tiles * col_tiles));
   } else {
     o.scales = alloc(leading_shape(input, cols), scale_st, input);
   }
@@ -95,7 +101,16 @@ MxOutputs run_mx(const char* op, const Tensor& input, const MxRequest& r) {
     p.global_scale = static_cast<const float*>(r.global_scale->const_data_ptr());
     p.global_scale_is_multiplier = r.global_scale_is_multiplier;
   }
-  mx_quant_cpu(p);
+  if (input.is_cuda()) {
+#ifdef FK_WITH_CUDA
+    torch::stable::accelerator::DeviceGuard guard(input.get_device_index());
+    mx_quant_cuda(p, input.get_device_index());
+#else
+    fail(op, "this build of the library has no CUDA kernels");
+#endif
+  } else {
+    mx_quant_cpu(p);
+  }
   return o;
 }
 

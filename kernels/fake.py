@@ -230,7 +230,7 @@ def fused_add_rms_norm_dynamic_quant_with_norm_out(input, residual, weight, epsi
 
 
 
-# --- the microscaling quant ops (MXFP8, MXFP4, NVFP4; csrc/mx_ops.h): CPU kernels only so far ---
+# --- the microscaling quant ops (MXFP8, MXFP4, NVFP4; csrc/mx_ops.h) ---
 
 MX_SCALE_MODES = ("floor", "rceil", "ceil", "even")
 _MXFP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -372,12 +372,11 @@ def fused_add_rms_norm_nvfp4_quant(input, residual, weight, epsilon, global_scal
     return (*_nvfp4(input, swizzled_scales), _out(input, input.dtype))
 
 
-#: The microscaling quant ops (csrc/mx_ops.h). CPU kernels only in this release (no CUDA
-#: registration; .ci/check_library.py exempts them). They are in FAKES but not in OP_NAMES: the
-#: generic op tests (test_numerics, test_properties, test_cuda, test_op_contract's per-op tests)
+#: The microscaling quant ops (csrc/mx_ops.h), CPU and CUDA kernels. They are in FAKES but not in
+#: OP_NAMES: the generic op tests (test_numerics, test_properties, test_cuda, test_op_contract's per-op tests)
 #: iterate OP_NAMES through fusion_kernels.testing.make_args / reference_of, which do not know
 #: their arguments (scale_mode, global_scale, swizzled_scales); tests/ops/test_microscaling_ops.py
-#: covers them. ALL_OP_NAMES is every op the library defines.
+#: and test_microscaling_cuda.py cover them. ALL_OP_NAMES is every op the library defines.
 MX_OP_NAMES: tuple[str, ...] = (
     "mxfp8_quant",
     "mxfp4_quant",

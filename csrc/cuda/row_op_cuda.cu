@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
-// Entry point of the CUDA row op: finds the caller's current stream and dispatches on the
-// quant mode. Knows no torch headers: the stream comes from the stable C shim, looked up weakly
+// Entry points of the CUDA row op and the microscaling ops: find the caller's current stream and
+// dispatch on the quant mode or format. Knows no torch headers: the stream comes from the stable C shim, looked up weakly
 // so that this library still loads (CPU kernels only) into a CPU-only torch.
 #include "cuda/row_op_cuda.h"
 
-#include "cuda/launch.cuh"
+#include "cuda/mx_cuda.h"
+#include "cuda/mx_launch.cuh"
 #include "per_tensor.h"
 
 // Declared in torch's C shim under USE_CUDA and defined in the CUDA part of libtorch; on
@@ -13,14 +14,22 @@ extern "C" __attribute__((weak)) int32_t aoti_torch_get_current_cuda_stream(int3
 
 namespace fusion_kernels {
 
-void row_op_cuda(const RowOpParams& p, int32_t device_index) {
-  if (p.rows == 0 && p.quant != QuantMode::kPerTensor) return;
+namespace {
+
+cudaStream_t current_stream(int32_t device_index) {
   if (aoti_torch_get_current_cuda_stream == nullptr)
     throw std::runtime_error("fusion_kernels: this torch has no CUDA stream API (CPU-only build?)");
   void* stream = nullptr;
   if (aoti_torch_get_current_cuda_stream(device_index, &stream) != 0)
     throw std::runtime_error("fusion_kernels: could not get the current CUDA stream");
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  return static_cast<cudaStream_t>(stream);
+}
+
+}  // namespace
+
+void row_op_cuda(const RowOpParams& p, int32_t device_index) {
+  if (p.rows == 0 && p.quant != QuantMode::kPerTensor) return;
+  cudaStream_t s = current_stream(device_index);
   switch (p.quant) {
     case QuantMode::kNone: return row_op_cuda_plain(p, s, device_index);
     case QuantMode::kStatic: return row_op_cuda_static(p, s, device_index);
@@ -33,6 +42,13 @@ void row_op_cuda(const RowOpParams& p, int32_t device_index) {
             tensor_scale_cuda(row_absmax, rows, scale, rule, out, s);
           });
   }
+}
+
+void mx_quant_cuda(const MxQuantParams& p, int32_t device_index) {
+  if (p.rows == 0) return;
+  cudaStream_t s = current_stream(device_index);
+  if (p.kind == MxKind::kMxfp8E4m3 || p.kind == MxKind::kMxfp8E5m2) return mx_quant_cuda_fp8(p, s, device_index);
+  mx_quant_cuda_fp4(p, s, device_index);
 }
 
 }  // namespace fusion_kernels

@@ -20,6 +20,8 @@ GPU_SOURCES = (
     "cuda/row_op_static.cu",
     "cuda/row_op_per_token.cu",
     "cuda/row_op_per_group.cu",
+    "cuda/mx_cuda_fp8.cu",
+    "cuda/mx_cuda_fp4.cu",
 )
 #: CUDA architectures the kernels support (bf16 conversions need sm_80; FP8 conversions are
 #: emulated below sm_89). Used by the wheel build and documented in the README.

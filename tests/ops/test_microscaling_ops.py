@@ -14,134 +14,23 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from fusion_kernels import microscaling as mx
 from fusion_kernels import reference
 from fusion_kernels.fake import MX_OP_NAMES, OP_NAMES
+from fusion_kernels.testing_mx import (
+    DTYPES,
+    FORMATS,
+    LAYOUTS,
+    TOKENS,
+    assert_same,
+    block_of,
+    edge_rows,
+    hiddens,
+    mx_input,
+    modes,
+    run_fused,
+    run_quant,
+    special_rows,
+)
 
 ops = torch.ops.fusion_kernels
-
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-LAYOUTS = ["row_major", "swizzled"]
-# (name, block): the quantizers under test. NVFP4 runs with both global-scale conventions.
-FORMATS = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp4", "nvfp4"]
-TOKENS = [(0,), (1,), (7,), (130,), (2, 3, 5)]
-
-
-def _block(fmt):
-    return mx.NVFP4_BLOCK_SIZE if fmt == "nvfp4" else mx.MX_BLOCK_SIZE
-
-
-def _hiddens(fmt):
-    # One block; blocks not a multiple of 4 (swizzle column padding); a model-like width.
-    b = _block(fmt)
-    return [b, 3 * b, 8 * b, 21 * b]
-
-
-def _modes(fmt):
-    return mx.NVFP4_CONVENTIONS if fmt == "nvfp4" else mx.SCALE_MODES
-
-
-def _global_scale(x, convention):
-    amax = x.float().abs().nan_to_num(0.0, posinf=0.0, neginf=0.0).amax() if x.numel() else torch.tensor(1.0)
-    return mx.nvfp4_global_scale(amax.clamp(min=1e-6), convention)
-
-
-def run_quant(fmt, x, mode, layout, global_scale=None):
-    """(ours, reference) of one quantizer."""
-    sw = layout == "swizzled"
-    if fmt.startswith("mxfp8"):
-        f8 = torch.float8_e4m3fn if fmt == "mxfp8_e4m3" else torch.float8_e5m2
-        return ops.mxfp8_quant(x, f8, mode, sw), mx.mxfp8_quantize(x, mode, f8, layout)
-    if fmt == "mxfp4":
-        return ops.mxfp4_quant(x, mode, sw), mx.mxfp4_quantize(x, mode, layout)
-    g = _global_scale(x, mode) if global_scale is None else global_scale
-    return ops.nvfp4_quant(x, g, mode == "multiplier", sw), mx.nvfp4_quantize(x, g, mode, layout)
-
-
-def run_fused(fmt, x, w, eps, mode, layout, residual=None, global_scale=None):
-    """(fused, unfused): the fused op, and our norm op followed by our quant op."""
-    sw = layout == "swizzled"
-    if residual is None:
-        y = ops.rms_norm(x, w, eps)
-        tail = ()
-    else:
-        y, res_out = ops.fused_add_rms_norm(x, residual, w, eps)
-        tail = (res_out,)
-    lead = (x, w, eps) if residual is None else (x, residual, w, eps)
-    prefix = "rms_norm" if residual is None else "fused_add_rms_norm"
-    if fmt.startswith("mxfp8"):
-        f8 = torch.float8_e4m3fn if fmt == "mxfp8_e4m3" else torch.float8_e5m2
-        fused = getattr(ops, f"{prefix}_mxfp8_quant")(*lead, f8, mode, sw)
-        unfused = (*ops.mxfp8_quant(y, f8, mode, sw), *tail)
-    elif fmt == "mxfp4":
-        fused = getattr(ops, f"{prefix}_mxfp4_quant")(*lead, mode, sw)
-        unfused = (*ops.mxfp4_quant(y, mode, sw), *tail)
-    else:
-        g = global_scale
-        fused = getattr(ops, f"{prefix}_nvfp4_quant")(*lead, g, mode == "multiplier", sw)
-        unfused = (*ops.nvfp4_quant(y, g, mode == "multiplier", sw), *tail)
-    return fused, unfused
-
-
-def assert_same(actual, expected, what=""):
-    """Same dtype, shape, strides and bytes (NaN bit patterns included)."""
-    assert len(actual) == len(expected), what
-    for i, (a, e) in enumerate(zip(actual, expected)):
-        w = f"{what} output {i}"
-        assert a.dtype == e.dtype, f"{w}: dtype {a.dtype} vs {e.dtype}"
-        assert a.shape == e.shape, f"{w}: shape {tuple(a.shape)} vs {tuple(e.shape)}"
-        assert a.is_contiguous(), f"{w} is not contiguous"
-        bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[a.element_size()]
-        av = a.view(bits)
-        ev = e.contiguous()
-        ev = ev.view(bits)
-        if not torch.equal(av, ev):
-            bad = (av != ev).nonzero()
-            raise AssertionError(f"{w}: {bad.shape[0]} of {av.numel()} differ, first at {bad[0].tolist()}")
-
-
-def _mx_input(shape, dtype, seed=0):
-    """Blocks of very different magnitudes (within the dtype's range)."""
-    g = torch.Generator().manual_seed(seed)
-    hidden = shape[-1]
-    x = torch.randn(*shape, generator=g)
-    lo, hi = (-12, 4) if dtype == torch.float16 else (-30, 30)
-    groups = max(hidden // 16, 1)
-    mags = 10.0 ** torch.empty(*shape[:-1], groups).uniform_(lo, hi, generator=g)
-    return (x * mags.repeat_interleave(hidden // groups, dim=-1)).to(dtype)
-
-
-def _special_rows(x):
-    """Rows 0..5 of a [T >= 6, H] input: all-zero, -0.0, an outlier, NaN, -NaN, +-Inf."""
-    x = x.clone()
-    x[0] = 0.0
-    x[1] = -0.0
-    x[2, 3] = torch.finfo(x.dtype).max / 2
-    x[3, 5] = float("nan")
-    x[4, -1] = -float("nan")
-    x[5, 1] = float("inf")
-    x[5, -2] = -float("inf")
-    return x
-
-
-def _edge_rows(dtype, hidden=64):
-    """Rows of edge values (as test_microscaling_reference.py): zeros, tiny, the dtype's max,
-    powers of two, +-Inf and NaN, values on the element formats' maxima."""
-    finfo = torch.finfo(dtype)
-    r = torch.linspace(-1, 1, hidden)
-    rows = [
-        torch.zeros(hidden),
-        torch.full((hidden,), -0.0),
-        r * finfo.tiny,
-        r * finfo.tiny * finfo.eps,
-        r * finfo.max,
-        torch.full((hidden,), finfo.max),
-        torch.tensor([2.0**k for k in range(-hidden // 2, hidden // 2)]),
-        torch.where(torch.arange(hidden) == 5, torch.tensor(float("inf")), r),
-        torch.where(torch.arange(hidden) == 40, torch.tensor(-float("inf")), r),
-        torch.where(torch.arange(hidden) == 7, torch.tensor(float("nan")), r),
-        torch.where(torch.arange(hidden) % 32 == 0, torch.tensor(448.0), r),
-        torch.where(torch.arange(hidden) % 32 == 3, torch.tensor(6.0), r * 1e-3),
-    ]
-    return torch.stack(rows).to(dtype)
-
 
 # --- the unfused quant ops against the reference, bit for bit ----------------------------------
 
@@ -150,20 +39,20 @@ def _edge_rows(dtype, hidden=64):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_quant_op_matches_reference(fmt, dtype, layout):
-    for tokens, hidden in itertools.product(TOKENS, _hiddens(fmt)):
-        x = _mx_input((*tokens, hidden), dtype, seed=hidden + len(tokens))
+    for tokens, hidden in itertools.product(TOKENS, hiddens(fmt)):
+        x = mx_input((*tokens, hidden), dtype, seed=hidden + len(tokens))
         if x.dim() == 2 and x.shape[0] >= 6:
-            x = _special_rows(x)
-        for mode in _modes(fmt):
+            x = special_rows(x)
+        for mode in modes(fmt):
             ours, ref = run_quant(fmt, x, mode, layout)
             assert_same(ours, ref, f"{fmt} {mode} {layout} {tuple(x.shape)}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_quant_op_edge_rows(fmt, dtype):
-    x = _edge_rows(dtype)
-    for mode, layout in itertools.product(_modes(fmt), LAYOUTS):
+def test_quant_opedge_rows(fmt, dtype):
+    x = edge_rows(dtype)
+    for mode, layout in itertools.product(modes(fmt), LAYOUTS):
         ours, ref = run_quant(fmt, x, mode, layout)
         assert_same(ours, ref, f"{fmt} {mode} {layout}")
     if fmt == "nvfp4":  # fixed global scales: tiny, huge, 1 (saturating and underflowing blocks)
@@ -190,16 +79,16 @@ def test_nan_block_semantics():
 
 
 def test_strided_and_non_collapsible_rows():
-    base = _mx_input((9, 256 + 32), torch.bfloat16)
+    base = mx_input((9, 256 + 32), torch.bfloat16)
     x = base[:, :256]  # row-strided
     assert not x.is_contiguous()
     for fmt in FORMATS:
         for layout in LAYOUTS:
-            ours, ref = run_quant(fmt, x, _modes(fmt)[1], layout)
+            ours, ref = run_quant(fmt, x, modes(fmt)[1], layout)
             assert_same(ours, ref, f"{fmt} strided")
-    x3 = _mx_input((5, 3, 128), torch.float16).transpose(0, 1)  # leading dims cannot be flattened
+    x3 = mx_input((5, 3, 128), torch.float16).transpose(0, 1)  # leading dims cannot be flattened
     for fmt in FORMATS:
-        ours, ref = run_quant(fmt, x3, _modes(fmt)[0], "swizzled")
+        ours, ref = run_quant(fmt, x3, modes(fmt)[0], "swizzled")
         assert_same(ours, ref, f"{fmt} 3-D transposed")
 
 
@@ -211,12 +100,12 @@ def test_strided_and_non_collapsible_rows():
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_fused_equals_unfused(fmt, dtype, residual):
     g = torch.Generator().manual_seed(1)
-    for tokens, hidden in itertools.product([(0,), (1,), (130,), (2, 3)], _hiddens(fmt)[1:3]):
+    for tokens, hidden in itertools.product([(0,), (1,), (130,), (2, 3)], hiddens(fmt)[1:3]):
         x = (torch.randn(*tokens, hidden, generator=g) * 3).to(dtype)
         if x.dim() == 2 and x.shape[0] >= 6:
-            x = _special_rows(x)
+            x = special_rows(x)
         res = (torch.randn(*tokens, hidden, generator=g)).to(dtype) if residual else None
-        for wdtype, mode, layout in itertools.product([dtype, torch.float32], _modes(fmt), LAYOUTS):
+        for wdtype, mode, layout in itertools.product([dtype, torch.float32], modes(fmt), LAYOUTS):
             w = (1.0 + 0.5 * torch.randn(hidden, generator=g)).to(wdtype)
             gs = torch.tensor(0.37 if mode == "divisor" else 2.7)
             fused, unfused = run_fused(fmt, x, w, 1e-6, mode, layout, res, gs)
@@ -231,11 +120,11 @@ def test_fused_matches_reference_composition(fmt, residual):
     row's reduction order), so on nearly all bytes."""
     dtype = torch.bfloat16
     g = torch.Generator().manual_seed(2)
-    hidden = 8 * _block(fmt)
+    hidden = 8 * block_of(fmt)
     x = torch.randn(33, hidden, generator=g).to(dtype)
     r = torch.randn(33, hidden, generator=g).to(dtype)
     w = (1.0 + 0.5 * torch.randn(hidden, generator=g)).to(dtype)
-    mode = _modes(fmt)[1]
+    mode = modes(fmt)[1]
     gs = torch.tensor(0.01 if mode == "divisor" else 100.0)
     ours, _ = run_fused(fmt, x, w, 1e-6, mode, "row_major", r if residual else None, gs)
     lead = (x, r, w, 1e-6) if residual else (x, w, 1e-6)

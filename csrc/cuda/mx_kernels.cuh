@@ -1,0 +1,338 @@
+// SPDX-License-Identifier: Apache-2.0
+// Device code of the microscaling quant ops (MXFP8, MXFP4, NVFP4): [residual add ->] [RMSNorm ->]
+// block-scaled quantization of each row. Raw pointers only (MxQuantParams, mx_params.h).
+//
+// The norm stage is the row op's, step for step: the same thread mapping (kernel_config.cuh, fixed
+// by H alone), the same order of the sum of squares and the same rounding points (norm.cuh), so a
+// fused op's normalised row equals what rms_norm / fused_add_rms_norm write, bit for bit, and the
+// fused op equals the norm op followed by the unfused quant op.
+//
+// The quantizer is microscaling.h's scalar code (the spec's, checked exhaustively on the CPU by
+// .ci/mx_math.cpp), so the GPU's bytes are the CPU kernels' bytes. A block of 32 (16 for NVFP4)
+// elements is 2 to 8 consecutive 16-byte slots, which the mapping gives to consecutive lanes of a
+// run: its absmax is a thread's max over its slot and a butterfly over those lanes; every lane of
+// the block then derives the same scale, converts its own slot and stores it, and the block's
+// first lane stores the scale byte. The element conversions: e4m3 and e5m2 in hardware on sm_89+
+// (saturating, as the clamp before the spec's conversion), FP4 e2m1 in hardware where the
+// arch-specific targets have it (sm_100a/103a/120a, the sm_100f/120f families); elsewhere, and
+// for the elements of a block holding a NaN (whose sign the hardware does not keep), the spec's
+// software conversions.
+#pragma once
+
+#include "cuda/compat.cuh"
+#include "cuda/kernel_config.cuh"
+#include "cuda/memory.cuh"
+#include "cuda/norm.cuh"
+#include "cuda/reductions.cuh"
+#include "microscaling.h"
+#include "mx_params.h"
+
+// The FP4 (e2m1) conversion instruction exists on the arch-specific and family-specific targets
+// of Blackwell (cvt.rn.satfinite.e2m1x2.f32, PTX 8.6+).
+#if !FK_HIP && defined(__CUDA_ARCH__) &&                                                                   \
+    (defined(__CUDA_ARCH_FEAT_SM100_ALL) || defined(__CUDA_ARCH_FEAT_SM101_ALL) ||                         \
+     defined(__CUDA_ARCH_FEAT_SM103_ALL) || defined(__CUDA_ARCH_FEAT_SM110_ALL) ||                         \
+     defined(__CUDA_ARCH_FEAT_SM120_ALL) || defined(__CUDA_ARCH_FEAT_SM121_ALL) ||                         \
+     (defined(__CUDA_ARCH_SPECIFIC__) && __CUDA_ARCH_SPECIFIC__ >= 1000) ||                                 \
+     (defined(__CUDA_ARCH_FAMILY_SPECIFIC__) && __CUDA_ARCH_FAMILY_SPECIFIC__ >= 1000))
+#define FK_HW_E2M1 1
+#else
+#define FK_HW_E2M1 0
+#endif
+
+namespace fusion_kernels {
+namespace dev {
+
+#ifndef FK_MX_MIN_BLOCKS  // __launch_bounds__ minimum resident blocks of kMaxThreads (2: 64 registers)
+#define FK_MX_MIN_BLOCKS 2
+#endif
+
+// The formats as kernel template arguments (MxKind's values).
+constexpr int kFmtE4m3 = static_cast<int>(MxKind::kMxfp8E4m3);
+constexpr int kFmtE5m2 = static_cast<int>(MxKind::kMxfp8E5m2);
+constexpr int kFmtMxfp4 = static_cast<int>(MxKind::kMxfp4);
+constexpr int kFmtNvfp4 = static_cast<int>(MxKind::kNvfp4);
+
+template <int FMT>
+__host__ __device__ constexpr int block_elems() {
+  return FMT == kFmtNvfp4 ? mx::kNvfp4Block : mx::kMxBlock;
+}
+
+// --- element conversions (values already brought into range by the block's factor) -----------
+
+// Two e2m1 codes in one byte (a low, b high), round to nearest even, saturating to +-6.
+__device__ __forceinline__ uint32_t e2m1_pair(float a, float b, bool software) {
+#if FK_HW_E2M1
+  if (!software) {
+    uint32_t r;
+    asm("{ .reg .b8 q;\n"
+        "  cvt.rn.satfinite.e2m1x2.f32 q, %2, %1;\n"
+        "  cvt.u32.u8 %0, q; }"
+        : "=r"(r)
+        : "f"(a), "f"(b));
+    return r;
+  }
+#endif
+  (void)software;
+  return (static_cast<uint32_t>(mx::f32_to_e2m1(b)) << 4) | mx::f32_to_e2m1(a);
+}
+
+// Two fp8 bytes (a low, b high) of values clamped to the format's range: hardware on sm_89+
+// unless `software` (a block holding a NaN: the spec keeps a NaN's sign).
+template <int FMT>
+__device__ __forceinline__ uint32_t fp8_pair(float a, float b, bool software) {
+  constexpr float kMax = FMT == kFmtE4m3 ? mx::kE4m3Max : 57344.0f;
+#if !FK_HIP && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  if (!software) {
+    uint16_t r;
+    if constexpr (FMT == kFmtE4m3) {
+      asm("cvt.rn.satfinite.e4m3x2.f32 %0, %2, %1;" : "=h"(r) : "f"(a), "f"(b));
+    } else {
+      asm("cvt.rn.satfinite.e5m2x2.f32 %0, %2, %1;" : "=h"(r) : "f"(a), "f"(b));
+    }
+    return r;
+  }
+#endif
+  (void)software;
+  a = mx::clamp_keep_nan(a, -kMax, kMax);
+  b = mx::clamp_keep_nan(b, -kMax, kMax);
+  if constexpr (FMT == kFmtE4m3) {
+    return mx::f32_to_e4m3fn(a) | (static_cast<uint32_t>(mx::f32_to_e4m3fn(b)) << 8);
+  } else {
+    return mx::f32_to_e5m2(a) | (static_cast<uint32_t>(mx::f32_to_e5m2(b)) << 8);
+  }
+}
+
+// x / d for a block divisor d = 2^k (k in [-126, 127]) or +Inf (the floor/ceil/even modes'
+// mx_block_factor), as a product with 1 / d, which is exact (2^-127 is a subnormal float): the
+// same correctly rounded quotient without a division per element. A NaN x stays x (its sign kept,
+// as the spec's division keeps it).
+struct BlockDivisor {
+  float recip;
+  __device__ explicit BlockDivisor(float d) {
+    const uint32_t e = mx::bits_of(d) >> 23;  // d > 0: 1..254, or 255 for +Inf
+    recip = e == 255 ? 0.0f : (e == 254 ? mx::float_of(0x00400000u) : mx::float_of((254u - e) << 23));
+  }
+  __device__ float apply(float x) const { return x != x ? x : x * recip; }
+};
+
+// A slot's V values as floats.
+template <typename T, int V>
+__device__ __forceinline__ void to_floats(const Pack<T, V>& y, float (&f)[V]) {
+  if constexpr (kIs16<T>) {
+    using P = typename Pair<T>::type;
+    const P* y2 = reinterpret_cast<const P*>(y.v);
+#pragma unroll
+    for (int p = 0; p < V / 2; ++p) {
+      const float2 g = to_float2(y2[p]);
+      f[2 * p] = g.x;
+      f[2 * p + 1] = g.y;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; ++k) f[k] = y.v[k];
+  }
+}
+
+// Quantizes one slot (V values of a block whose absmax is `amax`, already reduced over the
+// block's lanes) and stores it; the block's first lane (`first`) stores the scale byte at
+// `scale_at`.
+template <int FMT, int V>
+__device__ __forceinline__ void quantize_slot(const MxQuantParams& p, float (&f)[V], float amax, float g, void* q_at,
+                                              uint8_t* scale_at, bool first) {
+  const bool nan_block = amax != amax;
+  uint8_t byte;
+  if constexpr (FMT == kFmtNvfp4) {
+    const mx::Nvfp4Block b = mx::nvfp4_block(amax, g, p.global_scale_is_multiplier);
+    byte = b.scale;
+#pragma unroll
+    for (int k = 0; k < V; ++k) f[k] = mx::clamp_keep_nan(mx::mul_by_factor(f[k], b.factor), -mx::kE2m1Max, mx::kE2m1Max);
+  } else {
+    constexpr mx::ElemFormat elem = FMT == kFmtE4m3 ? mx::ElemFormat::kE4m3
+                                    : FMT == kFmtE5m2 ? mx::ElemFormat::kE5m2
+                                                      : mx::ElemFormat::kE2m1;
+    byte = mx::mx_block_scale(amax, elem, p.scale_mode);
+    const float factor = mx::mx_block_factor(byte, p.scale_mode);
+    if (p.scale_mode == mx::ScaleMode::kRceil) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) f[k] = mx::mul_by_factor(f[k], factor);
+    } else {
+      const BlockDivisor d(factor);
+#pragma unroll
+      for (int k = 0; k < V; ++k) f[k] = d.apply(f[k]);
+    }
+  }
+  if (first) *scale_at = byte;
+  if constexpr (FMT == kFmtE4m3 || FMT == kFmtE5m2) {
+    Pack<uint8_t, V> q;
+    uint16_t* q2 = reinterpret_cast<uint16_t*>(q.v);
+#pragma unroll
+    for (int k = 0; k < V / 2; ++k) q2[k] = static_cast<uint16_t>(fp8_pair<FMT>(f[2 * k], f[2 * k + 1], nan_block));
+    *reinterpret_cast<Pack<uint8_t, V>*>(q_at) = q;
+  } else {
+    // Packed FP4: element 2i in the low nibble of byte i. MXFP4's factor leaves values beyond 6
+    // (floor mode), which the conversion saturates as the spec's clamp does.
+    uint32_t word = 0;
+#pragma unroll
+    for (int k = 0; k < V / 2; ++k) word |= e2m1_pair(f[2 * k], f[2 * k + 1], nan_block) << (8 * k);
+    if constexpr (V == 8) {
+      *static_cast<uint32_t*>(q_at) = word;
+    } else {
+      *static_cast<uint16_t*>(q_at) = static_cast<uint16_t>(word);
+    }
+  }
+}
+
+// The 128x4 swizzled scale buffer's padding (rows T..ceil(T / 128) * 128 - 1, every column),
+// zeroed 4 bytes at a time (the 4 scale columns of a row in a tile are contiguous) by the
+// blocks after the row blocks. The real rows' column padding is written with their scales.
+__device__ __forceinline__ void zero_swizzle_row_padding(const MxQuantParams& p, int64_t col_tiles, int64_t pad_block,
+                                                         int64_t pad_blocks) {
+  const int64_t rows_padded = (p.rows + 127) / 128 * 128;
+  const int64_t words = (rows_padded - p.rows) * col_tiles;
+  const int64_t threads = static_cast<int64_t>(blockDim.x) * blockDim.y;
+  for (int64_t w = pad_block * threads + threadIdx.y * blockDim.x + threadIdx.x; w < words; w += pad_blocks * threads) {
+    const int64_t r = p.rows + w / col_tiles;
+    const int64_t ct = w % col_tiles;
+    *reinterpret_cast<uint32_t*>(p.scales + mx::swizzled_offset(r, 4 * ct, col_tiles)) = 0u;
+  }
+}
+
+// One row per blockDim.y of a block (tpr = blockDim.x threads each); blocks from `row_groups` on
+// zero the swizzled padding. CACHED: the row in registers (kCachedSlots slots a thread), else
+// re-read for the quantization (from L2).
+template <typename T, typename W, int FMT, bool NORM, bool RES, bool ALIGNED, bool CACHED>
+__global__ void __launch_bounds__(kMaxThreads, FK_MX_MIN_BLOCKS)
+    mx_kernel(const MxQuantParams p, const int64_t row_groups) {
+  constexpr int V = 16 / sizeof(T);
+  constexpr int BLOCK = block_elems<FMT>();
+  constexpr int SB = BLOCK / V;  // slots per block: consecutive lanes of a run
+  static_assert(SB >= 1 && SB <= kRunLanes && (SB & (SB - 1)) == 0, "a block lies in one run of lanes");
+  constexpr bool FP4 = FMT == kFmtMxfp4 || FMT == kFmtNvfp4;
+  constexpr int S = CACHED ? kCachedSlots : 1;
+  using TPack = Pack<T, V>;
+  using WPack = Pack<W, V>;
+  static_assert(!RES || NORM, "the residual add exists only with the norm");
+  __shared__ float red_sum[kMaxThreads / kWarpSize];
+
+  // Nothing is read before the previous kernel on the stream has finished.
+  grid_dependency_wait();
+  grid_dependents_launch();
+
+  const int H = static_cast<int>(p.hidden);
+  const int64_t cols = H / BLOCK;
+  const int64_t col_tiles = (cols + 3) / 4;
+  if (static_cast<int64_t>(blockIdx.x) >= row_groups) {
+    zero_swizzle_row_padding(p, col_tiles, blockIdx.x - row_groups, gridDim.x - row_groups);
+    return;
+  }
+
+  const int tpr = blockDim.x;
+  const int lane = threadIdx.x;
+  const int nslots = H / V;
+  const int lane_base = (lane / kRunLanes) * (kRunLanes * kRun) + lane % kRunLanes;
+  auto slot_of = [&](int j) { return (j / kRun) * (kRun * tpr) + (j % kRun) * kRunLanes + lane_base; };
+  const int loops = CACHED ? S : kRun * ((nslots + kRun * tpr - 1) / (kRun * tpr));
+
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
+  const bool valid = row < p.rows;
+  const T* x = static_cast<const T*>(p.input) + row * p.input_row_stride;
+  const T* res = static_cast<const T*>(p.residual) + row * p.residual_row_stride;
+  T* res_out = static_cast<T*>(p.residual_out) + row * H;
+  const W* w_base = static_cast<const W*>(p.weight);
+
+  // r = T(x + residual), optionally written out as the new residual (norm.cuh).
+  auto load_row_slot = [&](int slot, TPack& r, bool write_res) {
+    load_pack<ALIGNED>(x, slot * V, H, r);
+    if constexpr (RES) {
+      TPack rs;
+      load_pack<ALIGNED>(res, slot * V, H, rs);
+      add_residual(r, rs);
+      if (write_res) store_pack<ALIGNED>(res_out, slot * V, H, r);
+    }
+  };
+
+  TPack rows_cache[S];
+  float inv = 1.0f;
+  if constexpr (NORM) {
+    float acc0 = 0.0f, acc1 = 0.0f;
+    if constexpr (CACHED) {
+      // Every load of the row before any use (one memory latency per row).
+      TPack res_cache[RES ? S : 1];
+#pragma unroll
+      for (int i = 0; i < S; ++i) {
+        const int slot = slot_of(i);
+        if (valid && slot < nslots) {
+          load_pack<ALIGNED>(x, slot * V, H, rows_cache[i]);
+          if constexpr (RES) load_pack<ALIGNED>(res, slot * V, H, res_cache[i]);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < S; ++i) {
+        const int slot = slot_of(i);
+        if (valid && slot < nslots) {
+          if constexpr (RES) {
+            add_residual(rows_cache[i], res_cache[i]);
+            store_pack<ALIGNED>(res_out, slot * V, H, rows_cache[i]);
+          }
+          accumulate_squares(rows_cache[i], acc0, acc1);
+        }
+      }
+    } else {
+      for (int j = 0; j < loops; ++j) {
+        const int slot = slot_of(j);
+        if (valid && slot < nslots) {
+          load_row_slot(slot, rows_cache[0], true);
+          accumulate_squares(rows_cache[0], acc0, acc1);
+        }
+      }
+    }
+    const float sumsq = row_reduce<false>(acc0 + acc1, red_sum);
+    inv = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, static_cast<float>(H)), p.epsilon)));
+  }
+
+  const float g = FMT == kFmtNvfp4 ? *p.global_scale : 0.0f;
+  uint8_t* const q_row = static_cast<uint8_t*>(p.out) + row * (FP4 ? H / 2 : H);
+  // Every lane runs every step (the butterfly needs the whole warp); absent slots are zeros.
+  auto step = [&](int j, const TPack& cached) {
+    const int slot = slot_of(j);
+    const bool has = valid && slot < nslots;
+    TPack y = cached;
+    if (has) {
+      if constexpr (!(CACHED && NORM)) load_row_slot(slot, y, !NORM);
+      if constexpr (NORM) {
+        WPack w;
+        load_pack<ALIGNED>(w_base, slot * V, H, w);
+        normalize(y, inv, w);
+      }
+    }
+    float f[V];
+    float amax = 0.0f;
+    if (has) {
+      to_floats(y, f);
+#pragma unroll
+      for (int k = 0; k < V; ++k) amax = nan_max(fabsf(f[k]), amax);
+    }
+#pragma unroll
+    for (int o = 1; o < SB; o <<= 1) amax = nan_max(amax, shfl_xor(amax, o));
+    if (has) {
+      const int64_t b = slot / SB;
+      const bool first = (slot & (SB - 1)) == 0;
+      uint8_t* scale_at = p.scales + (p.swizzled ? mx::swizzled_offset(row, b, col_tiles) : row * cols + b);
+      quantize_slot<FMT, V>(p, f, amax, g, q_row + (FP4 ? slot * (V / 2) : slot * V), scale_at, first);
+      // The row's columns of the last tile beyond its scales are padding: zeros.
+      if (p.swizzled && first && b == cols - 1) {
+        for (int64_t c = cols; c < 4 * col_tiles; ++c) p.scales[mx::swizzled_offset(row, c, col_tiles)] = 0;
+      }
+    }
+  };
+  if constexpr (CACHED && NORM) {
+#pragma unroll
+    for (int i = 0; i < S; ++i) step(i, rows_cache[i]);
+  } else {
+    for (int j = 0; j < loops; ++j) step(j, rows_cache[0]);
+  }
+}
+
+}  // namespace dev
+}  // namespace fusion_kernels
