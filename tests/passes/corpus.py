@@ -474,3 +474,173 @@ def norm_vllm_residual_fp32(x, r, w, eps):
 def norm_weightless(x, w, eps):
     """pytorch/pytorch torch/nn/functional.py ``rms_norm`` without a weight (``elementwise_affine=False``)."""
     return F.rms_norm(x, (x.shape[-1],), None, eps)
+
+
+# --- microscaling quantizers (torchao's MX / NVFP4 prototypes) ------------------------------------
+#
+# pytorch/ao torchao/prototype/mx_formats/mx_tensor.py to_mx and nvfp4_tensor.py nvfp4_quantize,
+# re-typed: the blocks, the absmax, the scale's bit arithmetic and the element conversion as that
+# code computes them. They return (elements, scales) as the MX tensor stores them. to_mx clamps
+# FP8 elements only outside a compile (a compiled cast saturates), so under torch.compile the
+# clamp is absent from the graph; ``clamp="always"`` spells the eager form.
+
+_E8M0_BIAS = 127
+
+
+def _mx_exponent_bits(amax, pow2, ceil):
+    """to_mx's FLOOR / CEIL scale: the exponent field of the fp32 absmax, less the element
+    format's largest power of two, clamped to E8M0's range and biased; NaN absmax -> 255."""
+    as_int = amax.view(torch.int32)
+    unbiased = torch.bitwise_right_shift(as_int, 23) & 0xFF
+    unbiased = unbiased - _E8M0_BIAS
+    if ceil:
+        unbiased = unbiased + ((as_int & 0x7FFFFF) > 0)
+    unbiased = unbiased - pow2
+    unbiased = torch.clamp(unbiased, min=-_E8M0_BIAS, max=_E8M0_BIAS + 1)
+    biased = (unbiased + _E8M0_BIAS).to(torch.uint8)
+    return torch.where(torch.isnan(amax), 255, biased)
+
+
+def _e2m1_codes(v):
+    """torchao/prototype/custom_fp_utils.py _f32_to_floatx_unpacked for e2m1 (ebits 2, mbits 1):
+    saturate at 6, denormals (below 1) by adding a magic float and subtracting its bits, normals
+    by rebiasing the exponent with round-half-even on the dropped bits, then the sign as bit 3.
+    No special values: NaN takes the normal path."""
+    bits = v.view(torch.int32)
+    sign = bits & 0x80000000
+    mag = (bits ^ sign).view(torch.float32)
+    saturate = mag >= 6.0
+    denormal = torch.logical_and(torch.logical_not(saturate), mag < 1)
+    normal = torch.logical_not(torch.logical_or(saturate, denormal))
+    denorm_bits = (127 - 1 + 23 - 1 + 1) << 23
+    magic = torch.tensor(denorm_bits, dtype=torch.int32).view(torch.float32)
+    dn = ((mag + magic).view(torch.int32) - denorm_bits).to(torch.uint8)
+    nb = mag.view(torch.int32)
+    odd = (nb >> 22) & 1
+    nb = nb + (((1 - 127) << 23) + (1 << 21) - 1)
+    nb = nb + odd
+    nm = (nb >> 22).to(torch.uint8)
+    codes = torch.full_like(mag, 7, dtype=torch.uint8)
+    codes = torch.where(denormal, dn, codes)
+    codes = torch.where(normal, nm, codes)
+    return codes | ((sign >> 28).to(torch.uint8) & 8)
+
+
+def _pack_pairs(codes):
+    """torchao kernels.py pack_uint4: element 2i in the low nibble, 2i + 1 in the high one."""
+    flat = codes.contiguous().view(-1)
+    return (flat[::2] | flat[1::2] << 4).view(*codes.shape[:-1], codes.shape[-1] // 2)
+
+
+def _to_mx(y, elem, ceil=False, clamp="eager"):
+    shape = y.shape
+    blocks = y.reshape(*shape[:-1], shape[-1] // 32, 32)
+    amax = torch.amax(torch.abs(blocks), -1).unsqueeze(-1)
+    blocks = blocks.to(torch.float32)
+    amax = amax.to(torch.float32)
+    pow2, qmax = {FP8: (8, 448.0), torch.float8_e5m2: (15, 57344.0), "e2m1": (2, 6.0)}[elem]
+    byte = _mx_exponent_bits(amax, pow2, ceil)
+    divisor = torch.bitwise_left_shift(byte.to(torch.int32), 23).view(torch.float32)
+    divisor = torch.clamp(divisor, min=2.0**-126)  # all-zero blocks: the smallest normal
+    scaled = blocks / divisor
+    if elem == "e2m1":
+        q = _pack_pairs(_e2m1_codes(scaled.reshape(shape)))
+    else:
+        if clamp == "always" or (clamp == "eager" and not torch.compiler.is_compiling()):
+            scaled = torch.clamp(scaled, min=-qmax, max=qmax)
+        q = scaled.to(elem).reshape(shape)
+    return q, byte.view(torch.float8_e8m0fnu).squeeze(-1)
+
+
+def q_torchao_mxfp8_floor(y, s):
+    """to_mx(y, float8_e4m3fn, 32, ScaleCalculationMode.FLOOR) (the default mode)."""
+    return _to_mx(y, FP8)
+
+
+def q_torchao_mxfp8_ceil(y, s):
+    """to_mx(..., ScaleCalculationMode.CEIL): one more where the absmax is not a power of two."""
+    return _to_mx(y, FP8, ceil=True)
+
+
+def q_torchao_mxfp8_floor_clamped(y, s):
+    """to_mx FLOOR as it runs eagerly (the elements clamped to +-448 before the cast)."""
+    return _to_mx(y, FP8, clamp="always")
+
+
+def q_torchao_mxfp8_e5m2_floor(y, s):
+    """to_mx(y, float8_e5m2, 32, FLOOR), eagerly: clamped to +-57344."""
+    return _to_mx(y, torch.float8_e5m2, clamp="always")
+
+
+def q_torchao_mxfp8_rceil(y, s):
+    """to_mx(..., ScaleCalculationMode.RCEIL) off Blackwell (mx_tensor.py _to_mx_rceil's fallback):
+    the exponent is ceil(log2(amax / 448)) in fp32, NaN -> 255, Inf -> 254; the elements are
+    multiplied by 2 ** (127 - byte) (byte 0: by 1; byte 254: by 2 ** -127) and clamped."""
+    shape = y.shape
+    blocks = y.reshape(*shape[:-1], shape[-1] // 32, 32)
+    amax = torch.amax(torch.abs(blocks), -1).unsqueeze(-1).to(torch.float32)
+    blocks = blocks.to(torch.float32)
+    descale = amax / 448.0
+    exponent = torch.clamp(torch.ceil(torch.log2(descale)), min=-127, max=127) + 127
+    byte = torch.where(torch.isnan(descale), 255, torch.where(torch.isinf(descale), 254, exponent.to(torch.uint8)))
+    factor = torch.where(byte == 0, 1.0, torch.exp2(127 - byte.to(torch.float32)))
+    factor = torch.where(byte == 254, 2.0**-127, factor)
+    factor = torch.where(byte == 255, descale, factor)
+    q = torch.clamp(blocks * factor, min=-448.0, max=448.0).to(FP8).reshape(shape)
+    return q, byte.view(torch.float8_e8m0fnu).squeeze(-1)
+
+
+def q_torchao_mxfp4_floor(y, s):
+    """to_mx(y, float4_e2m1fn_x2, 32, FLOOR): e2m1 codes by the software conversion, packed."""
+    return _to_mx(y, "e2m1")
+
+
+def q_torchao_nvfp4(y, s):
+    """nvfp4_tensor.py nvfp4_quantize with a per_tensor_scale ``s`` (amax / (448 * 6) in torchao's
+    convention): block scales (amax / 6) / s clamped to [2 ** -6, 448] in e4m3, the elements
+    multiplied by (1 / s) / scale, clamped to +-6, converted and packed."""
+    shape = y.shape
+    blocks = y.float().reshape(shape[0], -1, 16)
+    amax = torch.amax(torch.abs(blocks), dim=-1)
+    block_scale = (amax / 6.0).to(torch.float32) / s
+    block_scale = torch.clamp(block_scale, min=2.0**-6, max=448.0).to(FP8)
+    factor = (1.0 / s) / block_scale.to(torch.float32)
+    scaled = torch.clamp(blocks * factor.unsqueeze(-1), -6.0, 6.0).view(shape)
+    return block_scale, _pack_pairs(_e2m1_codes(scaled))
+
+
+MX_QUANTS: dict[str, Callable] = {
+    "torchao_mxfp8_floor": q_torchao_mxfp8_floor,
+    "torchao_mxfp8_ceil": q_torchao_mxfp8_ceil,
+    "torchao_mxfp8_floor_clamped": q_torchao_mxfp8_floor_clamped,
+    "torchao_mxfp8_e5m2_floor": q_torchao_mxfp8_e5m2_floor,
+    "torchao_mxfp8_rceil": q_torchao_mxfp8_rceil,
+    "torchao_mxfp4_floor": q_torchao_mxfp4_floor,
+    "torchao_nvfp4": q_torchao_nvfp4,
+}
+QUANTS.update(MX_QUANTS)
+
+#: The microscaling spellings, after the Hugging Face norms (tested in test_native_mx.py: fused
+#: ones bit for bit, the others refused with the reason in MX_REFUSED).
+MX_CASES = [
+    Case("llama", "torchao_mxfp8_floor"),
+    Case("llama", "torchao_mxfp8_floor", residual=True),
+    Case("llama", "torchao_mxfp8_floor", consumers=3),
+    Case("llama", "torchao_mxfp8_ceil"),
+    Case("llama", "torchao_mxfp8_ceil", residual=True),
+    Case("llama", "torchao_mxfp8_floor_clamped"),
+    Case("llama", "torchao_mxfp8_e5m2_floor", residual=True),
+    Case("weightless", "torchao_mxfp8_floor"),
+    Case("llama", "torchao_mxfp8_rceil"),
+    Case("llama", "torchao_mxfp8_rceil", residual=True),
+    Case("llama", "torchao_mxfp4_floor"),
+    Case("llama", "torchao_nvfp4"),
+    Case("llama", "torchao_nvfp4", residual=True),
+]
+MX_REFUSED = {
+    "llama+torchao_mxfp8_rceil": "rceil_float_log2",
+    "add+llama+torchao_mxfp8_rceil": "rceil_float_log2",
+    "llama+torchao_mxfp4_floor": "fp4_nan_encoding_differs",
+    "llama+torchao_nvfp4": "fp4_nan_encoding_differs",
+    "add+llama+torchao_nvfp4": "fp4_nan_encoding_differs",
+}

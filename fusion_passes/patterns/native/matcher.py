@@ -18,6 +18,7 @@ from fusion_passes.patterns import Refusal
 from fusion_passes.patterns.native import graph as G
 from fusion_passes.patterns.native.norm import NormMatch, anchors, match_norm
 from fusion_passes.patterns.native.ops import FORMS, FusedCall, choose_op, form_of, with_norm_out
+from fusion_passes.patterns.native.mx import mx_quantizers
 from fusion_passes.patterns.native.quant import QuantMatch, match_quantizer, quant_casts
 from fusion_passes.quant_key import QuantKey, Scheme
 from fusion_passes.registry import Registry
@@ -106,8 +107,12 @@ class NativeMatcher:
 
     def _quantizers(self, norm: NormMatch) -> list[QuantMatch]:
         """Every quantizer of the norm output; identical ones are one site."""
-        matches: list[QuantMatch] = []
+        # Microscaling quantizers first: their element casts are not scale-rule quantizers.
+        matches: list[QuantMatch] = mx_quantizers(norm.y)
+        taken = {n for m in matches for n in m.seen}
         for q in quant_casts(norm.y):
+            if q in taken:
+                continue
             m = match_quantizer(q, norm.y)
             if m is not None:
                 matches.append(m)
@@ -163,6 +168,8 @@ class NativeMatcher:
             # The norm reads the fp32 residual sum where ours reads it rounded to the model dtype:
             # a 16-bit rounding of the input, too coarse for INT8 steps (as above).
             raise Refusal("int8_rounding_points_differ", "the norm reads the unrounded fp32 residual sum")
+        if m.mx is not None:
+            return self._check_mx(norm, m, x_val, y_readers)
         if m.rule is not None and m.rule.group_size and x_val.shape[-1] % m.rule.group_size:
             raise Refusal("group_size_not_dividing_hidden")
         if y_readers:
@@ -190,6 +197,26 @@ class NativeMatcher:
             raise Refusal(reason)
         return call
 
+    def _check_mx(self, norm: NormMatch, m: QuantMatch, x_val: torch.Tensor, y_readers: list) -> FusedCall:
+        """A microscaling site: fused only where our op's y is the spelling's (the Hugging Face
+        rounding points, or an fp32 model), so the bytes are the spelling's."""
+        if y_readers:
+            raise Refusal("norm_output_has_other_users",
+                          f"{norm.y.name} is also used by {min(u.name for u in y_readers)}; the microscaling "
+                          "ops have no norm-output variant")  # fmt: skip
+        if norm.spelling == "functional" and x_val.dtype != torch.float32:
+            raise Refusal("mx_rounding_points_differ", "F.rms_norm rounds y once, our op twice (as Hugging Face's "
+                          "RMSNorm): the block scales and elements would not be the spelling's bytes")  # fmt: skip
+        if norm.sum_unrounded:
+            raise Refusal("mx_rounding_points_differ", "the norm reads the unrounded fp32 residual sum")
+        call = choose_op(self.registry, m, norm.residual is not None, float(norm.eps))
+        if not platform.has_kernel(call.op._schema.name, x_val.device):
+            raise Refusal("no_kernel_for_device", str(x_val.device))
+        if self.native != "always":
+            # Not measured against Inductor's kernel anywhere: "auto" leaves it to Inductor.
+            raise Refusal("native_policy_not_faster", "microscaling formats are not in the policy table")
+        return call
+
     # -- rewriting ---------------------------------------------------------------------------
 
     def _rewrite(self, graph: fx.Graph, norm: NormMatch, quants: list[QuantMatch], call: FusedCall) -> fx.Node:
@@ -213,7 +240,7 @@ class NativeMatcher:
                                       (quants[0].static_scale, torch.float32), like=first)  # fmt: skip
                 args[args.index(quants[0].static_scale)] = scale
             fused = fx_utils.call(graph, call.op, tuple(args), like=first)
-            dynamic = quants[0].rule is not None
+            dynamic = quants[0].rule is not None or quants[0].mx is not None
             q_out = fx_utils.getitem(graph, fused, 0) if (dynamic or residual) else fused
             scales = fx_utils.getitem(graph, fused, 1) if dynamic else None
             for m in quants:
@@ -285,6 +312,8 @@ def _other_user_reason(n: fx.Node, u: fx.Node, norm: NormMatch) -> tuple[str, st
 
 
 def _describe(m: QuantMatch) -> str:
+    if m.mx is not None:
+        return m.mx.describe()
     return f"{m.dtype} {m.rule.describe() if m.rule else 'static'}"
 
 

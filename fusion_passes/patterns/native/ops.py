@@ -43,6 +43,8 @@ FORMS = {
     "int8_per_group": _rule,
     "fp8_per_tensor": _rule,
     "int8_per_tensor": _rule,
+    # torchao's MXFP8 (to_mx, FLOOR and CEIL): the fused MXFP8 op
+    "mxfp8": lambda r: [reg.mx_op_names("mxfp8")[1][r]],
 }
 
 
@@ -50,7 +52,7 @@ FORMS = {
 class FusedCall:
     op: torch._ops.OpOverload
     tail: tuple  # the arguments after (input, [residual,] weight, epsilon)
-    key: QuantKey  # for the speed policy
+    key: QuantKey | None  # for the speed policy (None: a microscaling format, not measured)
     norm_out: bool = False  # the op also returns the normalised output (its last output)
 
     @property
@@ -59,6 +61,8 @@ class FusedCall:
 
 
 def form_of(m: QuantMatch) -> str:
+    if m.mx is not None:
+        return m.mx.fmt
     family = "int8" if m.dtype == torch.int8 else "fp8"
     if m.rule is None:
         return f"{family}_static"
@@ -100,6 +104,12 @@ def same_rule(a: ScaleRule, b: ScaleRule) -> bool:
 
 
 def choose_op(registry: reg.Registry, m: QuantMatch, residual: bool, eps: float) -> FusedCall:
+    if m.mx is not None:
+        name = reg.mx_op_names(m.mx.fmt)[1][residual]
+        op = registry.mx_ops.get(name)
+        if op is None:
+            raise Refusal("fused_op_missing", name)
+        return FusedCall(op, (eps, m.mx.elem_dtype, m.mx.scale_mode, False), None)
     key = key_of(m)
     if m.rule is None:
         op = registry.fused_ops.get((key, residual))

@@ -22,6 +22,7 @@ rule is the matcher's decision (``ops.py``).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -72,9 +73,10 @@ class QuantMatch:
     scale_nodes: list[fx.Node]  # dynamic: nodes whose value is the scale (rewired to ours)
     seen: list[fx.Node]  # every node of the quantizer (replaced)
     inverse: fx.Node | None = None  # an inverse-scale node (readers of 1 / inverse get our scale)
+    mx: Any = None  # a microscaling quantizer: its mx.MXSpec (then rule and static_scale are None)
 
     def signature(self) -> tuple:
-        return (self.dtype, self.static_scale, self.rule)
+        return (self.dtype, self.static_scale, self.rule, self.mx)
 
 
 def quant_casts(y: fx.Node, depth: int = 14) -> list[fx.Node]:
