@@ -46,8 +46,6 @@ MXFP8_POW2 = {torch.float8_e4m3fn: 8, torch.float8_e5m2: 15}
 #: p of e2m1 (largest value 6): blocks whose scale is read with it hold FP4 elements
 E2M1_POW2 = 2
 F32_MIN_NORMAL = 2.0**-126
-#: bit casts and aliases: the same bits seen as another dtype, or the same tensor
-_ALIASES = (aten.alias.default, aten.view.dtype)
 _SHR = (aten.bitwise_right_shift.Tensor_Scalar, aten.__rshift__.Scalar)
 _SHL = (aten.bitwise_left_shift.Tensor_Scalar, aten.__lshift__.Scalar)
 _AND = (aten.bitwise_and.Scalar,)
@@ -325,18 +323,12 @@ def _mantissa_nonzero(node, a: fx.Node, local: list) -> bool:
     return True
 
 
-def _only(node, local: list, aliases: bool = False):
-    """The one user of ``node`` that is not part of the byte's other readers (None if several)."""
+def _only(node, local: list):
+    """The one user of ``node`` (None if it has several or none)."""
     if node is None:
         return None
     users = list(node.users)
-    if len(users) != 1:
-        return None
-    u = users[0]
-    if aliases and G.is_call(u, (aten.alias.default,)):
-        local.append(u)
-        return _only(u, local, aliases=True)
-    return u
+    return users[0] if len(users) == 1 else None
 
 
 def _divided_by_scale(byte: fx.Node, seen: list) -> list[fx.Node]:
