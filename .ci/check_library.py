@@ -79,7 +79,7 @@ if no_cuda:
 if args.archs:
     entries = fatbin_entries(elf_section(args.library, ".nv_fatbin"))
     for arch in args.archs.split(","):
-        if ("elf", int(arch.removeprefix("sm_"))) not in entries:
+        if ("elf", int(arch.removeprefix("sm_").rstrip("af"))) not in entries:
             problems.append(f"no {arch} machine code in the library (found {sorted(entries)})")
 if problems:
     print("library check FAILED:\n  " + "\n  ".join(problems))

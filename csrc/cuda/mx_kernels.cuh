@@ -44,8 +44,8 @@ namespace fusion_kernels {
 namespace dev {
 
 #ifndef FK_MX_MIN_BLOCKS  // __launch_bounds__ minimum resident blocks of kMaxThreads (2: 64 registers)
-#define FK_MX_MIN_BLOCKS 2
-#endif
+#define FK_MX_MIN_BLOCKS 2  // of the register-cached kernels (the re-reading ones, for rows longer than
+#endif                      // the registers hold and misaligned rows, take what they need)
 
 // The formats as kernel template arguments (MxKind's values).
 constexpr int kFmtE4m3 = static_cast<int>(MxKind::kMxfp8E4m3);
@@ -202,7 +202,7 @@ __device__ __forceinline__ void zero_swizzle_row_padding(const MxQuantParams& p,
 // zero the swizzled padding. CACHED: the row in registers (kCachedSlots slots a thread), else
 // re-read for the quantization (from L2).
 template <typename T, typename W, int FMT, bool NORM, bool RES, bool ALIGNED, bool CACHED>
-__global__ void __launch_bounds__(kMaxThreads, FK_MX_MIN_BLOCKS)
+__global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
     mx_kernel(const MxQuantParams p, const int64_t row_groups) {
   constexpr int V = 16 / sizeof(T);
   constexpr int BLOCK = block_elems<FMT>();
@@ -236,10 +236,10 @@ __global__ void __launch_bounds__(kMaxThreads, FK_MX_MIN_BLOCKS)
 
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
   const bool valid = row < p.rows;
-  const T* x = static_cast<const T*>(p.input) + row * p.input_row_stride;
-  const T* res = static_cast<const T*>(p.residual) + row * p.residual_row_stride;
-  T* res_out = static_cast<T*>(p.residual_out) + row * H;
-  const W* w_base = static_cast<const W*>(p.weight);
+  const T* __restrict__ x = static_cast<const T*>(p.input) + row * p.input_row_stride;
+  const T* __restrict__ res = static_cast<const T*>(p.residual) + row * p.residual_row_stride;
+  T* __restrict__ res_out = static_cast<T*>(p.residual_out) + row * H;
+  const W* __restrict__ w_base = static_cast<const W*>(p.weight);
 
   // r = T(x + residual), optionally written out as the new residual (norm.cuh).
   auto load_row_slot = [&](int slot, TPack& r, bool write_res) {
@@ -252,38 +252,53 @@ __global__ void __launch_bounds__(kMaxThreads, FK_MX_MIN_BLOCKS)
     }
   };
 
+  // CACHED: the row's slots (and the norm weight's) in registers, every load issued before any
+  // use (one memory latency per row; the weight's behind the reduction).
   TPack rows_cache[S];
+  WPack w_cache[CACHED && NORM ? S : 1];
+  if constexpr (CACHED) {
+    TPack res_cache[RES ? S : 1];
+#pragma unroll
+    for (int i = 0; i < S; ++i) {
+      const int slot = slot_of(i);
+      if (valid && slot < nslots) {
+        load_pack<ALIGNED>(x, slot * V, H, rows_cache[i]);
+        if constexpr (RES) load_pack<ALIGNED>(res, slot * V, H, res_cache[i]);
+      }
+    }
+    if constexpr (NORM) {
+#pragma unroll
+      for (int i = 0; i < S; ++i) {
+        const int slot = slot_of(i);
+        if (valid && slot < nslots) load_pack<ALIGNED>(w_base, slot * V, H, w_cache[i]);
+      }
+    }
+    if constexpr (RES) {
+#pragma unroll
+      for (int i = 0; i < S; ++i) {
+        const int slot = slot_of(i);
+        if (valid && slot < nslots) {
+          add_residual(rows_cache[i], res_cache[i]);
+          store_pack<ALIGNED>(res_out, slot * V, H, rows_cache[i]);
+        }
+      }
+    }
+  }
   float inv = 1.0f;
   if constexpr (NORM) {
     float acc0 = 0.0f, acc1 = 0.0f;
     if constexpr (CACHED) {
-      // Every load of the row before any use (one memory latency per row).
-      TPack res_cache[RES ? S : 1];
 #pragma unroll
       for (int i = 0; i < S; ++i) {
-        const int slot = slot_of(i);
-        if (valid && slot < nslots) {
-          load_pack<ALIGNED>(x, slot * V, H, rows_cache[i]);
-          if constexpr (RES) load_pack<ALIGNED>(res, slot * V, H, res_cache[i]);
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < S; ++i) {
-        const int slot = slot_of(i);
-        if (valid && slot < nslots) {
-          if constexpr (RES) {
-            add_residual(rows_cache[i], res_cache[i]);
-            store_pack<ALIGNED>(res_out, slot * V, H, rows_cache[i]);
-          }
-          accumulate_squares(rows_cache[i], acc0, acc1);
-        }
+        if (valid && slot_of(i) < nslots) accumulate_squares(rows_cache[i], acc0, acc1);
       }
     } else {
       for (int j = 0; j < loops; ++j) {
         const int slot = slot_of(j);
         if (valid && slot < nslots) {
-          load_row_slot(slot, rows_cache[0], true);
-          accumulate_squares(rows_cache[0], acc0, acc1);
+          TPack r;
+          load_row_slot(slot, r, true);
+          accumulate_squares(r, acc0, acc1);
         }
       }
     }
@@ -292,23 +307,16 @@ __global__ void __launch_bounds__(kMaxThreads, FK_MX_MIN_BLOCKS)
   }
 
   const float g = FMT == kFmtNvfp4 ? *p.global_scale : 0.0f;
-  uint8_t* const q_row = static_cast<uint8_t*>(p.out) + row * (FP4 ? H / 2 : H);
-  // Every lane runs every step (the butterfly needs the whole warp); absent slots are zeros.
-  auto step = [&](int j, const TPack& cached) {
-    const int slot = slot_of(j);
+  uint8_t* __restrict__ const q_row = static_cast<uint8_t*>(p.out) + row * (FP4 ? H / 2 : H);
+  // A chunk of kRun slots a thread at a time (the whole row when it is in registers): the
+  // chunk's loads first, then per slot the block's absmax, scale and conversion. Every lane runs
+  // every step (the butterfly needs the whole warp); absent slots are zeros.
+  auto quant_slot = [&](int slot, TPack& y, const WPack& w) {
     const bool has = valid && slot < nslots;
-    TPack y = cached;
-    if (has) {
-      if constexpr (!(CACHED && NORM)) load_row_slot(slot, y, !NORM);
-      if constexpr (NORM) {
-        WPack w;
-        load_pack<ALIGNED>(w_base, slot * V, H, w);
-        normalize(y, inv, w);
-      }
-    }
     float f[V];
     float amax = 0.0f;
     if (has) {
+      if constexpr (NORM) normalize(y, inv, w);
       to_floats(y, f);
 #pragma unroll
       for (int k = 0; k < V; ++k) amax = nan_max(fabsf(f[k]), amax);
@@ -326,11 +334,26 @@ __global__ void __launch_bounds__(kMaxThreads, FK_MX_MIN_BLOCKS)
       }
     }
   };
-  if constexpr (CACHED && NORM) {
+  if constexpr (CACHED) {
 #pragma unroll
-    for (int i = 0; i < S; ++i) step(i, rows_cache[i]);
+    for (int i = 0; i < S; ++i) quant_slot(slot_of(i), rows_cache[i], w_cache[NORM ? i : 0]);
   } else {
-    for (int j = 0; j < loops; ++j) step(j, rows_cache[0]);
+    // (The weight slot by slot: a chunk's weight in registers too would spill.)
+    for (int c = 0; c < loops; c += kRun) {
+      TPack y[kRun];
+#pragma unroll
+      for (int i = 0; i < kRun; ++i) {
+        const int slot = slot_of(c + i);
+        if (valid && slot < nslots) load_row_slot(slot, y[i], !NORM);
+      }
+#pragma unroll
+      for (int i = 0; i < kRun; ++i) {
+        const int slot = slot_of(c + i);
+        WPack w;
+        if (NORM && valid && slot < nslots) load_pack<ALIGNED>(w_base, slot * V, H, w);
+        quant_slot(slot, y[i], w);
+      }
+    }
   }
 }
 

@@ -59,8 +59,7 @@ void launch_mx_aligned(const MxQuantParams& p, cudaStream_t stream, int device) 
   if (RES) aligned = aligned && aligned16(p.residual) && p.residual_row_stride % V == 0;
   if (NORM) aligned = aligned && aligned16(p.weight);
   if (!aligned) return launch_mx_variant<T, W, FMT, NORM, RES, false, false>(p, shape, stream, device);
-  // Without the norm nothing is read twice: the re-reading variant is the same work.
-  if (NORM && shape.cached) return launch_mx_variant<T, W, FMT, NORM, RES, true, NORM>(p, shape, stream, device);
+  if (shape.cached) return launch_mx_variant<T, W, FMT, NORM, RES, true, true>(p, shape, stream, device);
   launch_mx_variant<T, W, FMT, NORM, RES, true, false>(p, shape, stream, device);
 }
 

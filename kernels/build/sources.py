@@ -26,7 +26,9 @@ GPU_SOURCES = (
 #: CUDA architectures the kernels support (bf16 conversions need sm_80; FP8 conversions are
 #: emulated below sm_89). Used by the wheel build and documented in the README.
 SUPPORTED_CUDA_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120")
-WHEEL_CUDA_ARCHS = ("sm_80", "sm_89", "sm_90")
+#: The release wheel's archs: machine code for each, PTX of sm_90 for later GPUs, and Blackwell's
+#: arch-specific targets, whose microscaling kernels convert to FP4 in hardware.
+WHEEL_CUDA_ARCHS = ("sm_80", "sm_89", "sm_90", "sm_100a", "sm_120a")
 SUPPORTED_ROCM_ARCHS = ("gfx90a", "gfx942", "gfx950")
 
 
