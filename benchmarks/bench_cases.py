@@ -5,6 +5,9 @@ A case is a scheme with or without the residual add; a cell is a case at one hid
 token count T. For every cell there are three computations with the same meaning: our fused op,
 our unfused pair (norm op, then quant op), and the plain-torch function (``native_fn``) that
 Inductor compiles and eager runs. Nothing here touches a GPU.
+
+The microscaling cases (MXFP8, MXFP4, NVFP4) are checked by :func:`check_microscaling` (their
+outputs are packed bytes and block scales); :func:`check_cell` picks the check of a cell.
 """
 
 from __future__ import annotations
@@ -29,6 +32,17 @@ CASES = [
     # torchao PerTensor: one scale from the whole tensor's absmax (the rule ops' group_size -1)
     ("per_tensor", "per_tensor", False, None),
     ("per_tensor+res", "per_tensor", True, None),
+    # Microscaling (group: the block size; a cell only where it divides H). NVFP4 with row-major
+    # and with swizzled (128x4 tile) scales, MXFP8 with row-major scales, MXFP4 with swizzled
+    # scales. FP8 per-token-group-128 with DeepGEMM's packed UE8M0 scales has no op yet: no case.
+    ("nvfp4", "nvfp4", False, 16),
+    ("nvfp4+res", "nvfp4", True, 16),
+    ("nvfp4_swizzled", "nvfp4_swizzled", False, 16),
+    ("nvfp4_swizzled+res", "nvfp4_swizzled", True, 16),
+    ("mxfp8", "mxfp8", False, 32),
+    ("mxfp8+res", "mxfp8", True, 32),
+    ("mxfp4_swizzled", "mxfp4_swizzled", False, 32),
+    ("mxfp4_swizzled+res", "mxfp4_swizzled", True, 32),
 ]
 CASE_NAMES = [c[0] for c in CASES]
 # The hidden sizes of the wider grid (``--hidden``): dense models' widths, an odd-sized one
@@ -36,6 +50,21 @@ CASE_NAMES = [c[0] for c in CASES]
 WIDE_HIDDEN = [2048, 2880, 3584, 5120, 6144, 12288, 16384, 4100]
 EPS = 1e-6
 DTYPE = torch.bfloat16
+
+#: The microscaling schemes: (format, scales swizzled into the 128x4 tile layout).
+MX_SCHEMES = {
+    "nvfp4": ("nvfp4", False),
+    "nvfp4_swizzled": ("nvfp4", True),
+    "mxfp8": ("mxfp8", False),
+    "mxfp4_swizzled": ("mxfp4", True),
+}
+#: The MX block-scale rule: torchao 0.18's default ``ScaleCalculationMode`` for ``to_mx`` and
+#: ``MXTensor`` (FLOOR, the OCP MX rule: 2 ** (floor(log2(amax)) - emax of the element format)).
+MX_SCALE_MODE = "floor"
+# NVFP4's global scale is the static-scale input ``s`` (the benchmark's 4 / 448), read with
+# torchao's divisor convention (``per_tensor_scale = amax / (448 * 6)``, values divided by it):
+# a scale calibrated for amax 24, above every normalized value of these inputs, so no block
+# scale saturates. A fixed, precomputed fp32 scalar, as a calibrated model holds it.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +79,15 @@ class Cell:
 
 
 def hidden_sizes(case: str, quick: bool) -> list[int]:
-    """The record's hidden sizes per case (7168 only for the group cases)."""
-    group = "group" in case
+    """The record's hidden sizes per case (7168 only for the group and microscaling cases)."""
+    group = "group" in case or is_microscaling(case)
     if quick:
         return [7168] if group else [8192]
     return [4096, 7168, 8192] if group else [4096, 8192]
+
+
+def is_microscaling(case: str) -> bool:
+    return next(c[1] for c in CASES if c[0] == case) in MX_SCHEMES
 
 
 def group_size(case: str) -> int | None:
@@ -64,7 +97,8 @@ def group_size(case: str) -> int | None:
 def cells(quick: bool, only: list[str] | None = None, hidden: list[int] | None = None,
           tokens: list[int] | None = None) -> list[Cell]:  # fmt: skip
     """The grid, case by case, then H, then T. ``hidden`` replaces the record's hidden sizes; a
-    group case gets a cell only where its group size divides H. ``tokens`` replaces the T list."""
+    group or microscaling case gets a cell only where its group (block) size divides H.
+    ``tokens`` replaces the T list."""
     unknown = set(only or ()) - set(CASE_NAMES)
     if unknown:
         raise ValueError(f"unknown cases {sorted(unknown)}; known: {', '.join(CASE_NAMES)}")
@@ -104,11 +138,59 @@ def native_fn(cell: Cell):
             out = (nf.quant_int8_static(y, s),)
         elif scheme == "per_tensor":
             out = nf.quant_fp8_per_tensor(y, fp8)
+        elif scheme in MX_SCHEMES:
+            out = mx_spec_quant(scheme, y, s)
         else:
             out = nf.quant_int8_per_token(y)
         return (*out, r) if residual else out
 
     return fn
+
+
+def mx_spec_quant(scheme: str, y, s):
+    """The microscaling quantizer in plain torch: fusion_kernels.microscaling's, torchao's
+    arithmetic bit for bit (``to_mx`` with FLOOR scales; ``nvfp4_quantize`` with a per-tensor
+    scale; ``to_blocked`` for swizzled scales). ``(q, scales)``: q float8_e4m3fn (MXFP8) or
+    packed FP4 as uint8 (two per byte); scales float8_e8m0fnu (MX) or float8_e4m3fn (NVFP4),
+    row-major [T, H / block] or the swizzled buffer."""
+    from fusion_kernels import microscaling as mx
+
+    fmt, swizzled = MX_SCHEMES[scheme]
+    layout = "swizzled" if swizzled else "row_major"
+    if fmt == "mxfp8":
+        return mx.mxfp8_quantize(y, MX_SCALE_MODE, torch.float8_e4m3fn, layout)
+    if fmt == "mxfp4":
+        return mx.mxfp4_quantize(y, MX_SCALE_MODE, layout)
+    return mx.nvfp4_quantize(y, s, "divisor", layout)
+
+
+def mx_op_quant(scheme: str, y, s):
+    """Our unfused microscaling quant op (torch.ops.fusion_kernels), same outputs as
+    :func:`mx_spec_quant`."""
+    ops = torch.ops.fusion_kernels
+    fmt, swizzled = MX_SCHEMES[scheme]
+    if fmt == "mxfp8":
+        return ops.mxfp8_quant(y, torch.float8_e4m3fn, MX_SCALE_MODE, swizzled)
+    if fmt == "mxfp4":
+        return ops.mxfp4_quant(y, MX_SCALE_MODE, swizzled)
+    return ops.nvfp4_quant(y, s, False, swizzled)  # False: s is torchao's divisor
+
+
+def mx_fused_op(cell: Cell):
+    """Our fused norm + microscaling quant op for the cell: ``(q, scales[, residual_out])``."""
+    _, scheme, residual, _ = cell.spec
+    fmt, swizzled = MX_SCHEMES[scheme]
+    op = getattr(torch.ops.fusion_kernels, f"{'fused_add_' if residual else ''}rms_norm_{fmt}_quant")
+
+    def fused(x, r, w, s):
+        head = (x, r, w, EPS) if residual else (x, w, EPS)
+        if fmt == "mxfp8":
+            return op(*head, torch.float8_e4m3fn, MX_SCALE_MODE, swizzled)
+        if fmt == "mxfp4":
+            return op(*head, MX_SCALE_MODE, swizzled)
+        return op(*head, s, False, swizzled)
+
+    return fused
 
 
 #: The per-tensor cases' scale rule (torchao's: the scale rounded to the model dtype, no floor).
@@ -117,16 +199,20 @@ PER_TENSOR_RULE = (448.0, 0.0, 0.0, 0.0, DTYPE, False)
 
 def composed(cell: Cell, ns):
     """Norm op then quant op, from ``ns``: torch.ops.fusion_kernels (our unfused pair) or
-    fusion_kernels.reference (the spec); both name their functions alike."""
+    fusion_kernels.reference (the spec); both name their functions alike, but for the
+    microscaling quantizers (the ops' ``*_quant``, the spec's ``*_quantize``)."""
     _, scheme, residual, group = cell.spec
     fp8 = torch.float8_e4m3fn
+    mx_quant = mx_op_quant if ns is torch.ops.fusion_kernels else mx_spec_quant
 
     def fn(x, r, w, s):
         if residual:
             y, r = ns.fused_add_rms_norm(x, r, w, EPS)
         else:
             y = ns.rms_norm(x, w, EPS)
-        if scheme == "static":
+        if scheme in MX_SCHEMES:
+            out = mx_quant(scheme, y, s)
+        elif scheme == "static":
             out = (ns.static_scaled_fp8_quant(y, s, fp8),)
         elif scheme == "per_token":
             out = ns.dynamic_per_token_scaled_fp8_quant(y, None, fp8)
@@ -148,6 +234,9 @@ def ours_fns(cell: Cell):
     ops = torch.ops.fusion_kernels
     _, scheme, residual, group = cell.spec
     fp8 = torch.float8_e4m3fn
+
+    if scheme in MX_SCHEMES:
+        return mx_fused_op(cell), composed(cell, ops)
 
     def fused(x, r, w, s):
         if scheme == "static":
@@ -196,4 +285,131 @@ def min_bytes(cell: Cell) -> int:
         n += t * (h // group) * 4
     if scheme == "per_tensor":
         n += 4  # (a two-pass kernel reads x twice: at most ~60% of this minimum's bandwidth)
+    if scheme in MX_SCHEMES:
+        n += mx_packed_bytes(cell) - t * h  # q packed (replacing the byte per element above) + scales
     return n
+
+
+def mx_packed_bytes(cell: Cell) -> int:
+    """The bytes a microscaling cell writes: q (one byte per element for MXFP8, half a byte for
+    FP4) and its scales (one byte per block; swizzled: the whole padded buffer of 512-byte
+    128x4 tiles, as a kernel writes it), plus NVFP4's global scale read (4 bytes)."""
+    _, scheme, _, block = cell.spec
+    t, h = cell.tokens, cell.hidden
+    fmt, swizzled = MX_SCHEMES[scheme]
+    q = t * h if fmt == "mxfp8" else t * h // 2
+    cols = h // block
+    scales = 512 * -(-t // 128) * -(-cols // 4) if swizzled else t * cols
+    return q + scales + (4 if fmt == "nvfp4" else 0)
+
+
+# --- the checks ---------------------------------------------------------------------------------
+
+#: How far a microscaling variant's outputs may be from the whole spec's. ``F.rms_norm`` rounds
+#: the norm output once where the spec rounds twice, Inductor's fused kernel quantizes it
+#: unrounded (fp32), and our norm op sums in another order: a block whose absmax sits at a scale
+#: boundary may take the neighbouring scale (one E8M0 binade, one E4M3 step), a value at a
+#: rounding boundary the neighbouring code. Fractions of the blocks (at least 4 blocks allowed)
+#: and of the elements of blocks whose scales agree. Seen on CPU (randn inputs, H 512 to 7168):
+#: NVFP4 scales up to 3.9% (E4M3 has 3 mantissa bits: many boundaries), MX scales up to 1.6%,
+#: MXFP8 elements up to 3.4%.
+MX_SCALE_FLIPS = {"nvfp4": 0.08, "mxfp8": 0.02, "mxfp4": 0.02}
+MX_ELEMENT_FLIPS = 0.10
+
+
+def check_cell(cell: Cell, name: str, outs, x, r, w, s) -> None:
+    """The benchmark's check of a variant's outputs before it is timed: bench_timing.check, or
+    :func:`check_microscaling` for the microscaling cases."""
+    if cell.spec[1] in MX_SCHEMES:
+        check_microscaling(cell, name, outs, x, r, w, s)
+    else:
+        from bench_timing import check
+
+        check(cell, name, outs, x, r, w, s)
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.uint8)
+
+
+def check_microscaling(cell: Cell, name: str, outs, x, r, w, s) -> None:
+    """A microscaling variant's outputs: dtypes and shapes as the spec's, the new residual equal,
+    and the quantizer's bytes (q, scales, the swizzled buffer's padding) bit for bit equal to the
+    spec's quantizer (fusion_kernels.microscaling) applied to the variant's own norm: our norm op
+    for our fused op and our unfused pair (the fused op is the pair, bit for bit), ``F.rms_norm``
+    for eager. Every variant, Inductor's included, is also within :data:`MX_SCALE_FLIPS` and
+    :data:`MX_ELEMENT_FLIPS` of the whole spec (fusion_kernels.reference's norm, then the
+    quantizer). Inductor is not held to bit equality: its fused kernel quantizes the norm output
+    unrounded (it does not emulate the bf16 rounding between the two)."""
+    from fusion_kernels import reference as ref
+    from fusion_passes import native_forms as nf
+
+    _, scheme, residual, _ = cell.spec
+    what = f"{cell} {name}"
+    exp = composed(cell, ref)(x, r, w, s)
+    outs = tuple(outs)
+    assert len(outs) == len(exp), f"{what}: {len(outs)} outputs, expected {len(exp)}"
+    for part, got, want in zip(("q", "scales", "residual"), outs, exp):
+        assert got.dtype == want.dtype and got.shape == want.shape, (
+            f"{what} {part}: {got.dtype}{tuple(got.shape)}, expected {want.dtype}{tuple(want.shape)}"
+        )
+    if residual:
+        torch.testing.assert_close(outs[2], exp[2], rtol=0, atol=0, msg=f"{what} residual")
+    own = None
+    if name in ("fused", "unfused"):
+        ops = torch.ops.fusion_kernels
+        y = ops.fused_add_rms_norm(x, r, w, EPS)[0] if residual else ops.rms_norm(x, w, EPS)
+        own = mx_spec_quant(scheme, y, s)
+    elif name == "eager":
+        own = mx_spec_quant(scheme, nf.rms_norm_functional(x + r if residual else x, w, EPS), s)
+    if own is not None:
+        for part, got, want in zip(("q", "scales"), outs, own):
+            differ = int((_bytes(got) != _bytes(want)).sum())
+            assert differ == 0, f"{what} {part}: {differ} of {got.numel()} bytes differ from the quantizer's spec"
+    assert_mx_close(cell, what, outs[:2], exp[:2])
+
+
+def _fp4_ordinal(packed: torch.Tensor) -> torch.Tensor:
+    """The signed position of each packed FP4 value on the e2m1 grid (-7..7; -0 and +0 are 0)."""
+    from fusion_kernels.microscaling import unpack_fp4
+
+    codes = unpack_fp4(packed).to(torch.int64)
+    return torch.where((codes & 8) != 0, -(codes & 7), codes & 7)
+
+
+def assert_mx_close(cell: Cell, what: str, got, want) -> None:
+    """Two microscaling (q, scales) pairs differ at most in a few blocks' scales, by one step,
+    and elsewhere in a few elements, by one step of the element grid; swizzled padding is 0."""
+    from fusion_kernels.microscaling import swizzle_scales_128x4, unswizzle_scales_128x4
+    from fusion_kernels.testing import quant_steps
+
+    _, scheme, _, block = cell.spec
+    fmt, swizzled = MX_SCHEMES[scheme]
+    (q, scales), (q_exp, scales_exp) = got, want
+    hidden = q.shape[-1] * (1 if fmt == "mxfp8" else 2)
+    rows, cols = q.numel() * (1 if fmt == "mxfp8" else 2) // hidden, hidden // block
+
+    def row_major(sc):
+        return unswizzle_scales_128x4(sc, rows, cols) if swizzled else sc.reshape(rows, cols)
+
+    sc, sc_exp = row_major(scales), row_major(scales_exp)
+    if swizzled:
+        assert torch.equal(_bytes(swizzle_scales_128x4(sc)), _bytes(scales)), f"{what}: swizzled padding not 0"
+    if fmt == "nvfp4":
+        scale_steps = quant_steps(sc, sc_exp)
+    else:  # E8M0: a byte is a binade
+        scale_steps = (_bytes(sc).to(torch.int64) - _bytes(sc_exp).to(torch.int64)).abs()
+    assert int(scale_steps.max()) <= 1, f"{what}: a scale {int(scale_steps.max())} steps from the spec's"
+    flips = int((scale_steps > 0).sum())
+    assert flips <= max(4, MX_SCALE_FLIPS[fmt] * scale_steps.numel()), (
+        f"{what}: {flips} of {scale_steps.numel()} block scales differ from the spec's"
+    )
+    if fmt == "mxfp8":
+        steps = quant_steps(q.reshape(rows, hidden), q_exp.reshape(rows, hidden))
+    else:
+        steps = (_fp4_ordinal(q.reshape(rows, -1)) - _fp4_ordinal(q_exp.reshape(rows, -1))).abs()
+    steps = steps[(scale_steps == 0).repeat_interleave(block, dim=-1)]
+    if steps.numel():
+        assert int(steps.max()) <= 1, f"{what}: an element {int(steps.max())} steps from the spec's"
+        off = float((steps > 0).float().mean())
+        assert off <= MX_ELEMENT_FLIPS, f"{what}: {off:.2%} of the elements differ from the spec's"

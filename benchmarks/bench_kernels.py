@@ -21,6 +21,13 @@ and as a fraction of it (bench_report.py writes bench.json, bench.md and bench.p
     python benchmarks/bench_kernels.py --quick --out results/          # a few cells, default compile only
     python benchmarks/bench_kernels.py --hidden 2048,2880,3584,5120,6144,12288,16384,4100 --out wide/
     python benchmarks/bench_kernels.py --dry-run --hidden 2880,4100    # list the cells and baselines (no GPU)
+
+The microscaling cases (NVFP4 with row-major and with swizzled scales, MXFP8, MXFP4 with
+swizzled scales; each with and without the residual add) are cells of the same grid, H = 4096,
+7168, 8192; their Inductor baseline compiles fusion_kernels.microscaling's quantizers (torchao's
+arithmetic), their bytes count the packed outputs (bench_cases.min_bytes):
+
+    python benchmarks/bench_kernels.py --cases nvfp4,nvfp4+res,nvfp4_swizzled,nvfp4_swizzled+res,mxfp8,mxfp8+res,mxfp4_swizzled,mxfp4_swizzled+res --out mx/
 """
 
 from __future__ import annotations
@@ -38,9 +45,9 @@ if _HERE not in sys.path:  # the sibling modules, also when this file is loaded 
 
 import torch  # noqa: E402
 from bench_baselines import BASELINES, QUICK_BASELINES, Baselines, baselines_for, parse_baselines, warm_inductor  # noqa: E402
-from bench_cases import CASE_NAMES, DTYPE, Cell, cells, min_bytes, native_fn, ours_fns  # noqa: E402
+from bench_cases import CASE_NAMES, DTYPE, Cell, cells, check_cell, min_bytes, native_fn, ours_fns  # noqa: E402
 from bench_report import finish_row, merge, policy_table, summarize, write  # noqa: E402
-from bench_timing import check, copy_bandwidth, input_sets, make_inputs, time_graph  # noqa: E402
+from bench_timing import copy_bandwidth, input_sets, make_inputs, time_graph  # noqa: E402
 
 __all__ = ["main", "merge", "policy_table", "run"]
 
@@ -59,7 +66,7 @@ def run(cell_list: list[Cell], baselines: Baselines, bandwidth: float, log, on_r
         row = {"case": cell.case, "hidden": cell.hidden, "tokens": cell.tokens, "bytes": nbytes}
         for name, fn in variants.items():
             outs = fn(xs[0], rs[0], w, s)
-            check(cell, name, outs, xs[0], rs[0], w, s)
+            check_cell(cell, name, outs, xs[0], rs[0], w, s)
             row[name] = time_graph(fn, xs, rs, w, s, est)
         results.append(finish_row(row, bandwidth))
         if on_row is not None:
@@ -85,8 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a few cells, default compile only")
     parser.add_argument("--cases", default="", help=f"comma-separated case names ({','.join(CASE_NAMES)})")
     parser.add_argument("--hidden", default="",
-                        help="hidden sizes instead of the record's (4096, 8192; 7168 for groups), e.g. "
-                             "2048,2880,3584,5120,6144,12288,16384,4100; a group case only where its group divides H")  # fmt: skip
+                        help="hidden sizes instead of the record's (4096, 8192; also 7168 for group and "
+                             "microscaling cases), e.g. 2048,2880,3584,5120,6144,12288,16384,4100; a group or "
+                             "microscaling case only where its group (block) size divides H")  # fmt: skip
     parser.add_argument("--tokens", default="", help="token counts (default 1,16,128,1024,4096,16384)")
     parser.add_argument("--baselines", "--modes", dest="baselines", default="",
                         help=f"Inductor baselines to time ({','.join(BASELINES)}; default: all; --quick: default only)")  # fmt: skip

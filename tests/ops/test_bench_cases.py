@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The kernel benchmark's cases compute what they claim: for every case, our fused op, our
 unfused pair and the plain-torch function that Inductor compiles pass the benchmark's own check
-against the reference (on CPU tensors: the check is the one the GPU run makes before timing)."""
+against the reference (on CPU tensors: the check is the one the GPU run makes before timing).
+The microscaling cases' grid, packed byte counts, check (not vacuous) and compiled baseline too."""
 
 import importlib.util
 import sys
@@ -27,19 +28,110 @@ def bench(monkeypatch):
     return _load("bench_cases", monkeypatch), _load("bench_timing", monkeypatch)
 
 
+def _inputs(cases, name, tokens=33, hidden=512, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, hidden, generator=g).to(cases.DTYPE)
+    r = torch.randn(tokens, hidden, generator=g).to(cases.DTYPE)
+    w = (1 + 0.2 * torch.randn(hidden, generator=g)).to(cases.DTYPE)
+    s = torch.tensor(4.0 / (127.0 if "int8" in name else 448.0))  # as bench_timing.make_inputs
+    return x, r, w, s
+
+
 def test_every_case_passes_the_benchmark_check(bench):
-    cases, timing = bench
-    g = torch.Generator().manual_seed(0)
+    cases, _ = bench
     for name in cases.CASE_NAMES:
         cell = cases.Cell(name, 512, 33)
-        x = torch.randn(33, 512, generator=g).to(cases.DTYPE)
-        r = torch.randn(33, 512, generator=g).to(cases.DTYPE)
-        w = (1 + 0.2 * torch.randn(512, generator=g)).to(cases.DTYPE)
-        s = torch.tensor(4.0 / (127.0 if "int8" in name else 448.0))
+        x, r, w, s = _inputs(cases, name)
         fused, unfused = cases.ours_fns(cell)
         for variant, fn in (("fused", fused), ("unfused", unfused), ("eager", cases.native_fn(cell))):
-            timing.check(cell, variant, fn(x, r, w, s), x, r, w, s)
-        assert cases.min_bytes(cell) >= 33 * 512 * 3
+            cases.check_cell(cell, variant, fn(x, r, w, s), x, r, w, s)
+        assert cases.min_bytes(cell) >= 33 * 512 * (2.5 if cases.is_microscaling(name) else 3)
+
+
+MX_CASES = ["nvfp4", "nvfp4+res", "nvfp4_swizzled", "nvfp4_swizzled+res", "mxfp8", "mxfp8+res",
+            "mxfp4_swizzled", "mxfp4_swizzled+res"]  # fmt: skip
+
+
+def test_microscaling_cases_and_grid(bench):
+    """The issue's cells: H = 4096, 7168, 8192, T = 1 .. 16384, every case with and without the
+    residual; a hidden size the block does not divide gets no cell."""
+    cases, _ = bench
+    assert [n for n in cases.CASE_NAMES if cases.is_microscaling(n)] == MX_CASES
+    grid = cases.cells(False, MX_CASES)
+    assert {(c.hidden, c.tokens) for c in grid} == {(h, t) for h in (4096, 7168, 8192) for t in cases.FULL_T}
+    assert len(grid) == len(MX_CASES) * 3 * 6
+    assert {c.hidden for c in cases.cells(False, MX_CASES, hidden=[2880, 4100])} == {2880}
+    assert {c.hidden for c in cases.cells(True, MX_CASES)} == {7168}
+
+
+def test_microscaling_bytes_count_the_packed_outputs(bench):
+    cases, _ = bench
+    t, h = 16384, 7168
+    read = 2 * t * h + 2 * h  # x, weight (bf16)
+    res = 4 * t * h  # read the residual, write the new one
+    swizzled_mx = 512 * (t // 128) * (h // 32 // 4)  # 128x4 tiles, no padding here
+    assert swizzled_mx == t * h // 32
+    expect = {
+        "nvfp4": read + t * h // 2 + t * h // 16 + 4,
+        "nvfp4_swizzled": read + t * h // 2 + t * h // 16 + 4,
+        "mxfp8": read + t * h + t * h // 32,
+        "mxfp4_swizzled": read + t * h // 2 + swizzled_mx,
+    }
+    for name, n in expect.items():
+        assert cases.min_bytes(cases.Cell(name, h, t)) == n, name
+        assert cases.min_bytes(cases.Cell(name + "+res", h, t)) == n + res, name
+    # One token: the swizzled buffer is whole tiles (128 rows, 4 scale columns each), padding included.
+    assert cases.min_bytes(cases.Cell("nvfp4_swizzled", 4096, 1)) == 2 * 4096 + 2 * 4096 + 2048 + 512 * 64 + 4
+    assert cases.min_bytes(cases.Cell("mxfp4_swizzled", 7168, 1)) == 2 * 7168 + 2 * 7168 + 3584 + 512 * 56
+
+
+def test_microscaling_check_catches_a_wrong_quantizer(bench):
+    """The check is not vacuous: outputs of another convention (another MX scale rule, the NVFP4
+    global scale read as a multiplier, the other scale layout) or one byte off fail it."""
+    cases, _ = bench
+    from fusion_kernels import microscaling as mx
+
+    x, r, w, s = _inputs(cases, "mxfp8")
+    y = torch.ops.fusion_kernels.rms_norm(x, w, cases.EPS)
+    wrong = {
+        "mxfp8": mx.mxfp8_quantize(y, "ceil"),
+        "mxfp4_swizzled": mx.mxfp4_quantize(y, "rceil", "swizzled"),
+        "nvfp4": mx.nvfp4_quantize(y, s, "multiplier"),  # the divisor read as a multiplier
+        "nvfp4_swizzled": mx.nvfp4_quantize(y, s, "divisor", "row_major"),  # layout
+    }
+    for name, outs in wrong.items():
+        cell = cases.Cell(name, 512, 33)
+        for variant in ("fused", "inductor[default]"):
+            with pytest.raises(AssertionError):
+                cases.check_cell(cell, variant, outs, x, r, w, s)
+    cell = cases.Cell("mxfp4_swizzled", 512, 33)
+    q, scales = cases.ours_fns(cell)[0](x, r, w, s)
+    q[3, 7] ^= 0x10
+    with pytest.raises(AssertionError, match="bytes differ"):
+        cases.check_cell(cell, "fused", (q, scales), x, r, w, s)
+
+
+def test_microscaling_baseline_compiles(bench, monkeypatch, fresh_dynamo):
+    """Inductor compiles the plain-torch baseline (on CPU here) and it passes the benchmark's
+    check; with the bf16 rounding of the norm output emulated its bytes are eager's, bit for bit
+    (by default Inductor's fused kernel quantizes the unrounded norm output: close, not equal).
+    CPU Inductor has no float8_e8m0fnu type, which the MX scales are (the GPU lowering handles it
+    as a byte view): it is given the byte type here, the bits are the same."""
+    cases, _ = bench
+    from torch._inductor import config
+    from torch._inductor.codegen import cpp_utils
+
+    name = "mxfp4_swizzled+res"  # one compile (seconds on CPU); the NVFP4 cases compile alike
+    monkeypatch.setitem(cpp_utils.DTYPE_TO_CPP, torch.float8_e8m0fnu, "uint8_t")
+    monkeypatch.setattr(config, "emulate_precision_casts", True)
+    cell = cases.Cell(name, 256, 130)  # two row tiles of the swizzled layout, the second padded
+    x, r, w, s = _inputs(cases, name, 130, 256)
+    eager = cases.native_fn(cell)(x, r, w, s)
+    compiled = torch.compile(cases.native_fn(cell), dynamic=False)(x, r, w, s)
+    cases.check_cell(cell, "inductor[default]", compiled, x, r, w, s)
+    for a, b in zip(compiled, eager):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(*(t.view(torch.uint8) if t.element_size() == 1 else t for t in (a, b)))
 
 
 def test_the_neighbour_benchmark_steps_compute_the_op(bench, monkeypatch, fresh_dynamo):
