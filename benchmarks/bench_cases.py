@@ -45,6 +45,10 @@ CASES = [
     ("mxfp4_swizzled+res", "mxfp4_swizzled", True, 32),
 ]
 CASE_NAMES = [c[0] for c in CASES]
+#: The microscaling cases (their own grid and targets) run only when named with ``--cases``; a
+#: run without ``--cases`` times the FP8 / INT8 record's cases.
+MX_CASE_NAMES = [c[0] for c in CASES if c[3] in (16, 32)]
+RECORD_CASE_NAMES = [n for n in CASE_NAMES if n not in MX_CASE_NAMES]
 # The hidden sizes of the wider grid (``--hidden``): dense models' widths, an odd-sized one
 # (2880: a group of 64 divides it, 128 does not) and one that no group size divides (4100).
 WIDE_HIDDEN = [2048, 2880, 3584, 5120, 6144, 12288, 16384, 4100]
@@ -98,13 +102,14 @@ def cells(quick: bool, only: list[str] | None = None, hidden: list[int] | None =
           tokens: list[int] | None = None) -> list[Cell]:  # fmt: skip
     """The grid, case by case, then H, then T. ``hidden`` replaces the record's hidden sizes; a
     group or microscaling case gets a cell only where its group (block) size divides H.
-    ``tokens`` replaces the T list."""
+    ``tokens`` replaces the T list. Without ``only``: the record's cases (not the microscaling
+    ones)."""
     unknown = set(only or ()) - set(CASE_NAMES)
     if unknown:
         raise ValueError(f"unknown cases {sorted(unknown)}; known: {', '.join(CASE_NAMES)}")
     out = []
     for name in CASE_NAMES:
-        if only and name not in only:
+        if name not in (only or RECORD_CASE_NAMES):
             continue
         group = group_size(name)
         sizes = hidden_sizes(name, quick) if hidden is None else [h for h in hidden if not group or h % group == 0]

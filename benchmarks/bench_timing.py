@@ -36,7 +36,12 @@ def make_inputs(cell: Cell, sets: int, seed: int = 0):
 
 
 def check(cell: Cell, name: str, outs, x, r, w, s) -> None:
-    """Compare a variant's outputs with the reference (the spec) before timing it."""
+    """Compare a variant's outputs with the reference (the spec) before timing it (the
+    microscaling cases: bench_cases.check_microscaling)."""
+    from bench_cases import MX_SCHEMES, check_microscaling
+
+    if cell.spec[1] in MX_SCHEMES:
+        return check_microscaling(cell, name, outs, x, r, w, s)
     from fusion_kernels import reference as ref
     from fusion_kernels.testing import SCALE_RTOL, assert_quant_close, quant_steps, scale_mask
 

@@ -78,6 +78,12 @@ MEASURED_FASTER: dict[tuple[str, str, str, str, bool], TokenRanges] = {
     (*_H100, "fp8_group64", False): ((1, None),),
     (*_H100, "int8_static", False): ((1024, None),),
     (*_H100, "int8_per_token", False): ((1, None),),
+    # Per-tensor FP8 and MXFP8: benchmarks/results/h100-2026-12-06-per-tensor and
+    # h100-2026-12-06-microscaling, one run each with default launches (BENCHMARKS.md). Per-tensor
+    # with the residual add never measured clearly faster (0.92-1.04x from 1024 tokens on): none.
+    (*_H100, "fp8_per_tensor", False): ((1024, None),),
+    (*_H100, "mxfp8", False): ((16, None),),
+    (*_H100, "mxfp8", True): ((4096, None),),
     # CPU (AVX512 and AVX2): ours was never at least as fast as Inductor's C++ (BENCHMARKS.md
     # "CPU"): no rows, so "auto" leaves native code to Inductor there.
 }
@@ -178,14 +184,15 @@ def scheme_label(key: QuantKey) -> str:
 
 
 def native_rewrite_allowed(
-    native: str, info: DeviceInfo, key: QuantKey, residual: bool, tokens: int | None = None
+    native: str, info: DeviceInfo, key: QuantKey | str, residual: bool, tokens: int | None = None
 ) -> tuple[bool, str]:
-    """Whether a native site may be rewritten, and the refusal reason if not."""
+    """Whether a native site may be rewritten, and the refusal reason if not. ``key``: the site's
+    quantizer, or a scheme label (the microscaling formats: ``"mxfp8"``, ``"nvfp4"``, ...)."""
     if native == "never":
         return False, "native_policy_never"
     if native == "always":
         return True, ""
-    ranges = ranges_for(basis(info), scheme_label(key), residual)
+    ranges = ranges_for(basis(info), key if isinstance(key, str) else scheme_label(key), residual)
     if not ranges:
         return False, "native_policy_not_faster"
     if tokens is None or not _in_ranges(tokens, ranges):

@@ -19,6 +19,8 @@
 // software conversions.
 #pragma once
 
+#include <type_traits>
+
 #include "cuda/compat.cuh"
 #include "cuda/kernel_config.cuh"
 #include "cuda/memory.cuh"
@@ -134,13 +136,36 @@ __device__ __forceinline__ void to_floats(const Pack<T, V>& y, float (&f)[V]) {
   }
 }
 
+// The sign bits of a slot's values (bit k: value k), from their encoding: a NaN's sign, which
+// the GPU's float arithmetic and 16-bit conversions do not keep, is the spec's there.
+template <typename T, int V>
+__device__ __forceinline__ uint32_t sign_bits(const Pack<T, V>& y) {
+  uint32_t s = 0;
+  if constexpr (kIs16<T>) {
+    const uint16_t* b = reinterpret_cast<const uint16_t*>(y.v);
+#pragma unroll
+    for (int k = 0; k < V; ++k) s |= static_cast<uint32_t>(b[k] >> 15) << k;
+  } else {
+    const uint32_t* b = reinterpret_cast<const uint32_t*>(y.v);
+#pragma unroll
+    for (int k = 0; k < V; ++k) s |= (b[k] >> 31) << k;
+  }
+  return s;
+}
+
+__device__ __forceinline__ bool nan_bits(float v) { return (mx::bits_of(v) & 0x7FFFFFFFu) > 0x7F800000u; }
+
 // Quantizes one slot (V values of a block whose absmax is `amax`, already reduced over the
-// block's lanes) and stores it; the block's first lane (`first`) stores the scale byte at
-// `scale_at`.
+// block's lanes; `neg`: their sign bits) and stores it; the block's first lane (`first`) stores
+// the scale byte at `scale_at`.
 template <int FMT, int V>
-__device__ __forceinline__ void quantize_slot(const MxQuantParams& p, float (&f)[V], float amax, float g, void* q_at,
-                                              uint8_t* scale_at, bool first) {
+__device__ __forceinline__ void quantize_slot(const MxQuantParams& p, float (&f)[V], uint32_t neg, float amax, float g,
+                                              void* q_at, uint8_t* scale_at, bool first) {
   const bool nan_block = amax != amax;
+  // In the floor/ceil/even modes a NaN element stays itself (the division keeps it): its code is
+  // the format's NaN with the element's sign. (In rceil and NVFP4 a NaN block's every element is
+  // the factor's positive NaN, which the conversions give as they are.)
+  const bool keep_nan_sign = FMT != kFmtNvfp4 && nan_block && p.scale_mode != mx::ScaleMode::kRceil;
   uint8_t byte;
   if constexpr (FMT == kFmtNvfp4) {
     const mx::Nvfp4Block b = mx::nvfp4_block(amax, g, p.global_scale_is_multiplier);
@@ -168,6 +193,11 @@ __device__ __forceinline__ void quantize_slot(const MxQuantParams& p, float (&f)
     uint16_t* q2 = reinterpret_cast<uint16_t*>(q.v);
 #pragma unroll
     for (int k = 0; k < V / 2; ++k) q2[k] = static_cast<uint16_t>(fp8_pair<FMT>(f[2 * k], f[2 * k + 1], nan_block));
+    if (keep_nan_sign) {
+#pragma unroll
+      for (int k = 0; k < V; ++k)
+        if (nan_bits(f[k])) q.v[k] = static_cast<uint8_t>(0x7F | (((neg >> k) & 1u) << 7));
+    }
     *reinterpret_cast<Pack<uint8_t, V>*>(q_at) = q;
   } else {
     // Packed FP4: element 2i in the low nibble of byte i. MXFP4's factor leaves values beyond 6
@@ -175,6 +205,11 @@ __device__ __forceinline__ void quantize_slot(const MxQuantParams& p, float (&f)
     uint32_t word = 0;
 #pragma unroll
     for (int k = 0; k < V / 2; ++k) word |= e2m1_pair(f[2 * k], f[2 * k + 1], nan_block) << (8 * k);
+    if (keep_nan_sign) {
+#pragma unroll
+      for (int k = 0; k < V; ++k)
+        if (nan_bits(f[k])) word = (word & ~(0xFu << (4 * k))) | ((7u | (((neg >> k) & 1u) << 3)) << (4 * k));
+    }
     if constexpr (V == 8) {
       *static_cast<uint32_t*>(q_at) = word;
     } else {
@@ -254,8 +289,11 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
 
   // CACHED: the row's slots (and the norm weight's) in registers, every load issued before any
   // use (one memory latency per row; the weight's behind the reduction).
+  // (An fp32 weight of a 16-bit row would take twice the registers and spill: it is read slot by
+  // slot after the reduction instead.)
+  constexpr bool WCACHE = CACHED && NORM && std::is_same_v<W, T>;
   TPack rows_cache[S];
-  WPack w_cache[CACHED && NORM ? S : 1];
+  WPack w_cache[WCACHE ? S : 1];
   if constexpr (CACHED) {
     TPack res_cache[RES ? S : 1];
 #pragma unroll
@@ -266,7 +304,7 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
         if constexpr (RES) load_pack<ALIGNED>(res, slot * V, H, res_cache[i]);
       }
     }
-    if constexpr (NORM) {
+    if constexpr (WCACHE) {
 #pragma unroll
       for (int i = 0; i < S; ++i) {
         const int slot = slot_of(i);
@@ -284,6 +322,8 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
       }
     }
   }
+  // The global scale is read here, after the row's loads were issued, so its latency overlaps.
+  const float g = FMT == kFmtNvfp4 ? *p.global_scale : 0.0f;
   float inv = 1.0f;
   if constexpr (NORM) {
     float acc0 = 0.0f, acc1 = 0.0f;
@@ -306,7 +346,6 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
     inv = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, static_cast<float>(H)), p.epsilon)));
   }
 
-  const float g = FMT == kFmtNvfp4 ? *p.global_scale : 0.0f;
   uint8_t* __restrict__ const q_row = static_cast<uint8_t*>(p.out) + row * (FP4 ? H / 2 : H);
   // A chunk of kRun slots a thread at a time (the whole row when it is in registers): the
   // chunk's loads first, then per slot the block's absmax, scale and conversion. Every lane runs
@@ -315,9 +354,11 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
     const bool has = valid && slot < nslots;
     float f[V];
     float amax = 0.0f;
+    uint32_t neg = 0;
     if (has) {
       if constexpr (NORM) normalize(y, inv, w);
       to_floats(y, f);
+      neg = sign_bits(y);
 #pragma unroll
       for (int k = 0; k < V; ++k) amax = nan_max(fabsf(f[k]), amax);
     }
@@ -327,7 +368,7 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
       const int64_t b = slot / SB;
       const bool first = (slot & (SB - 1)) == 0;
       uint8_t* scale_at = p.scales + (p.swizzled ? mx::swizzled_offset(row, b, col_tiles) : row * cols + b);
-      quantize_slot<FMT, V>(p, f, amax, g, q_row + (FP4 ? slot * (V / 2) : slot * V), scale_at, first);
+      quantize_slot<FMT, V>(p, f, neg, amax, g, q_row + (FP4 ? slot * (V / 2) : slot * V), scale_at, first);
       // The row's columns of the last tile beyond its scales are padding: zeros.
       if (p.swizzled && first && b == cols - 1) {
         for (int64_t c = cols; c < 4 * col_tiles; ++c) p.scales[mx::swizzled_offset(row, c, col_tiles)] = 0;
@@ -336,7 +377,16 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
   };
   if constexpr (CACHED) {
 #pragma unroll
-    for (int i = 0; i < S; ++i) quant_slot(slot_of(i), rows_cache[i], w_cache[NORM ? i : 0]);
+    for (int i = 0; i < S; ++i) {
+      const int slot = slot_of(i);
+      if constexpr (WCACHE || !NORM) {
+        quant_slot(slot, rows_cache[i], w_cache[WCACHE ? i : 0]);
+      } else {
+        WPack w;
+        if (valid && slot < nslots) load_pack<ALIGNED>(w_base, slot * V, H, w);
+        quant_slot(slot, rows_cache[i], w);
+      }
+    }
   } else {
     // (The weight slot by slot: a chunk's weight in registers too would spill.)
     for (int c = 0; c < loops; c += kRun) {

@@ -145,7 +145,8 @@ template <OutKind OUT>
 struct RuleScaleArith {
   static constexpr bool kSubnormalScales = true;
   __device__ static float div(float a, const ScaleRule& r) {
-    if (r.divisor == QuantTraits<OUT>::kMax && a >= kGroupAbsmaxFloor) return div_by_qmax<OUT>(a);
+    // (NaN too: it then comes out as the fixed rules' division gives it, bit for bit.)
+    if (r.divisor == QuantTraits<OUT>::kMax && !(a < kGroupAbsmaxFloor)) return div_by_qmax<OUT>(a);
     return div_rn(a, r);
   }
   __device__ static float round_to(float s, DType t) {

@@ -151,9 +151,9 @@ def test_strided_misaligned_and_long_rows(fmt):
     # Row-strided (a slice of wider rows) and misaligned (starting one element in).
     base = mx_input((9, 4096 + 64), torch.bfloat16, seed=7)
     check_quant(fmt, base[:, :4096], mode, "row_major", f"{fmt} strided", x_gpu=base.cuda()[:, :4096])
-    flat = mx_input((9 * 4096 + 1,), torch.float16, seed=8)
-    x = flat[1:].view(9, 4096)
-    check_quant(fmt, x, mode, "swizzled", f"{fmt} misaligned", x_gpu=flat.cuda()[1:].view(9, 4096))
+    flat = mx_input((9 * 4096 + 16,), torch.float16, seed=8)
+    x = flat[1 : 1 + 9 * 4096].view(9, 4096)
+    check_quant(fmt, x, mode, "swizzled", f"{fmt} misaligned", x_gpu=flat.cuda()[1 : 1 + 9 * 4096].view(9, 4096))
     # Rows longer than the registers hold (re-read for the quantization), fused and unfused.
     for hidden, dtype in [(16384 + 512, torch.bfloat16), (8192 + 256, torch.float32)]:
         x = mx_input((33, hidden), dtype, seed=hidden)

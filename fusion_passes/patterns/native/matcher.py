@@ -212,9 +212,11 @@ class NativeMatcher:
         call = choose_op(self.registry, m, norm.residual is not None, float(norm.eps))
         if not platform.has_kernel(call.op._schema.name, x_val.device):
             raise Refusal("no_kernel_for_device", str(x_val.device))
-        if self.native != "always":
-            # Not measured against Inductor's kernel anywhere: "auto" leaves it to Inductor.
-            raise Refusal("native_policy_not_faster", "microscaling formats are not in the policy table")
+        # "auto": the policy's rows of the format (the benchmark's mxfp8 / nvfp4 / ... cases).
+        info = platform.device_info(x_val.device)
+        ok, reason = policy.native_rewrite_allowed(self.native, info, m.mx.fmt, norm.residual is not None, _tokens(x_val))
+        if not ok:
+            raise Refusal(reason, m.mx.fmt)
         return call
 
     # -- rewriting ---------------------------------------------------------------------------
