@@ -319,13 +319,20 @@ uint64_t visit(uint32_t lo, uint32_t hi, F&& f) {
 // Each sweep visits the magnitudes [lo, hi) (bit patterns 0..0x7FFFFFFF, increasing in value)
 // and checks both signs where the function is defined for them.
 
-void sweep_e2m1(uint32_t lo, uint32_t hi, Tally& t) {
+void sweep_e2m1(uint32_t lo, uint32_t hi, Tally& t, Tally& fin) {
   RnSatModel model{{e2m1_values, 8}, 7, 7};
+  uint64_t finite = 0;
   t.checked = 2 * visit(lo, hi, [&](uint32_t m) {
     const int want = model(as_float(m));
     t.check(m, mx::f32_to_e2m1(as_float(m)), want);
     t.check(m | 0x80000000u, mx::f32_to_e2m1(as_float(m | 0x80000000u)), want | 8);
+    if (m <= 0x7F800000u) {  // f32_to_e2m1_finite: every non-NaN input (Inf saturates too)
+      fin.check(m, mx::f32_to_e2m1_finite(as_float(m)), want);
+      fin.check(m | 0x80000000u, mx::f32_to_e2m1_finite(as_float(m | 0x80000000u)), want | 8);
+      ++finite;
+    }
   });
+  fin.checked = 2 * finite;
 }
 
 void sweep_e4m3(uint32_t lo, uint32_t hi, Tally& t) {
@@ -448,9 +455,10 @@ int main(int argc, char** argv) {
   uint64_t bad = 0;
 
   {
-    Tally t[1];
-    in_threads(t, [](uint32_t lo, uint32_t hi, Tally* p) { sweep_e2m1(lo, hi, p[0]); });
+    Tally t[2];
+    in_threads(t, [](uint32_t lo, uint32_t hi, Tally* p) { sweep_e2m1(lo, hi, p[0], p[1]); });
     bad += report("f32_to_e2m1 (cvt.rn.satfinite.e2m1x2.f32)", t[0]);
+    bad += report("f32_to_e2m1_finite (the same, non-NaN x)", t[1]);
   }
   {
     Tally t[2];

@@ -5,6 +5,7 @@
 // fusion_kernels/microscaling.py (kernels/microscaling.py); each function names its counterpart.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -86,6 +87,22 @@ FK_MX_HD inline uint8_t f32_to_e2m1(float x) {
   int32_t code = n + 2 * (e > 127 ? e - 127 : 0);
   if (code > 7) code = 7;
   return static_cast<uint8_t>(static_cast<uint32_t>(code) | sign);
+}
+
+// f32_to_e2m1 of a finite x (a NaN gives another code: the kernels convert the elements of a
+// block holding a NaN with f32_to_e2m1), in fewer instructions: |x| clamped to 6; below 1 the
+// code is 2|x| rounded to the nearest integer, ties to even (0, 1 or 2), by adding 1.5 * 2^23 in
+// one fma (whose single rounding is at the integers there); from 1 on it is the fp32 encoding
+// rounded to one mantissa bit, ties to even (adding 2^21 - 1 and the kept bit carries into the
+// exponent as the rounding requires), rebased from 1.0's exponent to code 2.
+FK_MX_HD inline uint8_t f32_to_e2m1_finite(float x) {
+  const uint32_t sign = (bits_of(x) >> 28) & 8u;
+  float a = float_of(bits_of(x) & 0x7FFFFFFFu);
+  a = a > kE2m1Max ? kE2m1Max : a;
+  const uint32_t small = bits_of(std::fma(a, 2.0f, 12582912.0f)) & 3u;
+  const uint32_t u = bits_of(a);
+  const uint32_t big = ((u + 0x1FFFFFu + ((u >> 22) & 1u)) >> 22) - 0xFCu;
+  return static_cast<uint8_t>((a < 1.0f ? small : big) | sign);
 }
 
 // --- E8M0 --------------------------------------------------------------------------------------

@@ -62,7 +62,8 @@ __host__ __device__ constexpr int block_elems() {
 
 // --- element conversions (values already brought into range by the block's factor) -----------
 
-// Two e2m1 codes in one byte (a low, b high), round to nearest even, saturating to +-6.
+// Two e2m1 codes in one byte (a low, b high), round to nearest even, saturating to +-6; `software`:
+// a block holding a NaN (microscaling.h's f32_to_e2m1, which encodes NaN as the spec does).
 __device__ __forceinline__ uint32_t e2m1_pair(float a, float b, bool software) {
 #if FK_HW_E2M1
   if (!software) {
@@ -75,7 +76,8 @@ __device__ __forceinline__ uint32_t e2m1_pair(float a, float b, bool software) {
     return r;
   }
 #endif
-  (void)software;
+  // A block without a NaN: the finite conversion, in about half the instructions.
+  if (!software) return (static_cast<uint32_t>(mx::f32_to_e2m1_finite(b)) << 4) | mx::f32_to_e2m1_finite(a);
   return (static_cast<uint32_t>(mx::f32_to_e2m1(b)) << 4) | mx::f32_to_e2m1(a);
 }
 

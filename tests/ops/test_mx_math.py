@@ -24,7 +24,8 @@ SOURCE = ROOT / ".ci" / "mx_math.cpp"
 STRIDE = 251
 
 FUNCTIONS = (
-    ["f32_to_e2m1 (cvt.rn.satfinite.e2m1x2.f32)", "f32_to_ue8m0_rp (cvt.rp.satfinite.ue8m0x2.f32)"]
+    ["f32_to_e2m1 (cvt.rn.satfinite.e2m1x2.f32)", "f32_to_e2m1_finite (the same, non-NaN x)"]
+    + ["f32_to_ue8m0_rp (cvt.rp.satfinite.ue8m0x2.f32)"]
     + ["f32_to_ue8m0_rp negative x (outside the spec; helper: sign ignored)"]
     + [f"mx_block_scale {m} {f}" for m in ("floor", "rceil", "ceil", "even") for f in ("e4m3", "e5m2", "e2m1")]
     + ["f32_to_e4m3fn (cvt.rn.satfinite.e4m3x2.f32)", "e4m3fn_to_f32 (every byte)", "e8m0_to_f32 (every byte)"]
