@@ -7,8 +7,8 @@ import torch
 def _op_has_a_kernel_for_the_device(request):
     """A test of one op (parametrized by ``op_name``) on a device whose dispatch key the library
     registers no kernel for is skipped with that reason (the rule ops in a build with
-    FK_GPU_RULE_OPS=0, the microscaling ops on a GPU: csrc/bindings.cpp); an op missing
-    altogether is left to the test to report."""
+    FK_GPU_RULE_OPS=0: csrc/bindings.cpp); an op missing altogether is left to the test to
+    report."""
     params = getattr(request.node, "callspec", None)
     if params is None or "op_name" not in params.params:
         return
