@@ -152,6 +152,34 @@ inline bool wide_registers(int tpr, int64_t rows, int device) {
   return tpr <= 128 && tpr <= kRowsBlockThreads && rows <= static_cast<int64_t>(FK_WIDE_ROWS_PER_SM) * sm_count(device);
 }
 
+// Launches `kernel` on `stream`, with programmatic dependent launch when `pdl` (CUDA only: the
+// kernel then may start while the previous one on the stream finishes; it waits with
+// grid_dependency_wait before touching memory).
+template <typename Kernel, typename... Args>
+void launch_kernel(Kernel kernel, int64_t grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
+                   Args... args) {
+#if !FK_HIP
+  if (pdl) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(static_cast<unsigned>(grid));
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    check_cuda(cudaLaunchKernelEx(&config, kernel, args...), "kernel launch");
+    return;
+  }
+#else
+  (void)pdl;
+#endif
+  kernel<<<static_cast<unsigned>(grid), block, smem, stream>>>(args...);
+  check_cuda(cudaGetLastError(), "kernel launch");
+}
+
 template <typename T, typename W, OutKind OUT, QuantMode Q, bool RULE, int GRUN, bool NORM, bool RES, bool ALIGNED, bool CACHED,
           bool WREGS = false, bool WSMEM = false, bool WIDE = false>
 void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t stream, int device) {
@@ -185,29 +213,12 @@ void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t
     const int64_t resident = static_cast<int64_t>(sm_count(device)) * resident_blocks_per_sm<kernel>(shape.tpr * rpb, smem, device);
     if (row_groups > resident) grid = resident;
   }
-#if !FK_HIP
   // Programmatic dependent launch: ~0.5 µs off a call of a few rows, and on grids of many waves
   // each call's ramp-up overlaps the previous kernel's end (BENCHMARKS.md, items 6 and 18).
 #ifndef FK_PDL_ALL  // tuning: 0 keeps it to the latency variant
 #define FK_PDL_ALL 1
 #endif
-  if ((WREGS || FK_PDL_ALL) && pdl_enabled(device)) {
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(static_cast<unsigned>(grid));
-    config.blockDim = block;
-    config.dynamicSmemBytes = smem;
-    config.stream = stream;
-    cudaLaunchAttribute attribute[1];
-    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute[0].val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = attribute;
-    config.numAttrs = 1;
-    check_cuda(cudaLaunchKernelEx(&config, kernel, p, split), "kernel launch");
-    return;
-  }
-#endif
-  kernel<<<static_cast<unsigned>(grid), block, smem, stream>>>(p, split);
-  check_cuda(cudaGetLastError(), "kernel launch");
+  launch_kernel(kernel, grid, block, smem, stream, (WREGS || FK_PDL_ALL) && pdl_enabled(device), p, split);
 }
 
 template <typename T, typename W, OutKind OUT, QuantMode Q, bool RULE, int GRUN, bool NORM, bool RES>

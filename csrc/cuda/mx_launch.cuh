@@ -30,25 +30,7 @@ void launch_mx_variant(const MxQuantParams& p, const LaunchShape& shape, cudaStr
     pad_blocks = (words + threads - 1) / threads;
     if (pad_blocks > FK_MX_PAD_BLOCKS) pad_blocks = FK_MX_PAD_BLOCKS;
   }
-  const int64_t grid = row_groups + pad_blocks;
-#if !FK_HIP
-  if (pdl_enabled(device)) {
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(static_cast<unsigned>(grid));
-    config.blockDim = block;
-    config.dynamicSmemBytes = 0;
-    config.stream = stream;
-    cudaLaunchAttribute attribute[1];
-    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute[0].val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = attribute;
-    config.numAttrs = 1;
-    check_cuda(cudaLaunchKernelEx(&config, kernel, p, row_groups), "kernel launch");
-    return;
-  }
-#endif
-  kernel<<<static_cast<unsigned>(grid), block, 0, stream>>>(p, row_groups);
-  check_cuda(cudaGetLastError(), "kernel launch");
+  launch_kernel(kernel, row_groups + pad_blocks, block, 0, stream, pdl_enabled(device), p, row_groups);
 }
 
 template <typename T, typename W, int FMT, bool NORM, bool RES>
