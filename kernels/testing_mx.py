@@ -117,8 +117,8 @@ def special_rows(x):
 
 
 def edge_rows(dtype, hidden=64):
-    """Rows of edge values (as test_microscaling_reference.py): zeros, tiny, the dtype's max,
-    powers of two, +-Inf and NaN, values on the element formats' maxima."""
+    """Rows of edge values: zeros, tiny, the dtype's max, subnormals of the dtype, powers of two,
+    +-Inf and NaN, values on the element formats' maxima."""
     finfo = torch.finfo(dtype)
     r = torch.linspace(-1, 1, hidden)
     rows = [

@@ -17,6 +17,7 @@ import torch
 
 from fusion_kernels import microscaling as mx
 from fusion_kernels import reference
+from fusion_kernels.testing_mx import edge_rows
 
 MODES = ["floor", "rceil", "ceil", "even"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -176,27 +177,6 @@ def _mx_input(dtype, rows=48, hidden=256, seed=0):
     return (x * mags.repeat_interleave(32, dim=1)).to(dtype)
 
 
-def _edge_rows(dtype, hidden=64):
-    """Rows of edge values: zeros, tiny, the dtype's max, powers of two, +-Inf and NaN."""
-    finfo = torch.finfo(dtype)
-    r = torch.linspace(-1, 1, hidden)
-    rows = [
-        torch.zeros(hidden),
-        torch.full((hidden,), -0.0),
-        r * finfo.tiny,
-        r * finfo.tiny * finfo.eps,  # subnormals of the dtype
-        r * finfo.max,
-        torch.full((hidden,), finfo.max),
-        torch.tensor([2.0**k for k in range(-hidden // 2, hidden // 2)]),
-        torch.where(torch.arange(hidden) == 5, torch.tensor(float("inf")), r),
-        torch.where(torch.arange(hidden) == 40, torch.tensor(-float("inf")), r),
-        torch.where(torch.arange(hidden) == 7, torch.tensor(float("nan")), r),
-        torch.where(torch.arange(hidden) % 32 == 0, torch.tensor(448.0), r),
-        torch.where(torch.arange(hidden) % 32 == 3, torch.tensor(6.0), r * 1e-3),
-    ]
-    return torch.stack(rows).to(dtype)
-
-
 def _to_mx(x, elem, mode):
     _, mx_tensor, _, _, mode_enum = _torchao()
     x_ao = x if x.dtype != torch.float16 else x.float()  # torchao takes bf16/fp32; fp16 is exact in fp32
@@ -212,7 +192,7 @@ def _nan_blocks(x, block):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("fp8_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
 def test_mxfp8_matches_torchao(fp8_dtype, mode, dtype):
-    for x in (_mx_input(dtype), _edge_rows(dtype)):
+    for x in (_mx_input(dtype), edge_rows(dtype)):
         q, scales = mx.mxfp8_quantize(x, mode, fp8_dtype)
         ao_scales, ao_q = _to_mx(x, fp8_dtype, mode)
         assert q.dtype == fp8_dtype and q.shape == x.shape and q.is_contiguous()
@@ -220,7 +200,7 @@ def test_mxfp8_matches_torchao(fp8_dtype, mode, dtype):
         assert torch.equal(_u8(scales), ao_scales)
         assert torch.equal(_u8(q), ao_q)
     # a NaN makes its block's scale NaN; +-Inf saturates
-    edge = _edge_rows(dtype)
+    edge = edge_rows(dtype)
     q, scales = mx.mxfp8_quantize(edge, mode, fp8_dtype)
     assert _u8(scales)[9, 0] == 255 and _u8(scales)[9, 1] != 255
     assert q[7, 5].float() == torch.finfo(fp8_dtype).max and q[8, 40].float() == -torch.finfo(fp8_dtype).max
@@ -229,7 +209,7 @@ def test_mxfp8_matches_torchao(fp8_dtype, mode, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mode", MODES)
 def test_mxfp4_matches_torchao(mode, dtype):
-    for x in (_mx_input(dtype), _edge_rows(dtype)):
+    for x in (_mx_input(dtype), edge_rows(dtype)):
         q, scales = mx.mxfp4_quantize(x, mode)
         ao_scales, ao_q = _to_mx(x, torch.float4_e2m1fn_x2, mode)
         assert q.dtype == torch.uint8 and q.shape == (x.shape[0], x.shape[1] // 2)
@@ -237,7 +217,7 @@ def test_mxfp4_matches_torchao(mode, dtype):
         # Off NaN blocks, bit for bit; torchao's e2m1 conversion has no NaN rule.
         keep = ~_nan_blocks(x, 32).repeat_interleave(16, dim=1)
         assert torch.equal(q[keep], ao_q[keep])
-    edge = _edge_rows(dtype)
+    edge = edge_rows(dtype)
     codes = mx.unpack_fp4(mx.mxfp4_quantize(edge, mode)[0])
     nan_row, x_row = codes[9], edge[9].float()
     if mode == "rceil":  # the NaN scale multiplies every element of the block: all NaN -> 7
@@ -357,7 +337,7 @@ def test_nvfp4_divisor_matches_torchao(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_nvfp4_divisor_edge_rows_match_torchao(dtype):
     _, _, nvfp4_tensor, _, _ = _torchao()
-    x = _edge_rows(dtype)
+    x = edge_rows(dtype)
     finite_amax = x.float().abs().nan_to_num(0.0, posinf=0.0).amax()
     p = nvfp4_tensor.per_tensor_amax_to_scale(finite_amax)
     q, scales = mx.nvfp4_quantize(x, p, "divisor")
