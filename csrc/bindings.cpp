@@ -43,6 +43,16 @@ STABLE_TORCH_LIBRARY(fusion_kernels, m) {
       "fused_add_rms_norm_per_token_group_quant(Tensor input, Tensor residual, Tensor weight, float epsilon, "
       "int group_size, bool column_major_scales, bool scale_ue8m0, ScalarType fp8_dtype) "
       "-> (Tensor out, Tensor scales, Tensor residual_out)");
+  // The per-token-group ops with UE8M0 scales packed four to an int32, MN-major (DeepGEMM's layout).
+  m.def(
+      "per_token_group_fp8_quant_packed(Tensor input, int group_size, ScalarType fp8_dtype) "
+      "-> (Tensor out, Tensor scales)");
+  m.def(
+      "rms_norm_per_token_group_quant_packed(Tensor input, Tensor weight, float epsilon, int group_size, "
+      "ScalarType fp8_dtype) -> (Tensor out, Tensor scales)");
+  m.def(
+      "fused_add_rms_norm_per_token_group_quant_packed(Tensor input, Tensor residual, Tensor weight, "
+      "float epsilon, int group_size, ScalarType fp8_dtype) -> (Tensor out, Tensor scales, Tensor residual_out)");
   m.def("rms_norm_static_int8_quant(Tensor input, Tensor weight, Tensor scale, float epsilon) -> Tensor");
   m.def(
       "fused_add_rms_norm_static_int8_quant(Tensor input, Tensor residual, Tensor weight, Tensor scale, "
@@ -89,6 +99,10 @@ STABLE_TORCH_LIBRARY(fusion_kernels, m) {
   m.impl("fused_add_rms_norm_dynamic_per_token_quant", TORCH_BOX(&fused_add_rms_norm_dynamic_per_token_quant)); \
   m.impl("rms_norm_per_token_group_quant", TORCH_BOX(&rms_norm_per_token_group_quant));                  \
   m.impl("fused_add_rms_norm_per_token_group_quant", TORCH_BOX(&fused_add_rms_norm_per_token_group_quant)); \
+  m.impl("per_token_group_fp8_quant_packed", TORCH_BOX(&per_token_group_fp8_quant_packed));              \
+  m.impl("rms_norm_per_token_group_quant_packed", TORCH_BOX(&rms_norm_per_token_group_quant_packed));    \
+  m.impl("fused_add_rms_norm_per_token_group_quant_packed",                                              \
+         TORCH_BOX(&fused_add_rms_norm_per_token_group_quant_packed));                                   \
   m.impl("rms_norm_static_int8_quant", TORCH_BOX(&rms_norm_static_int8_quant));                          \
   m.impl("fused_add_rms_norm_static_int8_quant", TORCH_BOX(&fused_add_rms_norm_static_int8_quant))
 

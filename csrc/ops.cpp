@@ -95,7 +95,17 @@ Outputs run(const char* op, const Tensor& input, const Request& r) {
     p.rule = r.rule ? *r.rule : per_token_rule(p.out_dtype);
   } else if (r.quant == QuantMode::kPerGroup) {
     const int64_t groups = H / r.group_size;
-    if (r.column_major_scales) {
+    if (r.packed_ue8m0_scales) {
+      // int32 [rows, ceil(groups / 4)], strides (1, rows padded to 4): the narrowed transpose of a
+      // contiguous [ceil(groups / 4), padded rows] tensor, every byte of which the kernel writes.
+      const int64_t padded = (in.rows + 3) / 4 * 4;
+      Tensor t = alloc({(groups + 3) / 4, padded}, ScalarType::Int, input);
+      Tensor tt = torch::stable::transpose(t, 0, 1);
+      o.scales = torch::stable::narrow(tt, 0, 0, in.rows);
+      p.scale_row_stride = 1;
+      p.scale_group_stride = padded;
+      p.packed_ue8m0_scales = true;
+    } else if (r.column_major_scales) {
       // The transpose of a contiguous [groups, tokens] tensor: what column-major FP8 GEMMs read.
       Tensor t = alloc({groups, in.rows}, ScalarType::Float, input);
       o.scales = torch::stable::transpose(t, 0, 1);
@@ -106,7 +116,7 @@ Outputs run(const char* op, const Tensor& input, const Request& r) {
       p.scale_row_stride = groups;
       p.scale_group_stride = 1;
     }
-    p.scales = static_cast<float*>(o.scales.mutable_data_ptr());
+    p.scales = static_cast<float*>(o.scales.mutable_data_ptr());  // (the int32s when packed)
     p.group_size = r.group_size;
     p.rule = r.rule ? *r.rule : group_rule(p.out_dtype, r.scale_ue8m0);
   } else if (r.quant == QuantMode::kPerTensor) {
@@ -304,6 +314,53 @@ std::tuple<Tensor, Tensor> fused_add_rms_norm_static_int8_quant(Tensor input, Te
   r.scale = &scale;
   Outputs o = run("fused_add_rms_norm_static_int8_quant", input, r);
   return {o.out, o.residual_out};
+}
+
+// The per-token-group ops with UE8M0 scales packed for DeepGEMM (RowOpParams::packed_ue8m0_scales):
+// the group rule with UE8M0 rounding, the scales int32 [rows, ceil(groups / 4)], MN-major.
+std::tuple<Tensor, Tensor> per_token_group_fp8_quant_packed(Tensor input, int64_t group_size, ScalarType fp8_dtype) {
+  check_fp8_dtype("per_token_group_fp8_quant_packed", "fp8_dtype", fp8_dtype, false);
+  Request r;
+  r.quant = QuantMode::kPerGroup;
+  r.out_dtype = fp8_dtype;
+  r.group_size = group_size;
+  r.scale_ue8m0 = true;
+  r.packed_ue8m0_scales = true;
+  Outputs o = run("per_token_group_fp8_quant_packed", input, r);
+  return {o.out, o.scales};
+}
+
+std::tuple<Tensor, Tensor> rms_norm_per_token_group_quant_packed(Tensor input, Tensor weight, double epsilon,
+                                                                 int64_t group_size, ScalarType fp8_dtype) {
+  check_fp8_dtype("rms_norm_per_token_group_quant_packed", "fp8_dtype", fp8_dtype, false);
+  Request r;
+  r.weight = &weight;
+  r.epsilon = epsilon;
+  r.quant = QuantMode::kPerGroup;
+  r.out_dtype = fp8_dtype;
+  r.group_size = group_size;
+  r.scale_ue8m0 = true;
+  r.packed_ue8m0_scales = true;
+  Outputs o = run("rms_norm_per_token_group_quant_packed", input, r);
+  return {o.out, o.scales};
+}
+
+std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_per_token_group_quant_packed(Tensor input, Tensor residual,
+                                                                                   Tensor weight, double epsilon,
+                                                                                   int64_t group_size,
+                                                                                   ScalarType fp8_dtype) {
+  check_fp8_dtype("fused_add_rms_norm_per_token_group_quant_packed", "fp8_dtype", fp8_dtype, false);
+  Request r;
+  r.residual = &residual;
+  r.weight = &weight;
+  r.epsilon = epsilon;
+  r.quant = QuantMode::kPerGroup;
+  r.out_dtype = fp8_dtype;
+  r.group_size = group_size;
+  r.scale_ue8m0 = true;
+  r.packed_ue8m0_scales = true;
+  Outputs o = run("fused_add_rms_norm_per_token_group_quant_packed", input, r);
+  return {o.out, o.scales, o.residual_out};
 }
 
 }  // namespace fusion_kernels

@@ -43,6 +43,13 @@ std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_per_token_group_quant(Tens
                                                                             int64_t group_size,
                                                                             bool column_major_scales,
                                                                             bool scale_ue8m0, ScalarType fp8_dtype);
+std::tuple<Tensor, Tensor> per_token_group_fp8_quant_packed(Tensor input, int64_t group_size, ScalarType fp8_dtype);
+std::tuple<Tensor, Tensor> rms_norm_per_token_group_quant_packed(Tensor input, Tensor weight, double epsilon,
+                                                                 int64_t group_size, ScalarType fp8_dtype);
+std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_per_token_group_quant_packed(Tensor input, Tensor residual,
+                                                                                   Tensor weight, double epsilon,
+                                                                                   int64_t group_size,
+                                                                                   ScalarType fp8_dtype);
 Tensor rms_norm_static_int8_quant(Tensor input, Tensor weight, Tensor scale, double epsilon);
 std::tuple<Tensor, Tensor> fused_add_rms_norm_static_int8_quant(Tensor input, Tensor residual, Tensor weight,
                                                                 Tensor scale, double epsilon);

@@ -153,6 +153,12 @@ struct RowOpParams {
   void* norm_out = nullptr;
   int64_t scale_row_stride = 0;
   int64_t scale_group_stride = 0;
+  // kPerGroup: the scales as UE8M0 bytes packed four groups to an int32, MN-major (DeepGEMM's
+  // layout on sm_100): int32 [rows, ceil(groups / 4)] with strides (1, scale_group_stride), the
+  // rows padded to scale_group_stride = 4 * ceil(rows / 4); byte g % 4 of int32 [row, g / 4] is
+  // group g's scale (a power of two: its fp32 exponent). The padding bytes are written as 0.
+  // `scales` then points at the int32s; scale_row_stride is 1. (store_group_scale, scale_rule.h)
+  bool packed_ue8m0_scales = false;
   int64_t group_size = 0;
   ScaleRule rule;  // kPerToken, kPerGroup, kPerTensor: how the scales follow from the absmax
 };

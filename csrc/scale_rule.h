@@ -90,4 +90,26 @@ FK_SCALE_FN float dynamic_scale(float amax, const ScaleRule& r) {
   return s;
 }
 
+// Group g's scale of row `row`, stored as the layout asks: fp32 at [row, g] of the strided
+// scales, or its UE8M0 byte in the packed layout (RowOpParams::packed_ue8m0_scales). In the packed
+// layout the writer of a row's last group also zeroes the unused bytes of its int32, and the writer
+// of the last row zeroes the padding rows' bytes of its group, so every byte of the scales tensor's
+// storage is written.
+FK_SCALE_FN void store_group_scale(const RowOpParams& p, int64_t row, int64_t g, float s) {
+  if (!p.packed_ue8m0_scales) {
+    p.scales[row * p.scale_row_stride + g * p.scale_group_stride] = s;
+    return;
+  }
+  uint8_t* const base = reinterpret_cast<uint8_t*>(p.scales);
+  const uint8_t e = static_cast<uint8_t>(scale_bits(s) >> 23);  // (the sign bit shifted out)
+  const int64_t col = (g >> 2) * p.scale_group_stride;
+  const int first_unused = g == p.hidden / p.group_size - 1 ? static_cast<int>(g & 3) + 1 : 4;
+  const int64_t end = row == p.rows - 1 ? p.scale_group_stride : row + 1;
+  for (int64_t r = row; r < end; ++r) {
+    uint8_t* const word = base + ((col + r) << 2);
+    word[g & 3] = r == row ? e : uint8_t{0};
+    for (int b = first_unused; b < 4; ++b) word[b] = 0;
+  }
+}
+
 }  // namespace fusion_kernels

@@ -136,7 +136,7 @@ void run(const RowOpParams& p) {
             float amax = 0.0f;
             for (int64_t j = g * G; j < (g + 1) * G; ++j) amax = nan_max(std::fabs(y[j]), amax);
             const float s = scale_of(amax, p.rule);
-            p.scales[row * p.scale_row_stride + g * p.scale_group_stride] = s;
+            store_group_scale(p, row, g, s);
             const float inv_s = 1.0f / s;
             for (int64_t j = g * G; j < (g + 1) * G; ++j) store_quant<OUT>(p.out, row * H + j, y[j] * inv_s, qmax);
           }

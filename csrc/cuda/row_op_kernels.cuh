@@ -323,7 +323,6 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
     } else {  // kPerGroup
       // A chunk of kRun slots per thread at a time: the whole row when it is in registers,
       // else one chunk after the other, recomputed from memory.
-      float* const row_scales = p.scales + row * p.scale_row_stride;
       uint8_t* const q_row = static_cast<uint8_t*>(p.out) + row * H;
       // The norm-output variants (rule ops only): y stored beside q.
       auto store_norm = [&](int slot, const TPack& y) {
@@ -351,7 +350,7 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
           for (int g = 0; g < NG; ++g) own_stored = g == own ? store[g * GRUN] : own_stored;
           if (own_stored && lane_in_group < NG) {
             const int first = c * (kRun * tpr) + own * (GRUN * kRunLanes) + lane_base - lane_in_group;
-            row_scales[(first >> group_shift) * p.scale_group_stride] = scale;
+            store_group_scale(p, row, first >> group_shift, scale);
           }
 #pragma unroll
           for (int g = 0; g < NG; ++g) {
@@ -376,7 +375,7 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
             const int slot = slot_of(c * kRun + i);
             if (store[i]) {
               store_norm(slot, y[i]);
-              if ((slot & (group_slots - 1)) == 0) row_scales[(slot >> group_shift) * p.scale_group_stride] = scale[i / GRUN];
+              if ((slot & (group_slots - 1)) == 0) store_group_scale(p, row, slot >> group_shift, scale[i / GRUN]);
               store_pack<ALIGNED, STRM>(q_row, slot * V, H, quantize<OUT>(y[i], inv_scale[i / GRUN]));
             }
           }
