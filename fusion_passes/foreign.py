@@ -22,7 +22,7 @@ import torch
 import torch.fx as fx
 
 from fusion_passes.quant_key import QuantKey, Scheme
-from fusion_passes.registry import NORM_OP_NAMES, fused_op_name
+from fusion_passes.registry import NORM_OP_NAMES, PACKED_GROUP_FUSED_OP_NAMES, fused_op_name
 
 VLLM = "vLLM"
 FBGEMM = "FBGEMM GenAI / MSLK"
@@ -44,11 +44,13 @@ VLLM_FUSED_ADD_RMS_NORM = ForeignOp("_C", "fused_add_rms_norm", VLLM)
 VLLM_STATIC_FP8 = ForeignOp("_C", "static_scaled_fp8_quant", VLLM)
 VLLM_PER_TOKEN_FP8 = ForeignOp("_C", "dynamic_per_token_scaled_fp8_quant", VLLM)
 VLLM_GROUP_FP8 = ForeignOp("_C", "per_token_group_fp8_quant", VLLM)
+#: UE8M0 scales packed four to an int32, MN-major and TMA-aligned (vLLM's DeepGEMM path on sm_100).
+VLLM_GROUP_FP8_PACKED = ForeignOp("_C", "per_token_group_fp8_quant_packed", VLLM)
 FBGEMM_ROW_FP8 = ForeignOp("triton", "quantize_fp8_row", FBGEMM)
 
 #: residual (False: RMSNorm, True: residual add + RMSNorm) -> the foreign norm op.
 FOREIGN_NORMS = {False: VLLM_RMS_NORM, True: VLLM_FUSED_ADD_RMS_NORM}
-FOREIGN_QUANTS = (FBGEMM_ROW_FP8, VLLM_STATIC_FP8, VLLM_PER_TOKEN_FP8, VLLM_GROUP_FP8)
+FOREIGN_QUANTS = (FBGEMM_ROW_FP8, VLLM_STATIC_FP8, VLLM_PER_TOKEN_FP8, VLLM_GROUP_FP8, VLLM_GROUP_FP8_PACKED)
 FOREIGN_OPS = (*FOREIGN_NORMS.values(), *FOREIGN_QUANTS)
 
 
@@ -107,6 +109,8 @@ def all_pattern_names() -> list[str]:
 def fused_ops_for(quant: ForeignOp, residual: bool) -> list[str]:
     """The fused ops that can serve a quant op (any one of them suffices)."""
     rule = RULE_FUSED_OP_NAMES[residual]
+    if quant is VLLM_GROUP_FP8_PACKED:  # no rule-op form of the packed layout
+        return [PACKED_GROUP_FUSED_OP_NAMES[residual]]
     if quant is FBGEMM_ROW_FP8:
         return [rule]
     scheme = {VLLM_STATIC_FP8: Scheme.STATIC, VLLM_PER_TOKEN_FP8: Scheme.PER_TOKEN}.get(quant, Scheme.PER_GROUP)

@@ -14,6 +14,12 @@ The quant ops, and the fused op that computes what each computes:
   -> ``rms_norm_dynamic_per_token_quant``; ``_C.per_token_group_fp8_quant`` (its ``eps`` floors
   the group absmax) -> ``rms_norm_per_token_group_quant`` when ``eps`` is 1e-10 and the range is
   the dtype's, else the rule op. vLLM's e4m3fnuz range is +-224 (ours +-240): refused there.
+* vLLM ``_C.per_token_group_fp8_quant_packed`` (its DeepGEMM path on sm_100: UE8M0 scales packed
+  four to an int32 ``[rows, ceil(groups / 4)]``, MN-major, strides ``(1, 4 * ceil(rows / 4))``)
+  -> ``rms_norm_per_token_group_quant_packed`` when ``eps`` is 1e-10, the range +-448
+  (float8_e4m3fn's) and the scale buffer has that layout (its quantization then gives the same
+  bits: the scales are powers of two, where x / s is x * (1 / s)). There is no rule-op form of
+  the packed layout: another ``eps`` or range is refused.
 
 Ours differ only in rounding order (a reciprocal-multiply where they divide): equivalent in the
 README's sense. The norm is ours, vLLM's ``_C.rms_norm``/``_C.fused_add_rms_norm`` (mutating:
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import operator
 from typing import Any
 
@@ -40,7 +47,7 @@ from fusion_passes import foreign as F
 from fusion_passes import fx_utils
 from fusion_passes.patterns import Refusal
 from fusion_passes.quant_key import GROUP_SIZES, QuantKey, Scheme
-from fusion_passes.registry import NORM_OP_NAMES, Registry, fused_op_name
+from fusion_passes.registry import NORM_OP_NAMES, PACKED_GROUP_FUSED_OP_NAMES, Registry, fused_op_name
 from fusion_passes.reporting import GraphReport, Site
 
 FBGEMM_ABSMAX_FLOOR = 1e-12
@@ -248,7 +255,7 @@ class ForeignMatcher:
             op = self._rule_op(residual)
             tail = (eps, dtype, 0, torch.finfo(dtype).max, FBGEMM_ABSMAX_FLOOR, 0.0, 0.0, torch.float32, False)
             return _Plan(op, tail, _readers(call, 0, 0) + _readers(call, 1, 1))
-        q_name = "output_q" if quant is F.VLLM_GROUP_FP8 else "result"
+        q_name = "output_q" if quant in (F.VLLM_GROUP_FP8, F.VLLM_GROUP_FP8_PACKED) else "result"
         dtype = call.value(q_name).dtype
         if dtype == torch.float8_e4m3fnuz:
             raise Refusal("fp8_range_differs", "vLLM's float8_e4m3fnuz range is +-224, ours +-240")
@@ -272,6 +279,9 @@ class ForeignMatcher:
             raise Refusal("group_size_not_dividing_hidden", f"H={hidden}, group_size={size}")
         if lo != -hi or not 0 < hi <= torch.finfo(dtype).max:
             raise Refusal("fp8_range_differs", f"[{lo}, {hi}]")
+        same_floor = abs(floor - GROUP_ABSMAX_FLOOR) <= 1e-6 * GROUP_ABSMAX_FLOOR  # up to float32 rounding
+        if quant is F.VLLM_GROUP_FP8_PACKED:
+            return self._packed_plan(call, x_val, residual, eps, dtype, size, same_floor, q_readers)
         s_val = call.value("output_s")
         column_major = _column_major(s_val) and not _row_major(s_val)
         if not (column_major or _row_major(s_val)) or s_val.dtype != torch.float32:
@@ -281,13 +291,41 @@ class ForeignMatcher:
         readers = q_readers + _readers(call, "output_s", 1)
         ue8m0 = bool(a["scale_ue8m0"])
         legacy = self.registry.fused_ops.get((QuantKey(dtype, Scheme.PER_GROUP, size), residual))
-        same_floor = abs(floor - GROUP_ABSMAX_FLOOR) <= 1e-6 * GROUP_ABSMAX_FLOOR  # up to float32 rounding
         if legacy is not None and same_floor and hi == torch.finfo(dtype).max:
             return _Plan(legacy, (eps, size, column_major, ue8m0, dtype), readers)
         if column_major:
             raise Refusal("unsupported_scale_layout", f"column-major scales with absmax floor {floor}")
         tail = (eps, dtype, size, hi, float(floor), 0.0, 0.0, torch.float32, ue8m0)
         return _Plan(self._rule_op(residual, f"absmax floor {floor}, divisor {hi}"), tail, readers)
+
+    def _packed_plan(self, call: F.Call, x_val, residual: bool, eps: float, dtype, size: int, same_floor: bool,
+                     q_readers) -> _Plan:  # fmt: skip
+        """``_C.per_token_group_fp8_quant_packed`` (group size, H and the range's sign already
+        checked): our packed op computes it only with its own floor and range, into its own layout."""
+        a, hidden = call.args, x_val.shape[-1]
+        lo, hi = float(a["fp8_min"]), float(a["fp8_max"])
+        if hi != torch.finfo(dtype).max:
+            raise Refusal("fp8_range_differs", f"[{lo}, {hi}]; the packed op's is +-{torch.finfo(dtype).max}")
+        if not same_floor:
+            raise Refusal("unsupported_absmax_floor",
+                          f"eps {a['eps']}: the packed op floors the group absmax at {GROUP_ABSMAX_FLOOR} "
+                          "and the rule op has no packed scale layout")  # fmt: skip
+        s_val = call.value("output_s_packed")
+        rows = math.prod(x_val.shape[:-1])  # the flattened input's rows, as the caller counts them
+        packed_k, padded = (hidden // size + 3) // 4, (rows + 3) // 4 * 4
+        if not (
+            s_val.dtype == torch.int32
+            and statically_known_true(sym_eq(tuple(s_val.shape), (rows, packed_k)))
+            and statically_known_true(sym_eq(tuple(s_val.stride()), (1, padded)))
+        ):
+            raise Refusal("unsupported_scale_layout",
+                          f"{s_val.dtype}{tuple(s_val.shape)} strides {s_val.stride()}; the packed op's: "
+                          f"torch.int32({rows}, {packed_k}) strides (1, {padded})")  # fmt: skip
+        name = PACKED_GROUP_FUSED_OP_NAMES[residual]
+        op = getattr(self.registry, "packed_group_ops", {}).get(name)
+        if op is None:
+            raise Refusal("fused_op_missing", f"{name}: {self._missing(name)}")
+        return _Plan(op, (eps, size, dtype), q_readers + _readers(call, "output_s_packed", 1))
 
     def _fused(self, key: QuantKey, residual: bool) -> torch._ops.OpOverload:
         op = self.registry.fused_ops.get((key, residual))
@@ -358,7 +396,12 @@ def _view_shape(ours: torch.Tensor, want: Any, view: fx.Node | None, index: int)
     if want.dtype != ours.dtype:
         raise Refusal("output_dtype_differs", f"{want.dtype} vs {ours.dtype}")
     if statically_known_true(sym_eq(tuple(want.shape), tuple(ours.shape))):
-        if _row_major(want) == _row_major(ours):
+        if _row_major(want) and _row_major(ours):
+            return None
+        # Neither row-major (column-major, or the packed MN-major scales): the very same strides.
+        if not (_row_major(want) or _row_major(ours)) and statically_known_true(
+            sym_eq(tuple(want.stride()), tuple(ours.stride()))
+        ):
             return None
         raise Refusal("unsupported_scale_layout", f"strides {want.stride()} vs {ours.stride()}")
     if not (_row_major(want) and _row_major(ours)):

@@ -49,6 +49,10 @@ VLLM_SCHEMAS = {
         "float fp8_min, float fp8_max, bool scale_ue8m0, bool dummy_is_scale_transposed, "
         "bool dummy_is_tma_aligned) -> ()"
     ),
+    "per_token_group_fp8_quant_packed": (
+        "per_token_group_fp8_quant_packed(Tensor input, Tensor! output_q, Tensor! output_s_packed, int group_size, "
+        "float eps, float fp8_min, float fp8_max) -> ()"
+    ),
 }
 FBGEMM_SCHEMA = (
     "quantize_fp8_row(Tensor a, Tensor? scale_ub=None, Tensor? zero_start_index_M=None, bool use_triton=True, "
@@ -96,6 +100,30 @@ def _vllm_group(input, output_q, output_s, group_size, eps, fp8_min, fp8_max, sc
     output_s.copy_(s.squeeze(-1).reshape(output_s.shape))
 
 
+def _vllm_group_packed(input, output_q, output_s_packed, group_size, eps, fp8_min, fp8_max):
+    """vLLM's DeepGEMM path on sm_100: power-of-two scales as their UE8M0 exponent bytes, four
+    groups to an int32 (group 4k + j in byte j), into the [rows, ceil(groups / 4)] buffer the
+    caller allocated (MN-major; the op writes the real rows only)."""
+    hidden = input.shape[-1]
+    groups = -(-hidden // group_size)  # vLLM's op requires H % group_size == 0; the last group
+    x = input.float().reshape(-1, hidden)  # padded with zeros here, so a refused graph still runs
+    x = torch.nn.functional.pad(x, (0, groups * group_size - hidden)).reshape(x.shape[0], groups, group_size)
+    s = x.abs().amax(-1, keepdim=True).clamp(min=eps) / fp8_max
+    s = torch.exp2(torch.ceil(torch.log2(s)))
+    q = (x / s).clamp(fp8_min, fp8_max).to(output_q.dtype).reshape(x.shape[0], -1)[:, :hidden]
+    output_q.copy_(q.reshape(input.shape))
+    exponent = (s.squeeze(-1).view(torch.int32).long() >> 23) & 0xFF  # [rows, groups]
+    k = output_s_packed.shape[-1]
+    exponent = torch.nn.functional.pad(exponent, (0, 4 * k - groups)).reshape(-1, k, 4)  # missing groups: 0
+    words = sum(exponent[..., j] << (8 * j) for j in range(4))
+    words = torch.where(words >= 2**31, words - 2**32, words)  # the int32 of those four bytes
+    output_s_packed.copy_(words.to(torch.int32))
+
+
+def _vllm_group_packed_fake(input, output_q, output_s_packed, group_size, eps, fp8_min, fp8_max):
+    return None  # writes its out-buffers only
+
+
 def _fbgemm_row(a, scale_ub=None, zero_start_index_M=None, use_triton=True, output_device=None):
     row_max = a.abs().amax(-1)
     row_max = row_max.clamp(min=1e-12, max=float(scale_ub)) if scale_ub is not None else row_max.clamp(min=1e-12)
@@ -117,10 +145,12 @@ def foreign_ops(vllm: bool = True, fbgemm: bool = True):
             libs.append(torch.library.Library("_C", "FRAGMENT"))
             impls = {"rms_norm": _vllm_rms_norm, "fused_add_rms_norm": _vllm_fused_add_rms_norm,
                      "static_scaled_fp8_quant": _vllm_static, "dynamic_per_token_scaled_fp8_quant": _vllm_per_token,
-                     "per_token_group_fp8_quant": _vllm_group}  # fmt: skip
+                     "per_token_group_fp8_quant": _vllm_group,
+                     "per_token_group_fp8_quant_packed": _vllm_group_packed}  # fmt: skip
             for name, schema in VLLM_SCHEMAS.items():
                 libs[-1].define(schema)
                 libs[-1].impl(name, impls[name], "CPU")
+            torch.library.register_fake("_C::per_token_group_fp8_quant_packed", _vllm_group_packed_fake, lib=libs[-1])
         if fbgemm:
             libs.append(torch.library.Library("triton", "FRAGMENT"))
             libs[-1].define(FBGEMM_SCHEMA)
@@ -381,6 +411,204 @@ def test_vllm_group_quant_with_another_floor_is_fused_into_the_rule_op(ops, rule
     assert_equivalent(got, fn(*clones(args)), exact=(2,))
 
 
+# --- vLLM's group quant with packed UE8M0 scales (its DeepGEMM path on sm_100) -----------------
+
+PACKED = "_C.per_token_group_fp8_quant_packed"
+
+
+def packed_quant(h, group=128, eps=1e-10, fp8_min=-448.0, fp8_max=448.0, scales="packed"):
+    """vLLM's per_token_group_quant_fp8_packed_for_deepgemm: the caller flattens [..., H] to
+    [mn, H] and allocates the int32 [mn, ceil(groups / 4)] scales MN-major, TMA-aligned."""
+    x = h.reshape(-1, h.shape[-1])
+    mn, groups = x.shape[0], -(-x.shape[-1] // group)
+    k, padded = (groups + 3) // 4, (mn + 3) // 4 * 4
+    q = torch.empty_like(x, dtype=FP8)
+    if scales == "packed":
+        s = torch.empty_strided((mn, k), (1, padded), dtype=torch.int32)
+    elif scales == "float32":
+        s = torch.empty_strided((mn, k), (1, padded), dtype=torch.float32)
+    else:  # "row_major"
+        s = torch.empty((mn, k), dtype=torch.int32)
+    torch.ops._C.per_token_group_fp8_quant_packed(x, q, s, group, eps, fp8_min, fp8_max)
+    return q, s
+
+
+def packed_model(norm, **quant):
+    def fn(x, r, w, s):
+        if norm == "vllm":
+            h = x * 2
+            y = torch.empty_like(h)
+            torch.ops._C.rms_norm(y, h, w, EPS)
+            return packed_quant(y, **quant)
+        if norm == "vllm_add":
+            h = x * 2
+            torch.ops._C.fused_add_rms_norm(h, r, w, EPS)  # h := norm(h + r), r := h + r
+            return (*packed_quant(h, **quant), r)
+        if norm == "ours":
+            return packed_quant(torch.ops.fusion_kernels.rms_norm(x, w, EPS), **quant)
+        if norm == "hf":
+            return packed_quant(hf_rms_norm(x, w), **quant)
+        raise ValueError(norm)
+
+    return fn
+
+
+PACKED_PATTERNS = {
+    "vllm": f"foreign:_C.rms_norm+{PACKED}",
+    "vllm_add": f"foreign:_C.fused_add_rms_norm+{PACKED}",
+    "ours": f"foreign:rms_norm+{PACKED}",
+    "hf": f"foreign:native_rms_norm+{PACKED}",
+}
+
+
+def packed_inputs(shape, hidden=640, rows="ordinary"):
+    """15 tokens (one padding row in the scales), or [2, 5, H] (10 rows, two padding rows).
+    H = 640: 5 groups of 128, the last int32 of each row with three padding bytes. rows="large":
+    a weight ~1024, so scales >= 2 (exponent bytes >= 0x80: negative int32 words)."""
+    x, r, w = inputs(tokens=15 if shape == "2d" else 10, hidden=hidden, rows="ordinary" if rows == "large" else rows)
+    if rows == "large":
+        w = w * 1024
+    if shape == "3d":
+        x, r = x.reshape(2, 5, hidden), r.reshape(2, 5, hidden)
+    return x, r, w
+
+
+def padded_words(s):
+    """The whole int32 storage of packed scales: [padded rows, k] (the rows past the real ones are
+    the TMA padding, which our op writes as 0)."""
+    rows, k = s.shape
+    padded = (rows + 3) // 4 * 4
+    return torch.as_strided(s, (padded, k), (1, padded))
+
+
+def assert_packed_equal(got, expected):
+    """q bytes and the int32 scales bit for bit, layout included; the residual (if any) too."""
+    assert got[0].dtype == expected[0].dtype == FP8 and got[0].shape == expected[0].shape
+    assert torch.equal(got[0].view(torch.uint8), expected[0].view(torch.uint8))
+    s, e = got[1], expected[1]
+    assert s.dtype == e.dtype == torch.int32 and s.shape == e.shape and s.stride() == e.stride()
+    assert torch.equal(s, e)  # every byte of the real rows, the padding bytes of the last int32 included
+    words = padded_words(s)  # our op owns its storage: the padding rows are there, and zero
+    assert torch.equal(words[: s.shape[0]], e) and not words[s.shape[0] :].any()
+    for a, b in zip(got[2:], expected[2:]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", ["2d", "3d"])
+@pytest.mark.parametrize("norm", list(PACKED_PATTERNS))
+def test_vllm_packed_group_quant_is_fused_bit_for_bit(ops, norm, shape):
+    x, r, w = packed_inputs(shape)
+    args = (x, r, w, None)
+    fn = packed_model(norm)
+    p = FusionPass(native="always")
+    got_args, ref_args = clones(args), clones(args)
+    gm, got = run_pass(fn, got_args, p)
+    op = ("fused_add_" if norm == "vllm_add" else "") + "rms_norm_per_token_group_quant_packed"
+    assert op_counts(gm) == {op: 1}, p.report
+    assert n_auto_functionalized(gm) == 0
+    assert not any(n.target is torch.ops.aten.empty_strided.default for n in gm.graph.nodes)  # buffers gone
+    [site] = p.report.sites
+    assert site.fused and site.pattern == PACKED_PATTERNS[norm] and site.detail == op
+    expected = fn(*ref_args)
+    assert got[1].shape == (10 if shape == "3d" else 15, 2)
+    assert_packed_equal(got, expected)
+    torch.testing.assert_close(got_args[1], ref_args[1], rtol=0, atol=0)  # the mutated residual input
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("rows", ["ordinary", "special", "large"])
+@pytest.mark.parametrize("v1", [False, True], ids=["v2", "v1"])
+def test_vllm_packed_group_quant_group_sizes(ops, group, rows, v1):
+    # 640 = 20 groups of 32 (k = 5, no padding byte), 10 of 64 (k = 3, two), 5 of 128 (k = 2, three);
+    # "special": an all-zero row (every group at the 1e-10 floor) and an outlier row; "large":
+    # scales >= 2, so some int32 words have their sign bit set.
+    x, r, w = packed_inputs("2d", rows=rows)
+    args = (x, r, w, None)
+    fn = packed_model("vllm_add", group=group)
+    p = FusionPass()
+    got_args, ref_args = clones(args), clones(args)
+    gm, got = run_pass(fn, got_args, p, v1=v1)
+    assert op_counts(gm) == {"fused_add_rms_norm_per_token_group_quant_packed": 1}, p.report
+    assert n_auto_functionalized(gm) == 0
+    expected = fn(*ref_args)
+    assert got[1].shape == (15, -(-640 // group // 4))
+    assert_packed_equal(got, expected)
+    assert (got[1] < 0).any() == (rows == "large")
+    torch.testing.assert_close(got_args[1], ref_args[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("norm,shape", [("vllm_add", "2d"), ("vllm", "3d")])
+def test_vllm_packed_group_quant_with_dynamic_tokens(ops, norm, shape):
+    # The buffer's TMA-aligned stride is symbolic (4 * ((mn + 3) // 4)): matched all the same.
+    x, r, w = packed_inputs(shape)
+    args = (x, r, w, None)
+    got_args, ref_args = clones(args), clones(args)
+    for t in got_args[:2]:
+        torch._dynamo.mark_dynamic(t, 0)
+    p = FusionPass()
+    gm, got = run_pass(packed_model(norm), got_args, p)
+    op = ("fused_add_" if norm == "vllm_add" else "") + "rms_norm_per_token_group_quant_packed"
+    assert op_counts(gm) == {op: 1}, p.report
+    assert_packed_equal(got, packed_model(norm)(*ref_args))
+
+
+def test_outputs_laid_out_other_than_row_major_must_have_the_same_strides():
+    from fusion_passes.patterns import Refusal
+    from fusion_passes.patterns.foreign import _view_shape
+
+    ours = torch.empty((2, 16), dtype=torch.int32).t()[:15]  # our packed scales: strides (1, 16)
+    assert _view_shape(ours, torch.empty_strided((15, 2), (1, 16), dtype=torch.int32), None, 1) is None
+    for other in (torch.empty((2, 15), dtype=torch.int32).t(), torch.empty((15, 2), dtype=torch.int32)):
+        with pytest.raises(Refusal) as refusal:  # column-major (1, 15), row-major (2, 1)
+            _view_shape(ours, other, None, 1)
+        assert refusal.value.reason == "unsupported_scale_layout"
+
+
+PACKED_REFUSALS = {  # the quant op's arguments -> (the refusal's reason, a word of its note)
+    "eps_1e-6": (dict(eps=1e-6), "unsupported_absmax_floor", "1e-06"),
+    "range_224": (dict(fp8_min=-224.0, fp8_max=224.0), "fp8_range_differs", "224"),
+    "group_96": (dict(group=96), "unsupported_group_size", "96"),
+    "group_not_dividing_H": (dict(group=128), "group_size_not_dividing_hidden", "H=320"),
+    "float32_scales": (dict(scales="float32"), "unsupported_scale_layout", "float32"),
+    "row_major_scales": (dict(scales="row_major"), "unsupported_scale_layout", "strides (2, 1)"),
+}
+
+
+@pytest.mark.parametrize("case", list(PACKED_REFUSALS))
+def test_vllm_packed_group_quant_refusals(ops, case):
+    quant, reason, word = PACKED_REFUSALS[case]
+    x, r, w = packed_inputs("2d", hidden=320 if case == "group_not_dividing_H" else 640)
+    if case == "group_96":  # 96 divides 384
+        x, r, w = packed_inputs("2d", hidden=384)
+    args = (x, r, w, None)
+    fn = packed_model("vllm", **quant)
+    p = FusionPass()
+    gm, got = run_pass(fn, clones(args), p)
+    assert op_counts(gm) == {} and n_auto_functionalized(gm) == 2
+    assert p.report.refusals_per_reason() == {reason: 1}, p.report
+    [site] = p.report.sites
+    assert site.pattern == f"foreign:_C.rms_norm+{PACKED}" and word in site.note, site.note
+    expected = fn(*clones(args))  # the graph is unchanged
+    assert torch.equal(got[0].view(torch.uint8), expected[0].view(torch.uint8))
+    assert torch.equal(got[1], expected[1])
+
+
+def test_vllm_packed_group_quant_fnuz_is_refused(ops):
+    def fn(x, r, w, s):
+        y = torch.empty_like(x)
+        torch.ops._C.rms_norm(y, x, w, EPS)
+        q = torch.empty_like(y, dtype=torch.float8_e4m3fnuz)
+        scales = torch.empty_strided((16, 2), (1, 16), dtype=torch.int32)
+        torch.ops._C.per_token_group_fp8_quant_packed(y, q, scales, 128, 1e-10, -224.0, 224.0)
+        return q, scales
+
+    x, r, w = inputs(tokens=16, hidden=640)
+    p = FusionPass()
+    gm, _ = run_pass(fn, (x, r, w, None), p)
+    assert op_counts(gm) == {}
+    assert p.report.refusals_per_reason() == {"fp8_range_differs": 1}
+
+
 # --- FBGEMM's row quant -------------------------------------------------------------------------
 
 
@@ -548,8 +776,10 @@ def test_without_the_foreign_ops_every_pattern_says_why_and_nothing_changes():
     p = FusionPass()
     assert F.build_foreign_table().ops == {}
     inactive = {k: v for k, v in p.report.inactive_patterns.items() if k.startswith("foreign:")}
-    assert len(inactive) == 24 and not [n for n in p.report.active_patterns if n.startswith("foreign:")]
+    assert len(inactive) == 30 and not [n for n in p.report.active_patterns if n.startswith("foreign:")]
     assert inactive["foreign:_C.rms_norm+_C.static_scaled_fp8_quant"].startswith("torch.ops._C.rms_norm: not loaded")
+    for norm in ("rms_norm", "fused_add_rms_norm", "native_rms_norm", "native_add_rms_norm"):
+        assert inactive[f"foreign:{norm}+{PACKED}"] == f"torch.ops.{PACKED}: not loaded (defined by vLLM)"
     why = inactive["foreign:rms_norm+triton.quantize_fp8_row"]  # our rule op is looked at first
     assert why.startswith("torch.ops.triton.quantize_fp8_row: not loaded") or "rms_norm_dynamic_quant" in why
 
@@ -568,11 +798,20 @@ def test_patterns_follow_the_loaded_ops_and_the_uuid_changes_with_them():
         table = F.build_foreign_table()
     after = FusionPass()
     assert sorted(table.ops) == ["_C.dynamic_per_token_scaled_fp8_quant", "_C.fused_add_rms_norm",
-                                 "_C.per_token_group_fp8_quant", "_C.rms_norm", "_C.static_scaled_fp8_quant"]  # fmt: skip
+                                 "_C.per_token_group_fp8_quant", "_C.per_token_group_fp8_quant_packed",
+                                 "_C.rms_norm", "_C.static_scaled_fp8_quant"]  # fmt: skip
     assert "triton.quantize_fp8_row" in table.missing
     active = set(with_vllm.report.active_patterns)
     assert "foreign:_C.fused_add_rms_norm+_C.dynamic_per_token_scaled_fp8_quant" in active
     assert "foreign:native_rms_norm+_C.per_token_group_fp8_quant" in active
+    norms = ("rms_norm", "fused_add_rms_norm", "_C.rms_norm", "_C.fused_add_rms_norm", "native_rms_norm",
+             "native_add_rms_norm")  # fmt: skip
+    packed = {f"foreign:{n}+{PACKED}" for n in norms}
+    assert packed <= active and not packed & set(with_vllm.report.inactive_patterns)
+    was = before.report.inactive_patterns  # before the stand-ins were registered
+    assert packed <= set(was) and not packed & set(before.report.active_patterns)
+    assert was[f"foreign:_C.rms_norm+{PACKED}"].startswith("torch.ops._C.rms_norm: not loaded")
+    assert was[f"foreign:rms_norm+{PACKED}"] == f"torch.ops.{PACKED}: not loaded (defined by vLLM)"
     assert not any("triton." in n for n in active)
     assert before.uuid() != with_vllm.uuid()
     assert before.uuid() == after.uuid()
