@@ -34,7 +34,7 @@ CASES = [
     ("per_tensor+res", "per_tensor", True, None),
     # Microscaling (group: the block size; a cell only where it divides H). NVFP4 with row-major
     # and with swizzled (128x4 tile) scales, MXFP8 with row-major scales, MXFP4 with swizzled
-    # scales. FP8 per-token-group-128 with DeepGEMM's packed UE8M0 scales has no op yet: no case.
+    # scales.
     ("nvfp4", "nvfp4", False, 16),
     ("nvfp4+res", "nvfp4", True, 16),
     ("nvfp4_swizzled", "nvfp4_swizzled", False, 16),
@@ -43,12 +43,18 @@ CASES = [
     ("mxfp8+res", "mxfp8", True, 32),
     ("mxfp4_swizzled", "mxfp4_swizzled", False, 32),
     ("mxfp4_swizzled+res", "mxfp4_swizzled", True, 32),
+    # FP8 per-token-group-128 with UE8M0 scales packed for DeepGEMM (int32, four groups each,
+    # MN-major, rows padded to 4): what vLLM's DeepGEMM path quantizes activations to on sm_100.
+    ("group128_packed", "group_packed", False, 128),
+    ("group128_packed+res", "group_packed", True, 128),
 ]
 CASE_NAMES = [c[0] for c in CASES]
 #: The microscaling cases (their own grid and targets) run only when named with ``--cases``; a
 #: run without ``--cases`` times the FP8 / INT8 record's cases.
 MX_CASE_NAMES = [c[0] for c in CASES if c[3] in (16, 32)]
-RECORD_CASE_NAMES = [n for n in CASE_NAMES if n not in MX_CASE_NAMES]
+#: The packed-scale group cases: like the microscaling cases, timed only when named.
+PACKED_CASE_NAMES = [c[0] for c in CASES if c[1] == "group_packed"]
+RECORD_CASE_NAMES = [n for n in CASE_NAMES if n not in MX_CASE_NAMES and n not in PACKED_CASE_NAMES]
 # The hidden sizes of the wider grid (``--hidden``): dense models' widths, an odd-sized one
 # (2880: a group of 64 divides it, 128 does not) and one that no group size divides (4100).
 WIDE_HIDDEN = [2048, 2880, 3584, 5120, 6144, 12288, 16384, 4100]
@@ -139,6 +145,8 @@ def native_fn(cell: Cell):
             out = nf.quant_fp8_per_token(y, fp8)
         elif scheme == "group":
             out = nf.quant_fp8_per_group(y, group, fp8)
+        elif scheme == "group_packed":
+            out = packed_group_quant(y, group, fp8)
         elif scheme == "int8_static":
             out = (nf.quant_int8_static(y, s),)
         elif scheme == "per_tensor":
@@ -150,6 +158,26 @@ def native_fn(cell: Cell):
         return (*out, r) if residual else out
 
     return fn
+
+
+def packed_group_quant(y: torch.Tensor, group: int, fp8: torch.dtype):
+    """The packed-scale group quantizer in plain torch (what Inductor compiles): per group of
+    ``group`` elements, absmax floored at 1e-10 over 448, rounded up to a power of two on its bits
+    (UE8M0), q = y / scale clamped; the scales' exponent bytes packed four to an int32 in
+    DeepGEMM's MN-major layout (rows padded to 4, padding 0)."""
+    finfo = torch.finfo(fp8)
+    t, h = y.shape
+    yg = y.to(torch.float32).reshape(t, h // group, group)
+    amax = yg.abs().amax(dim=-1, keepdim=True).clamp(min=1e-10)
+    bits = (amax / finfo.max).view(torch.int32)
+    scale = ((bits + 0x7FFFFF) & -0x800000).view(torch.float32)  # up to a power of two
+    q = (yg / scale).clamp(min=finfo.min, max=finfo.max).to(fp8).reshape(t, h)
+    groups, packed_k, padded = h // group, -(-h // group // 4), -(-t // 4) * 4
+    e = ((scale.view(torch.int32) >> 23) & 0xFF).to(torch.uint8).reshape(t, groups)
+    e = torch.nn.functional.pad(e, (0, 4 * packed_k - groups, 0, padded - t))
+    words = e.reshape(padded, packed_k, 4).view(torch.int32).reshape(padded, packed_k)
+    out = torch.empty_strided((padded, packed_k), (1, padded), dtype=torch.int32, device=y.device)
+    return q, out.copy_(words)[:t]
 
 
 def mx_spec_quant(scheme: str, y, s):
@@ -223,6 +251,8 @@ def composed(cell: Cell, ns):
             out = ns.dynamic_per_token_scaled_fp8_quant(y, None, fp8)
         elif scheme == "group":
             out = ns.per_token_group_fp8_quant(y, group, False, False, fp8)
+        elif scheme == "group_packed":
+            out = ns.per_token_group_fp8_quant_packed(y, group, fp8)
         elif scheme == "int8_static":
             out = (ns.static_scaled_int8_quant(y, s),)
         elif scheme == "per_tensor":
@@ -262,6 +292,12 @@ def ours_fns(cell: Cell):
                 if residual
                 else ops.rms_norm_per_token_group_quant(x, w, EPS, group, False, False, fp8)
             )
+        if scheme == "group_packed":
+            return (
+                ops.fused_add_rms_norm_per_token_group_quant_packed(x, r, w, EPS, group, fp8)
+                if residual
+                else ops.rms_norm_per_token_group_quant_packed(x, w, EPS, group, fp8)
+            )
         if scheme == "int8_static":
             return (ops.rms_norm_static_int8_quant(x, w, s, EPS),)
         if scheme == "per_tensor":
@@ -288,6 +324,8 @@ def min_bytes(cell: Cell) -> int:
         n += t * 4
     if scheme == "group":
         n += t * (h // group) * 4
+    if scheme == "group_packed":  # one byte per group, the int32 columns padded (rows to 4)
+        n += -(-t // 4) * 4 * -(-h // group // 4) * 4
     if scheme == "per_tensor":
         n += 4  # (a two-pass kernel reads x twice: at most ~60% of this minimum's bandwidth)
     if scheme in MX_SCHEMES:

@@ -41,6 +41,15 @@ RULE_NORM_OUT_OP_NAMES = {
 MX_FORMATS = ("mxfp8", "mxfp4", "nvfp4")
 
 
+#: The per-token-group FP8 ops whose UE8M0 scales are packed for DeepGEMM (int32, four groups each,
+#: MN-major): the unfused quant op and the fused ops by residual.
+PACKED_GROUP_QUANT_OP_NAME = "per_token_group_fp8_quant_packed"
+PACKED_GROUP_FUSED_OP_NAMES = {
+    False: "rms_norm_per_token_group_quant_packed",
+    True: "fused_add_rms_norm_per_token_group_quant_packed",
+}
+
+
 def mx_op_names(fmt: str) -> tuple[str, dict[bool, str]]:
     return f"{fmt}_quant", {False: f"rms_norm_{fmt}_quant", True: f"fused_add_rms_norm_{fmt}_quant"}
 
@@ -130,11 +139,13 @@ class Registry:
     rule_norm_out_ops: dict[bool, torch._ops.OpOverload] = dataclasses.field(default_factory=dict)
     #: The microscaling ops by name (MX_FORMATS), where defined.
     mx_ops: dict[str, torch._ops.OpOverload] = dataclasses.field(default_factory=dict)
+    #: The packed-scale group ops by name (PACKED_GROUP_QUANT_OP_NAME, PACKED_GROUP_FUSED_OP_NAMES).
+    packed_group_ops: dict[str, torch._ops.OpOverload] = dataclasses.field(default_factory=dict)
 
     def schemas(self) -> list[str]:
         ops = {*self.quant_ops.values(), *self.fused_ops.values(), *self.norm_ops.values()}
         ops |= {*self.rule_fused_ops.values(), *([self.rule_quant_op] if self.rule_quant_op is not None else [])}
-        ops |= set(self.rule_norm_out_ops.values()) | set(self.mx_ops.values())
+        ops |= set(self.rule_norm_out_ops.values()) | set(self.mx_ops.values()) | set(self.packed_group_ops.values())
         return sorted(str(op._schema) for op in ops)
 
     def rule_op(self, residual: bool | None) -> torch._ops.OpOverload | None:
@@ -185,8 +196,10 @@ def build_registry() -> Registry:
         for name in (quant, *fused.values()):
             if (op := get(name)) is not None:
                 mx_ops[name] = op
+    packed_group_ops = {name: op for name in (PACKED_GROUP_QUANT_OP_NAME, *PACKED_GROUP_FUSED_OP_NAMES.values())
+                        if (op := get(name)) is not None}  # fmt: skip
     return Registry(quant_ops, fused_ops, norm_ops, missing, _library_line(), rule_quant_op, rule_fused_ops,
-                    rule_norm_out_ops, mx_ops)  # fmt: skip
+                    rule_norm_out_ops, mx_ops, packed_group_ops)  # fmt: skip
 
 
 _registry: Registry | None = None

@@ -184,6 +184,30 @@ def fused_add_rms_norm_per_token_group_quant(
     )
 
 
+def _packed_scales(input: torch.Tensor, group_size: int) -> torch.Tensor:
+    # int32 [rows, ceil(groups / 4)], strides (1, rows padded to 4): DeepGEMM's packed UE8M0 layout
+    rows = math.prod(input.shape[:-1])
+    packed_k, padded = (input.shape[-1] // group_size + 3) // 4, (rows + 3) // 4 * 4
+    return input.new_empty((packed_k, padded), dtype=torch.int32).t()[:rows]
+
+
+def per_token_group_fp8_quant_packed(input, group_size, fp8_dtype):
+    _check_group(input, group_size, False)
+    return _out(input, fp8_dtype), _packed_scales(input, group_size)
+
+
+def rms_norm_per_token_group_quant_packed(input, weight, epsilon, group_size, fp8_dtype):
+    _check_devices(input, weight=weight)
+    _check_group(input, group_size, False)
+    return _out(input, fp8_dtype), _packed_scales(input, group_size)
+
+
+def fused_add_rms_norm_per_token_group_quant_packed(input, residual, weight, epsilon, group_size, fp8_dtype):
+    _check_devices(input, residual=residual, weight=weight)
+    _check_group(input, group_size, False)
+    return _out(input, fp8_dtype), _packed_scales(input, group_size), _out(input, input.dtype)
+
+
 def rms_norm_static_int8_quant(input, weight, scale, epsilon):
     _check_devices(input, weight=weight, scale=scale)
     return _out(input, torch.int8)
@@ -407,6 +431,9 @@ FAKES = {
         "fused_add_rms_norm_per_token_group_quant",
         "rms_norm_static_int8_quant",
         "fused_add_rms_norm_static_int8_quant",
+        "per_token_group_fp8_quant_packed",
+        "rms_norm_per_token_group_quant_packed",
+        "fused_add_rms_norm_per_token_group_quant_packed",
         "dynamic_quant",
         "rms_norm_dynamic_quant",
         "fused_add_rms_norm_dynamic_quant",

@@ -203,12 +203,23 @@ OUTPUT_KINDS: dict[str, tuple[str, ...]] = {
     "fused_add_rms_norm_per_token_group_quant": ("q", "scales", "res"),
     "rms_norm_static_int8_quant": ("q",),
     "fused_add_rms_norm_static_int8_quant": ("q", "res"),
+    "per_token_group_fp8_quant_packed": ("q", "packed_scales"),
+    "rms_norm_per_token_group_quant_packed": ("q", "packed_scales"),
+    "fused_add_rms_norm_per_token_group_quant_packed": ("q", "packed_scales", "res"),
     "dynamic_quant": ("q", "scales"),
     "rms_norm_dynamic_quant": ("q", "scales"),
     "fused_add_rms_norm_dynamic_quant": ("q", "scales", "res"),
     "rms_norm_dynamic_quant_with_norm_out": ("q", "scales", "act"),
     "fused_add_rms_norm_dynamic_quant_with_norm_out": ("q", "scales", "res", "act"),
 }
+
+def unpack_ue8m0_scales(packed: torch.Tensor, groups: int) -> torch.Tensor:
+    """The fp32 scales ``[rows, groups]`` that packed UE8M0 scales (``reference.pack_ue8m0_scales``)
+    hold: byte ``j`` of int32 ``[row, k]`` is group ``4k + j``'s exponent; 0xFF is NaN."""
+    b = torch.stack([(packed >> (8 * j)) & 0xFF for j in range(4)], dim=-1).reshape(packed.shape[0], 4 * packed.shape[1])[:, :groups]
+    f = (b.to(torch.int32) << 23).view(torch.float32)
+    return torch.where(b == 0xFF, torch.full_like(f, float("nan")), f)
+
 
 #: Tolerance for the normalized output: two roundings of the input dtype (relative). The row's
 #: reduction order differs from torch's, so rsqrt can differ in the last fp32 bit; the first
@@ -223,8 +234,12 @@ def assert_outputs_match(
     input_dtype: torch.dtype,
     max_fraction: float = 0.01,
     scale_dtype: torch.dtype = torch.float32,
+    group_size: int = 128,
 ) -> None:
     """Compare an op's outputs with the reference's, each by its kind (see OUTPUT_KINDS).
+
+    ``group_size``: the packed ops' group size (their packed scales are compared as the fp32
+    scales they hold, after both layouts are checked).
 
     ``scale_dtype``: what a rule op rounded its scales to; a scale within tolerance of the
     reference's before that rounding may round to the neighbouring value of that dtype, so the
@@ -234,6 +249,20 @@ def assert_outputs_match(
         actual, expected = (actual,), (expected,)
     assert len(actual) == len(expected) == len(kinds), f"{op_name}: {len(actual)} outputs, expected {len(kinds)}"
     scales = None
+    if "packed_scales" in kinds:  # compared as the fp32 scales they pack (both layouts checked first)
+        si = kinds.index("packed_scales")
+        groups = expected[0].shape[-1] // group_size
+        for t, name in ((actual[si], "actual"), (expected[si], "expected")):
+            assert t.dtype == torch.int32 and t.stride() == expected[si].stride() or t.shape[0] == 0, (
+                f"{op_name}: {name} packed scales {t.dtype} strides {t.stride()}"
+            )
+        assert actual[si].shape == expected[si].shape, f"{op_name}: packed scales {tuple(actual[si].shape)}"
+        actual, expected = list(actual), list(expected)
+        # (unpacked over the flattened rows, shaped like the unpacked ops' [..., groups] scales)
+        actual[si], expected[si] = (
+            unpack_ue8m0_scales(t, groups).reshape(*expected[0].shape[:-1], groups) for t in (actual[si], expected[si])
+        )
+        kinds = tuple("scales" if k == "packed_scales" else k for k in kinds)
     if "scales" in kinds:
         si = kinds.index("scales")
         scales = tuple(_scale_per_element(t, expected[0].shape) for t in (actual[si], expected[si]))

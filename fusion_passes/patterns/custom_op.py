@@ -30,6 +30,8 @@ from fusion_passes.patterns import Refusal
 from fusion_passes.quant_key import QuantKey, Scheme
 from fusion_passes.registry import (
     NORM_OP_NAMES,
+    PACKED_GROUP_FUSED_OP_NAMES,
+    PACKED_GROUP_QUANT_OP_NAME,
     RULE_FUSED_OP_NAMES,
     RULE_NORM_OUT_OP_NAMES,
     RULE_QUANT_OP_NAME,
@@ -57,6 +59,9 @@ class Family:
     #: a microscaling format (MX_FORMATS): its fused ops by name, blocks of `block` elements
     mx: str = ""
     block: int = 0
+    #: the group ops with packed UE8M0 scales (registry.PACKED_GROUP_*): int32 scales over the
+    #: flattened rows, 2-D whatever the input's rank
+    packed: bool = False
 
 
 def _fp8_static_tail(q, eps):
@@ -102,6 +107,9 @@ FAMILIES = (
            lambda q: QuantKey(q["fp8_dtype"], Scheme.PER_TOKEN), _fp8_token_tail, True),
     Family("fp8_per_group", "per_token_group_fp8_quant", Scheme.PER_GROUP,
            lambda q: QuantKey(q["fp8_dtype"], Scheme.PER_GROUP, q["group_size"]), _fp8_group_tail, True),
+    Family("fp8_per_group_packed", PACKED_GROUP_QUANT_OP_NAME, Scheme.PER_GROUP,
+           lambda q: QuantKey(q["fp8_dtype"], Scheme.PER_GROUP, q["group_size"]),
+           lambda q, eps: (eps, q["group_size"], q["fp8_dtype"]), True, packed=True),
     Family("int8_static", "static_scaled_int8_quant", Scheme.STATIC,
            lambda q: QuantKey(torch.int8, Scheme.STATIC), _int8_static_tail, False),
     Family("int8_per_token", "dynamic_scaled_int8_quant", Scheme.PER_TOKEN,
@@ -133,6 +141,8 @@ class CustomOpPattern:
         return f"{self.norm_op}+{self.family.quant_op}"
 
     def fused_op_name(self) -> str:
+        if self.family.packed:
+            return PACKED_GROUP_FUSED_OP_NAMES[self.residual]
         if self.family.mx:
             return mx_op_names(self.family.mx)[1][self.residual]
         if self.family.rule:
@@ -142,6 +152,8 @@ class CustomOpPattern:
         return fused_op_name(sample, self.residual)
 
     def _fused_op(self, registry: Registry, key: QuantKey | None):
+        if self.family.packed:
+            return registry.packed_group_ops.get(self.fused_op_name())
         if self.family.mx:
             return registry.mx_ops.get(self.fused_op_name())
         if self.family.rule:
@@ -204,7 +216,9 @@ class CustomOpPattern:
         if fused is None:
             raise Refusal(
                 "fused_op_missing",
-                self.fused_op_name() if (self.family.rule or self.family.mx) else fused_op_name(key, self.residual),
+                self.fused_op_name()
+                if (self.family.rule or self.family.mx or self.family.packed)
+                else fused_op_name(key, self.residual),
             )
         x_val = fx_utils.val(m.n["input"])
         y_val = fx_utils.val(m.qnode.args[0] if m.view is not None else m.y)
@@ -289,7 +303,9 @@ class CustomOpPattern:
                 else:
                     out = fx_utils.call(graph, m.view.target, (out, shape), like=m.view)
                 if scales is not None:
-                    if self.family.mx:  # row-major [..., H / block] (swizzled ones are 2-D either way)
+                    if self.family.packed:  # int32 over the flattened rows: the same tensor either way
+                        scale_shape = None
+                    elif self.family.mx:  # row-major [..., H / block] (swizzled ones are 2-D either way)
                         x_val = fx_utils.val(n["input"])
                         scale_shape = ([*shape[:-1], int(x_val.shape[-1]) // self.family.block]
                                        if not m.q["swizzled_scales"] else None)  # fmt: skip

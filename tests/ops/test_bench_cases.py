@@ -141,3 +141,32 @@ def test_the_neighbour_benchmark_steps_compute_the_op(bench, monkeypatch, fresh_
     Inductor's compile in the middle: both pass the benchmark's check, on CPU (two compiles)."""
     neighbour = _load("bench_neighbour", monkeypatch)
     neighbour.check("cpu", ["static+res", "group128"])
+
+
+def test_packed_group_cases_grid_bytes_and_baseline(bench, fresh_dynamo):
+    """FP8 group-128 with DeepGEMM's packed UE8M0 scales: the issue's grid (H = 4096, 7168, 8192,
+    T = 1 .. 16384, with and without the residual), the bytes of the padded int32 scales, and the
+    plain-torch baseline: eager and Inductor's compile both pass the benchmark's check, and (with
+    the norm output's rounding emulated) the compiled scales are eager's, padding included (one
+    compile on CPU)."""
+    cases, _ = bench
+    names = ["group128_packed", "group128_packed+res"]
+    assert cases.PACKED_CASE_NAMES == names and not set(names) & set(cases.RECORD_CASE_NAMES)
+    grid = cases.cells(False, names)
+    assert {(c.hidden, c.tokens) for c in grid} == {(h, t) for h in (4096, 7168, 8192) for t in cases.FULL_T}
+    t, h = 16384, 7168
+    assert cases.min_bytes(cases.Cell("group128_packed", h, t)) == 2 * t * h + t * h + 2 * h + t * (h // 128)
+    assert cases.min_bytes(cases.Cell("group128_packed", 7168, 1)) == 2 * 7168 * 2 + 7168 + 4 * 4 * 14
+    cell = cases.Cell("group128_packed+res", 384, 7)  # 3 groups: one int32 column, 1 unused byte
+    x, r, w, s = _inputs(cases, cell.case, 7, 384)
+    eager = cases.native_fn(cell)(x, r, w, s)
+    from torch._inductor import config
+
+    with config.patch(emulate_precision_casts=True):  # the bf16 rounding of the norm output, as eager
+        compiled = torch.compile(cases.native_fn(cell), dynamic=False)(x, r, w, s)
+    for variant, outs in (("eager", eager), ("inductor[default]", compiled)):
+        cases.check_cell(cell, variant, outs, x, r, w, s)
+    assert compiled[1].stride() == eager[1].stride() == (1, 8)
+    assert torch.equal(torch.as_strided(compiled[1], (8, 1), (1, 8)), torch.as_strided(eager[1], (8, 1), (1, 8)))
+    with pytest.raises(AssertionError, match="packed scales"):  # a row-major int32 buffer is not the layout
+        cases.check_cell(cell, "fused", (eager[0], eager[1].clone(memory_format=torch.contiguous_format), eager[2]), x, r, w, s)

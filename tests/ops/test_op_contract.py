@@ -27,6 +27,9 @@ SCHEMAS = {
     "fused_add_rms_norm_dynamic_per_token_quant": "fusion_kernels::fused_add_rms_norm_dynamic_per_token_quant(Tensor input, Tensor residual, Tensor weight, float epsilon, ScalarType quant_dtype, Tensor? scale_ub) -> (Tensor out, Tensor scales, Tensor residual_out)",
     "rms_norm_per_token_group_quant": "fusion_kernels::rms_norm_per_token_group_quant(Tensor input, Tensor weight, float epsilon, int group_size, bool column_major_scales, bool scale_ue8m0, ScalarType fp8_dtype) -> (Tensor out, Tensor scales)",
     "fused_add_rms_norm_per_token_group_quant": "fusion_kernels::fused_add_rms_norm_per_token_group_quant(Tensor input, Tensor residual, Tensor weight, float epsilon, int group_size, bool column_major_scales, bool scale_ue8m0, ScalarType fp8_dtype) -> (Tensor out, Tensor scales, Tensor residual_out)",
+    "per_token_group_fp8_quant_packed": "fusion_kernels::per_token_group_fp8_quant_packed(Tensor input, int group_size, ScalarType fp8_dtype) -> (Tensor out, Tensor scales)",
+    "rms_norm_per_token_group_quant_packed": "fusion_kernels::rms_norm_per_token_group_quant_packed(Tensor input, Tensor weight, float epsilon, int group_size, ScalarType fp8_dtype) -> (Tensor out, Tensor scales)",
+    "fused_add_rms_norm_per_token_group_quant_packed": "fusion_kernels::fused_add_rms_norm_per_token_group_quant_packed(Tensor input, Tensor residual, Tensor weight, float epsilon, int group_size, ScalarType fp8_dtype) -> (Tensor out, Tensor scales, Tensor residual_out)",
     "rms_norm_static_int8_quant": "fusion_kernels::rms_norm_static_int8_quant(Tensor input, Tensor weight, Tensor scale, float epsilon) -> Tensor",
     "fused_add_rms_norm_static_int8_quant": "fusion_kernels::fused_add_rms_norm_static_int8_quant(Tensor input, Tensor residual, Tensor weight, Tensor scale, float epsilon) -> (Tensor out, Tensor residual_out)",
     "dynamic_quant": "fusion_kernels::dynamic_quant(Tensor input, ScalarType quant_dtype, int group_size, float divisor, float absmax_floor, float scale_floor, float zero_scale, ScalarType scale_dtype, bool scale_ue8m0) -> (Tensor out, Tensor scales)",
@@ -188,7 +191,7 @@ def test_bad_quant_dtype(op_name):
             _call(op_name, **{arg: torch.int8})
 
 
-@pytest.mark.parametrize("op_name", _ops_with("column_major_scales"))
+@pytest.mark.parametrize("op_name", _ops_with("column_major_scales") + [n for n in OP_NAMES if n.endswith("_packed")])
 def test_bad_group(op_name):
     # The rule ops' group_size (0 also allowed) is checked in test_dynamic_quant.py.
     with pytest.raises(
@@ -199,6 +202,8 @@ def test_bad_group(op_name):
             **({"weight": torch.randn(96, dtype=torch.bfloat16)} if "rms_norm" in op_name else {}))  # fmt: skip
     with pytest.raises(RuntimeError, match="group_size must be 32, 64 or 128, got 48"):
         _call(op_name, group_size=48)
+    if "column_major_scales" not in _arg_names(op_name):
+        return
     with pytest.raises(RuntimeError, match="column_major_scales needs a 2-D input"):
         three_d = torch.randn(2, 2, 128, dtype=torch.bfloat16)
         _call(op_name, input=three_d, column_major_scales=True,

@@ -69,6 +69,11 @@ FAMILIES = {
                      "rms_norm_per_token_group_quant", "fused_add_rms_norm_per_token_group_quant"),
     "fp8_group64_colmajor_ue8m0": (lambda y, s, ub: ops.per_token_group_fp8_quant(y, 64, True, True, FP8),
                                    "rms_norm_per_token_group_quant", "fused_add_rms_norm_per_token_group_quant"),
+    # UE8M0 scales packed for DeepGEMM (int32 over the flattened rows)
+    "fp8_group128_packed": (lambda y, s, ub: ops.per_token_group_fp8_quant_packed(y, 128, FP8),
+                            "rms_norm_per_token_group_quant_packed", "fused_add_rms_norm_per_token_group_quant_packed"),
+    "fp8_group32_packed": (lambda y, s, ub: ops.per_token_group_fp8_quant_packed(y, 32, FP8),
+                           "rms_norm_per_token_group_quant_packed", "fused_add_rms_norm_per_token_group_quant_packed"),
     "int8_static": (lambda y, s, ub: ops.static_scaled_int8_quant(y, s),
                     "rms_norm_static_int8_quant", "fused_add_rms_norm_static_int8_quant"),
     "int8_per_token": (lambda y, s, ub: ops.dynamic_scaled_int8_quant(y),
@@ -162,7 +167,7 @@ def test_mixed_schemes_each_get_their_own_fused_op():
     assert_same(gm(*args), fn(*args))
 
 
-@pytest.mark.parametrize("family", ["fp8_static", "fp8_per_token", "fp8_group128", "int8_per_token",
+@pytest.mark.parametrize("family", ["fp8_static", "fp8_per_token", "fp8_group128", "fp8_group128_packed", "int8_per_token",
                                     "rule_fp8_per_tensor"])  # fmt: skip
 @pytest.mark.parametrize("residual", [False, True])
 def test_quant_through_a_token_flattening_view_is_fused(family, residual):
