@@ -70,7 +70,8 @@ while time.time() - start < args.seconds:
                   **kw)  # fmt: skip
     try:
         out = getattr(torch.ops.fusion_kernels, name)(*a)
-        assert_outputs_match(name, out, reference_of(name)(*a), dtype, scale_dtype=kw.get("scale_dtype", torch.float32))
+        assert_outputs_match(name, out, reference_of(name)(*a), dtype, scale_dtype=kw.get("scale_dtype", torch.float32),
+                             group_size=kw.get("group_size") or 128)
     except AssertionError as exc:
         shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else t for t in a]
         torch.cuda.synchronize()
@@ -78,7 +79,8 @@ while time.time() - start < args.seconds:
         torch.cuda.synchronize()
         try:
             assert_outputs_match(
-                name, again, reference_of(name)(*a), dtype, scale_dtype=kw.get("scale_dtype", torch.float32)
+                name, again, reference_of(name)(*a), dtype, scale_dtype=kw.get("scale_dtype", torch.float32),
+                group_size=kw.get("group_size") or 128,
             )
             verdict = "the same call passes when repeated after a synchronize"
         except AssertionError:

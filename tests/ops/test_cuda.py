@@ -30,11 +30,12 @@ def test_model_sizes_against_reference(op_name, dtype):
         for tokens in MODEL_TOKENS:
             if tokens * hidden > 64 * 2**20 and dtype == torch.float32:
                 continue  # fp32 at 16384 x 16384 adds minutes of reference time, not coverage
-            args = make_args(op_name, (tokens,), hidden, dtype, "cuda", **_kw(op_name, hidden))
+            kw = _kw(op_name, hidden)
+            args = make_args(op_name, (tokens,), hidden, dtype, "cuda", **kw)
             out = getattr(ops, op_name)(*args)
             expected = reference_of(op_name)(*args)
             try:
-                assert_outputs_match(op_name, out, expected, dtype)
+                assert_outputs_match(op_name, out, expected, dtype, group_size=kw.get("group_size", 128))
             except AssertionError as exc:
                 raise AssertionError(f"T={tokens} H={hidden}: {exc}") from None
 
