@@ -214,13 +214,29 @@ def _inactive_by_reason(inactive: dict[str, str], names_up_to: int = 6) -> list[
     "fused_add_rms_norm: the op library is disabled (...)" share one), the names listed for small
     groups (report.json and ``python -m fusion_passes report`` list them all)."""
     groups: dict[str, list[str]] = {}
+    # Other libraries' ops that this process has not loaded: one line for all of them (their
+    # patterns become active where the library is imported), the ops named by library.
+    foreign: dict[str, set[str]] = {}
+    foreign_patterns = 0
     for name, why in sorted(inactive.items()):
+        f = _NOT_LOADED.match(why)
+        if f:
+            foreign.setdefault(f.group(2), set()).add(f.group(1))
+            foreign_patterns += 1
+            continue
         m = re.match(r"\w+: (.+)$", why)
         groups.setdefault(m.group(1) if m else why, []).append(name)
     out = []
     for why, names in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         out.append(f"{len(names)}: {why}" + (f" ({', '.join(names)})" if len(names) <= names_up_to else ""))
+    if foreign:
+        libs = "; ".join(f"{lib}: {', '.join(sorted(ops))}" for lib, ops in sorted(foreign.items()))
+        out.append(f"{foreign_patterns}: other libraries' ops, not loaded in this process ({libs}); "
+                   "their patterns are active where the library is imported")  # fmt: skip
     return out
+
+
+_NOT_LOADED = re.compile(r"torch\.ops\.(\S+): not loaded \(defined by (.+)\)$")
 
 
 # -- graphs served from Inductor's cache ------------------------------------------------------

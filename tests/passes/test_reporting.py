@@ -47,3 +47,24 @@ def test_a_graph_from_the_cache_counts_in_the_headline():
     assert [g.from_cache for g in r.graphs] == [False, True, True]
     assert "graphs: 3 (2 served from Inductor's cache)   sites fused: 3   refused: 2" in str(r)
     assert r.graphs[2].sites[0].detail == "rms_norm_static_fp8_quant" and r.graphs[2].sites[0].fused
+
+
+def test_other_libraries_ops_not_loaded_read_as_one_line_by_library():
+    """A process without vLLM or FBGEMM gets one line for all their inactive patterns (the ops
+    named by library), not a line per op; the JSON keeps every pattern with its reason."""
+    inactive = {
+        "foreign:_C.rms_norm+_C.static_scaled_fp8_quant": "torch.ops._C.rms_norm: not loaded (defined by vLLM)",
+        "foreign:rms_norm+_C.static_scaled_fp8_quant": "torch.ops._C.static_scaled_fp8_quant: not loaded (defined by vLLM)",
+        "foreign:rms_norm+triton.quantize_fp8_row": "torch.ops.triton.quantize_fp8_row: not loaded (defined by FBGEMM GenAI / MSLK)",
+        "rms_norm+per_token_group_fp8_quant": "per_token_group_fp8_quant: not defined by the loaded library",
+    }  # fmt: skip
+    text = str(Report(["p1"], inactive, "loaded (jit-cache, cpu)", "torch x, cpu", "auto"))
+    lines = text.splitlines()
+    assert "  inactive patterns: 4" in lines
+    assert "    1: not defined by the loaded library (rms_norm+per_token_group_fp8_quant)" in lines
+    assert ("    3: other libraries' ops, not loaded in this process (FBGEMM GenAI / MSLK: triton.quantize_fp8_row; "
+            "vLLM: _C.rms_norm, _C.static_scaled_fp8_quant); their patterns are active where the library is imported"
+            in lines)  # fmt: skip
+    assert sum("not loaded" in line for line in lines) == 1
+    data = json.loads(json.dumps(Report(["p1"], inactive, "", "", "auto").to_dict()))
+    assert data["inactive_patterns"] == inactive
