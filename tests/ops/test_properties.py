@@ -75,7 +75,8 @@ def test_every_op_matches_the_reference_on_random_inputs(case):
     out = getattr(ops, op_name)(*args)
     expected = reference_of(op_name)(*args)
     # fp16 overflows above 65504: the reference and the kernel overflow identically.
-    assert_outputs_match(op_name, out, expected, dtype, scale_dtype=kw.get("scale_dtype", torch.float32))
+    assert_outputs_match(op_name, out, expected, dtype, scale_dtype=kw.get("scale_dtype", torch.float32),
+                         group_size=gsize if gsize and gsize > 0 else 128)
     outs = out if isinstance(out, tuple) else (out,)
     # Every rule drawn above keeps scales positive except those without any floor (an all-zero
     # row's scale is then 0) and those rounding to float16 (below its range: 0, above: Inf).

@@ -638,8 +638,6 @@ MX_CASES = [
     Case("llama", "torchao_nvfp4", residual=True),
 ]
 MX_REFUSED = {
-    "llama+torchao_mxfp8_rceil": "rceil_float_log2",
-    "add+llama+torchao_mxfp8_rceil": "rceil_float_log2",
     "llama+torchao_mxfp4_floor": "fp4_nan_encoding_differs",
     "llama+torchao_nvfp4": "fp4_nan_encoding_differs",
     "add+llama+torchao_nvfp4": "fp4_nan_encoding_differs",

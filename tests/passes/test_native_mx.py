@@ -104,9 +104,9 @@ def test_other_microscaling_spellings_are_refused_with_the_difference(case):
 
 
 def test_rceil_via_log2_differs_from_exact_rounding():
-    """Why RCEIL is refused: amax / 448 one ulp above 2 ** 10. log2 of it is 10 + 1.7e-7, which
-    fp32 rounds to 10 (its ulp there is 9.5e-7): the spelling keeps 2 ** 10 and the elements
-    beyond 448 * 2 ** 10 saturate, where an exact round-up gives 2 ** 11."""
+    """Why RCEIL of an fp32 absmax is refused: amax / 448 one ulp above 2 ** 10. log2 of it is
+    10 + 1.7e-7, which fp32 rounds to 10 (its ulp there is 9.5e-7): the spelling keeps 2 ** 10 and
+    the elements beyond 448 * 2 ** 10 saturate, where an exact round-up gives 2 ** 11."""
     from fusion_kernels import microscaling as M
 
     amax = torch.nextafter(torch.tensor(448.0 * 2**10), torch.tensor(float("inf")))
@@ -232,7 +232,7 @@ def _torchao():
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 @pytest.mark.parametrize(
     "mode, swizzled, reason",
-    [("FLOOR", False, None), ("CEIL", False, None), ("FLOOR", True, None), ("RCEIL", False, "rceil_float_log2")],
+    [("FLOOR", False, None), ("CEIL", False, None), ("FLOOR", True, None), ("RCEIL", False, None)],
     ids=["floor", "ceil", "floor_swizzled", "rceil"],
 )
 def test_torchao_to_mx_as_torchao_writes_it(mode, swizzled, reason, residual):
@@ -246,8 +246,8 @@ def test_torchao_to_mx_as_torchao_writes_it(mode, swizzled, reason, residual):
 
     args = mx_inputs(torch.bfloat16, rows=16)
     p, gm, got = _run(fn, args)
-    if reason is None and not cast_saturates(FP8):
-        reason = "no_clamp"  # torch < 2.12: the unclamped cast does not saturate
+    if reason is None and mode != "RCEIL" and not cast_saturates(FP8):
+        reason = "no_clamp"  # torch < 2.12: the unclamped cast does not saturate (RCEIL clamps)
     if reason:
         assert op_counts(gm) == {} and p.report.refusals_per_reason() == {reason: 1}, p.report
     else:
@@ -270,4 +270,33 @@ def test_torchao_fp4_quantizers_are_refused(kind):
     args = mx_inputs(torch.bfloat16)
     p, gm, got = _run(fn, args)
     assert op_counts(gm) == {} and p.report.refusals_per_reason() == {"fp4_nan_encoding_differs": 1}, p.report
+    assert_same_bytes(got, fn(*args))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("elem", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_rceil_via_log2_is_exact_for_every_16_bit_absmax(dtype, elem):
+    """Why RCEIL after a 16-bit norm output is fused: for every non-negative 16-bit absmax (zero,
+    subnormals, Inf and NaN included), torchao's fallback byte (ceil(log2(amax / qmax)) in fp32,
+    clamped to [-127, 127] and biased; NaN 255, Inf 254) is the exact round-up our op computes."""
+    from fusion_kernels import microscaling as M
+
+    bits = torch.arange(0, 1 << 15, dtype=torch.int32).to(torch.int16)  # every sign-0 pattern
+    amax = bits.view(dtype).float().reshape(-1, 1)
+    qmax = torch.finfo(elem).max
+    descale = amax / qmax
+    exponent = (torch.clamp(torch.ceil(torch.log2(descale)), min=-127, max=127) + 127).to(torch.uint8)
+    spelled = torch.where(torch.isnan(descale), 255, torch.where(torch.isinf(descale), 254, exponent)).to(torch.uint8)
+    exact = M.mx_block_scale(amax, elem, "rceil").reshape(-1, 1)
+    differ = (spelled != exact).nonzero()
+    assert differ.numel() == 0, [(amax[i].item(), spelled[i].item(), exact[i].item()) for i, _ in differ[:5]]
+
+
+def test_rceil_in_an_fp32_model_is_refused():
+    """An fp32 norm output has fp32 block absmaxes, where log2 rounding can keep a scale a few ulps
+    above a power of two below it (test_rceil_via_log2_differs_from_exact_rounding)."""
+    fn = corpus.Case("llama", "torchao_mxfp8_rceil").fn()
+    args = mx_inputs(torch.float32)
+    p, gm, got = _run(fn, args)
+    assert op_counts(gm) == {} and p.report.refusals_per_reason() == {"rceil_float_log2": 1}, p.report
     assert_same_bytes(got, fn(*args))
