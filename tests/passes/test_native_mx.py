@@ -300,3 +300,14 @@ def test_rceil_in_an_fp32_model_is_refused():
     p, gm, got = _run(fn, args)
     assert op_counts(gm) == {} and p.report.refusals_per_reason() == {"rceil_float_log2": 1}, p.report
     assert_same_bytes(got, fn(*args))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rceil_log2_is_exact_at_powers_of_two_on_the_gpu():
+    """The RCEIL fusion's one assumption about the device: log2 of a power of two is exact there
+    (eager and as Inductor compiles it), so a 16-bit absmax over 7 * 2 ** k gives the exact byte."""
+    k = torch.arange(-149, 128, device="cuda", dtype=torch.float32)
+    x = torch.exp2(k)
+    assert torch.equal(x.cpu(), torch.exp2(k.cpu())), "exp2 of an integer is exact"
+    for f in (torch.log2, torch.compile(torch.log2, dynamic=False)):
+        assert torch.equal(torch.ceil(f(x)), k), f"{f}: log2 of a power of two is not exact on this device"
