@@ -21,7 +21,7 @@ STABLE_TORCH_LIBRARY(fusion_kernels, m) {
       "-> (Tensor out, Tensor scales)");
   m.def(
       "per_token_group_fp8_quant(Tensor input, int group_size, bool column_major_scales, bool scale_ue8m0, "
-      "ScalarType fp8_dtype) -> (Tensor out, Tensor scales)");
+      "ScalarType fp8_dtype, bool tma_aligned_scales=False) -> (Tensor out, Tensor scales)");
   m.def("static_scaled_int8_quant(Tensor input, Tensor scale) -> Tensor");
   m.def("dynamic_scaled_int8_quant(Tensor input) -> (Tensor out, Tensor scales)");
   m.def(
@@ -38,11 +38,12 @@ STABLE_TORCH_LIBRARY(fusion_kernels, m) {
       "ScalarType quant_dtype, Tensor? scale_ub) -> (Tensor out, Tensor scales, Tensor residual_out)");
   m.def(
       "rms_norm_per_token_group_quant(Tensor input, Tensor weight, float epsilon, int group_size, "
-      "bool column_major_scales, bool scale_ue8m0, ScalarType fp8_dtype) -> (Tensor out, Tensor scales)");
+      "bool column_major_scales, bool scale_ue8m0, ScalarType fp8_dtype, bool tma_aligned_scales=False) "
+      "-> (Tensor out, Tensor scales)");
   m.def(
       "fused_add_rms_norm_per_token_group_quant(Tensor input, Tensor residual, Tensor weight, float epsilon, "
-      "int group_size, bool column_major_scales, bool scale_ue8m0, ScalarType fp8_dtype) "
-      "-> (Tensor out, Tensor scales, Tensor residual_out)");
+      "int group_size, bool column_major_scales, bool scale_ue8m0, ScalarType fp8_dtype, "
+      "bool tma_aligned_scales=False) -> (Tensor out, Tensor scales, Tensor residual_out)");
   // The per-token-group ops with UE8M0 scales packed four to an int32, MN-major (DeepGEMM's layout).
   m.def(
       "per_token_group_fp8_quant_packed(Tensor input, int group_size, ScalarType fp8_dtype) "

@@ -115,7 +115,9 @@ void check_epsilon(const char* op, double epsilon) {
   FK_CHECK(std::isfinite(epsilon) && epsilon >= 0.0, op, "epsilon must be finite and >= 0, got ", epsilon);
 }
 
-void check_group(const char* op, const Tensor& input, int64_t group_size, bool column_major_scales) {
+void check_group(const char* op, const Tensor& input, int64_t group_size, bool column_major_scales,
+                 bool tma_aligned_scales) {
+  FK_CHECK(!tma_aligned_scales || column_major_scales, op, "tma_aligned_scales needs column_major_scales");
   FK_CHECK(group_size == 32 || group_size == 64 || group_size == 128, op,
            "group_size must be 32, 64 or 128, got ", group_size);
   FK_CHECK(input.size(-1) % group_size == 0, op, "the hidden size (input.size(-1) = ", input.size(-1),

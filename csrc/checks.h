@@ -50,7 +50,8 @@ void check_residual(const char* op, const Tensor& residual, const Tensor& input)
 void check_scalar_scale(const char* op, const char* name, const Tensor& scale, const Tensor& input);
 void check_fp8_dtype(const char* op, const char* name, ScalarType t, bool allow_int8);
 void check_epsilon(const char* op, double epsilon);
-void check_group(const char* op, const Tensor& input, int64_t group_size, bool column_major_scales);
+void check_group(const char* op, const Tensor& input, int64_t group_size, bool column_major_scales,
+                 bool tma_aligned_scales = false);
 // The rule ops' arguments other than tensors (the hidden size's divisibility by a group size is
 // check_group's): the quant dtype, the group size (0: one scale per row) and the scale rule,
 // whose floats are judged as the float32 values the kernels receive (to_float32).

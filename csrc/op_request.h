@@ -36,7 +36,8 @@ struct Request {
   int64_t group_size = 0;
   bool column_major_scales = false;
   bool scale_ue8m0 = false;
-  bool packed_ue8m0_scales = false;  // the _packed ops: UE8M0 scales in DeepGEMM's packed layout
+  bool packed_ue8m0_scales = false;
+  bool tma_aligned_scales = false;  // column-major scales, the columns padded to 4 rows (16 bytes)  // the _packed ops: UE8M0 scales in DeepGEMM's packed layout
   const ScaleRule* rule = nullptr;  // the rule ops' rule; else the fixed rule of the quant mode
   bool norm_out = false;  // the norm-output variants: y returned too
 };

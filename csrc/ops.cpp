@@ -67,7 +67,7 @@ Outputs run(const char* op, const Tensor& input, const Request& r) {
   if (r.residual) check_residual(op, *r.residual, input);
   if (r.scale) check_scalar_scale(op, "scale", *r.scale, input);
   if (r.scale_ub && r.scale_ub->has_value()) check_scalar_scale(op, "scale_ub", r.scale_ub->value(), input);
-  if (r.quant == QuantMode::kPerGroup) check_group(op, input, r.group_size, r.column_major_scales);
+  if (r.quant == QuantMode::kPerGroup) check_group(op, input, r.group_size, r.column_major_scales, r.tma_aligned_scales);
 
   RowOpParams p;
   const NormInputs bound = bind_norm_inputs(p, input, r.residual, r.weight, r.epsilon);
@@ -104,7 +104,18 @@ Outputs run(const char* op, const Tensor& input, const Request& r) {
       o.scales = torch::stable::narrow(tt, 0, 0, in.rows);
       p.scale_row_stride = 1;
       p.scale_group_stride = padded;
+      p.scale_padded_rows = padded;
       p.packed_ue8m0_scales = true;
+    } else if (r.column_major_scales && r.tma_aligned_scales) {
+      // fp32 [rows, groups], strides (1, rows padded to 4): DeepGEMM's sm_90 layout (TMA needs
+      // 16-byte aligned columns); the padding rows are written as 0.
+      const int64_t padded = (in.rows + 3) / 4 * 4;
+      Tensor t = alloc({groups, padded}, ScalarType::Float, input);
+      Tensor tt = torch::stable::transpose(t, 0, 1);
+      o.scales = torch::stable::narrow(tt, 0, 0, in.rows);
+      p.scale_row_stride = 1;
+      p.scale_group_stride = padded;
+      p.scale_padded_rows = padded;
     } else if (r.column_major_scales) {
       // The transpose of a contiguous [groups, tokens] tensor: what column-major FP8 GEMMs read.
       Tensor t = alloc({groups, in.rows}, ScalarType::Float, input);
@@ -176,13 +187,14 @@ std::tuple<Tensor, Tensor> dynamic_per_token_scaled_fp8_quant(Tensor input, std:
 }
 
 std::tuple<Tensor, Tensor> per_token_group_fp8_quant(Tensor input, int64_t group_size, bool column_major_scales,
-                                                     bool scale_ue8m0, ScalarType fp8_dtype) {
+                                                     bool scale_ue8m0, ScalarType fp8_dtype, bool tma_aligned_scales) {
   check_fp8_dtype("per_token_group_fp8_quant", "fp8_dtype", fp8_dtype, false);
   Request r;
   r.quant = QuantMode::kPerGroup;
   r.out_dtype = fp8_dtype;
   r.group_size = group_size;
   r.column_major_scales = column_major_scales;
+  r.tma_aligned_scales = tma_aligned_scales;
   r.scale_ue8m0 = scale_ue8m0;
   Outputs o = run("per_token_group_fp8_quant", input, r);
   return {o.out, o.scales};
@@ -260,7 +272,8 @@ std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_dynamic_per_token_quant(Te
 
 std::tuple<Tensor, Tensor> rms_norm_per_token_group_quant(Tensor input, Tensor weight, double epsilon,
                                                           int64_t group_size, bool column_major_scales,
-                                                          bool scale_ue8m0, ScalarType fp8_dtype) {
+                                                          bool scale_ue8m0, ScalarType fp8_dtype,
+                                                          bool tma_aligned_scales) {
   check_fp8_dtype("rms_norm_per_token_group_quant", "fp8_dtype", fp8_dtype, false);
   Request r;
   r.weight = &weight;
@@ -269,6 +282,7 @@ std::tuple<Tensor, Tensor> rms_norm_per_token_group_quant(Tensor input, Tensor w
   r.out_dtype = fp8_dtype;
   r.group_size = group_size;
   r.column_major_scales = column_major_scales;
+  r.tma_aligned_scales = tma_aligned_scales;
   r.scale_ue8m0 = scale_ue8m0;
   Outputs o = run("rms_norm_per_token_group_quant", input, r);
   return {o.out, o.scales};
@@ -278,7 +292,8 @@ std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_per_token_group_quant(Tens
                                                                             Tensor weight, double epsilon,
                                                                             int64_t group_size,
                                                                             bool column_major_scales,
-                                                                            bool scale_ue8m0, ScalarType fp8_dtype) {
+                                                                            bool scale_ue8m0, ScalarType fp8_dtype,
+                                                                            bool tma_aligned_scales) {
   check_fp8_dtype("fused_add_rms_norm_per_token_group_quant", "fp8_dtype", fp8_dtype, false);
   Request r;
   r.residual = &residual;
@@ -288,6 +303,7 @@ std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_per_token_group_quant(Tens
   r.out_dtype = fp8_dtype;
   r.group_size = group_size;
   r.column_major_scales = column_major_scales;
+  r.tma_aligned_scales = tma_aligned_scales;
   r.scale_ue8m0 = scale_ue8m0;
   Outputs o = run("fused_add_rms_norm_per_token_group_quant", input, r);
   return {o.out, o.scales, o.residual_out};

@@ -22,7 +22,7 @@ Tensor static_scaled_fp8_quant(Tensor input, Tensor scale, ScalarType fp8_dtype)
 std::tuple<Tensor, Tensor> dynamic_per_token_scaled_fp8_quant(Tensor input, std::optional<Tensor> scale_ub,
                                                               ScalarType fp8_dtype);
 std::tuple<Tensor, Tensor> per_token_group_fp8_quant(Tensor input, int64_t group_size, bool column_major_scales,
-                                                     bool scale_ue8m0, ScalarType fp8_dtype);
+                                                     bool scale_ue8m0, ScalarType fp8_dtype, bool tma_aligned_scales);
 Tensor static_scaled_int8_quant(Tensor input, Tensor scale);
 std::tuple<Tensor, Tensor> dynamic_scaled_int8_quant(Tensor input);
 
@@ -37,12 +37,14 @@ std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_dynamic_per_token_quant(Te
                                                                               std::optional<Tensor> scale_ub);
 std::tuple<Tensor, Tensor> rms_norm_per_token_group_quant(Tensor input, Tensor weight, double epsilon,
                                                           int64_t group_size, bool column_major_scales,
-                                                          bool scale_ue8m0, ScalarType fp8_dtype);
+                                                          bool scale_ue8m0, ScalarType fp8_dtype,
+                                                          bool tma_aligned_scales);
 std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_per_token_group_quant(Tensor input, Tensor residual,
                                                                             Tensor weight, double epsilon,
                                                                             int64_t group_size,
                                                                             bool column_major_scales,
-                                                                            bool scale_ue8m0, ScalarType fp8_dtype);
+                                                                            bool scale_ue8m0, ScalarType fp8_dtype,
+                                                                            bool tma_aligned_scales);
 std::tuple<Tensor, Tensor> per_token_group_fp8_quant_packed(Tensor input, int64_t group_size, ScalarType fp8_dtype);
 std::tuple<Tensor, Tensor> rms_norm_per_token_group_quant_packed(Tensor input, Tensor weight, double epsilon,
                                                                  int64_t group_size, ScalarType fp8_dtype);

@@ -159,6 +159,10 @@ struct RowOpParams {
   // group g's scale (a power of two: its fp32 exponent). The padding bytes are written as 0.
   // `scales` then points at the int32s; scale_row_stride is 1. (store_group_scale, scale_rule.h)
   bool packed_ue8m0_scales = false;
+  // kPerGroup with column-major scales padded for TMA (DeepGEMM's sm_90 fp32 layout, and the
+  // packed one): the rows the scales' columns hold (4 * ceil(rows / 4)); the padding rows are
+  // written as 0. 0: no padding rows.
+  int64_t scale_padded_rows = 0;
   int64_t group_size = 0;
   ScaleRule rule;  // kPerToken, kPerGroup, kPerTensor: how the scales follow from the absmax
 };

@@ -91,13 +91,15 @@ FK_SCALE_FN float dynamic_scale(float amax, const ScaleRule& r) {
 }
 
 // Group g's scale of row `row`, stored as the layout asks: fp32 at [row, g] of the strided
-// scales, or its UE8M0 byte in the packed layout (RowOpParams::packed_ue8m0_scales). In the packed
-// layout the writer of a row's last group also zeroes the unused bytes of its int32, and the writer
-// of the last row zeroes the padding rows' bytes of its group, so every byte of the scales tensor's
-// storage is written.
+// scales, or its UE8M0 byte in the packed layout (RowOpParams::packed_ue8m0_scales). The writer of
+// the last row also zeroes its group's padding rows (RowOpParams::scale_padded_rows), and in the
+// packed layout the writer of a row's last group zeroes the unused bytes of its int32, so every
+// byte of the scales tensor's storage is written.
 FK_SCALE_FN void store_group_scale(const RowOpParams& p, int64_t row, int64_t g, float s) {
   if (!p.packed_ue8m0_scales) {
     p.scales[row * p.scale_row_stride + g * p.scale_group_stride] = s;
+    if (row == p.rows - 1)
+      for (int64_t r = p.rows; r < p.scale_padded_rows; ++r) p.scales[r * p.scale_row_stride + g * p.scale_group_stride] = 0.0f;
     return;
   }
   uint8_t* const base = reinterpret_cast<uint8_t*>(p.scales);

@@ -13,8 +13,11 @@ import torch
 _registered: set[str] = set()
 
 
-def _check_group(input: torch.Tensor, group_size: int, column_major_scales: bool) -> None:
+def _check_group(input: torch.Tensor, group_size: int, column_major_scales: bool, tma_aligned: bool = False) -> None:
     hidden = input.shape[-1]
+    torch._check(
+        not tma_aligned or column_major_scales, lambda: "fusion_kernels: tma_aligned_scales needs column_major_scales"
+    )
     torch._check(
         group_size in (32, 64, 128), lambda: f"fusion_kernels: group_size must be 32, 64 or 128, got {group_size}"
     )
@@ -105,8 +108,11 @@ def _token_scales(input: torch.Tensor) -> torch.Tensor:
     return input.new_empty((*input.shape[:-1], 1), dtype=torch.float32)
 
 
-def _group_scales(input: torch.Tensor, group_size: int, column_major_scales: bool) -> torch.Tensor:
+def _group_scales(input: torch.Tensor, group_size: int, column_major_scales: bool, tma_aligned: bool = False) -> torch.Tensor:
     groups = input.shape[-1] // group_size
+    if column_major_scales and tma_aligned:  # strides (1, rows padded to 4)
+        rows = input.shape[0]
+        return input.new_empty((groups, (rows + 3) // 4 * 4), dtype=torch.float32).t()[:rows]
     if column_major_scales:
         return input.new_empty((groups, input.shape[0]), dtype=torch.float32).t()
     return input.new_empty((*input.shape[:-1], groups), dtype=torch.float32)
@@ -132,9 +138,9 @@ def dynamic_per_token_scaled_fp8_quant(input, scale_ub, fp8_dtype):
     return _out(input, fp8_dtype), _token_scales(input)
 
 
-def per_token_group_fp8_quant(input, group_size, column_major_scales, scale_ue8m0, fp8_dtype):
-    _check_group(input, group_size, column_major_scales)
-    return _out(input, fp8_dtype), _group_scales(input, group_size, column_major_scales)
+def per_token_group_fp8_quant(input, group_size, column_major_scales, scale_ue8m0, fp8_dtype, tma_aligned_scales=False):
+    _check_group(input, group_size, column_major_scales, tma_aligned_scales)
+    return _out(input, fp8_dtype), _group_scales(input, group_size, column_major_scales, tma_aligned_scales)
 
 
 def static_scaled_int8_quant(input, scale):
@@ -166,20 +172,21 @@ def fused_add_rms_norm_dynamic_per_token_quant(input, residual, weight, epsilon,
     return _out(input, quant_dtype), _token_scales(input), _out(input, input.dtype)
 
 
-def rms_norm_per_token_group_quant(input, weight, epsilon, group_size, column_major_scales, scale_ue8m0, fp8_dtype):
+def rms_norm_per_token_group_quant(input, weight, epsilon, group_size, column_major_scales, scale_ue8m0, fp8_dtype,
+                                   tma_aligned_scales=False):  # fmt: skip
     _check_devices(input, weight=weight)
-    _check_group(input, group_size, column_major_scales)
-    return _out(input, fp8_dtype), _group_scales(input, group_size, column_major_scales)
+    _check_group(input, group_size, column_major_scales, tma_aligned_scales)
+    return _out(input, fp8_dtype), _group_scales(input, group_size, column_major_scales, tma_aligned_scales)
 
 
 def fused_add_rms_norm_per_token_group_quant(
-    input, residual, weight, epsilon, group_size, column_major_scales, scale_ue8m0, fp8_dtype
+    input, residual, weight, epsilon, group_size, column_major_scales, scale_ue8m0, fp8_dtype, tma_aligned_scales=False
 ):
     _check_devices(input, residual=residual, weight=weight)
-    _check_group(input, group_size, column_major_scales)
+    _check_group(input, group_size, column_major_scales, tma_aligned_scales)
     return (
         _out(input, fp8_dtype),
-        _group_scales(input, group_size, column_major_scales),
+        _group_scales(input, group_size, column_major_scales, tma_aligned_scales),
         _out(input, input.dtype),
     )
 

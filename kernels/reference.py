@@ -247,18 +247,31 @@ def dynamic_scaled_int8_quant(input: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def per_token_group_fp8_quant(
-    input: torch.Tensor, group_size: int, column_major_scales: bool, scale_ue8m0: bool, fp8_dtype: torch.dtype
+    input: torch.Tensor,
+    group_size: int,
+    column_major_scales: bool,
+    scale_ue8m0: bool,
+    fp8_dtype: torch.dtype,
+    tma_aligned_scales: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token-group FP8. Scales ``[..., H / G]`` row-major; column-major (2-D input): the
+    transpose of a contiguous ``[H / G, T]``; with ``tma_aligned_scales`` too, of a contiguous
+    ``[H / G, 4 * ceil(T / 4)]`` narrowed to the ``T`` rows (strides ``(1, 4 * ceil(T / 4))``,
+    DeepGEMM's sm_90 layout; the padding rows of the storage hold 0)."""
     _check_qdtype(fp8_dtype, allow_int8=False)
     hidden = input.shape[-1]
     if hidden % group_size != 0:
         raise ValueError(f"hidden size {hidden} is not divisible by group_size {group_size}")
     q, scales = _rule_quant(input, fp8_dtype, group_size, **per_token_group_rule(fp8_dtype, scale_ue8m0))
+    if tma_aligned_scales and not column_major_scales:
+        raise ValueError("tma_aligned_scales needs column_major_scales")
     if column_major_scales:
         if input.dim() != 2:
             raise ValueError("column_major_scales needs a 2-D input")
-        # The transpose of a contiguous [groups, tokens] tensor, strides (1, tokens).
-        col = torch.empty((scales.shape[1], scales.shape[0]), dtype=scales.dtype, device=scales.device).t()
+        # The transpose of a contiguous [groups, tokens (padded to 4 with TMA alignment)] tensor.
+        rows = scales.shape[0]
+        padded = (rows + 3) // 4 * 4 if tma_aligned_scales else rows
+        col = torch.zeros((scales.shape[1], padded), dtype=scales.dtype, device=scales.device).t()[:rows]
         scales = col.copy_(scales)
     return q, scales
 
@@ -366,17 +379,19 @@ def fused_add_rms_norm_dynamic_per_token_quant(input, residual, weight, epsilon,
     return q, scales, residual_out
 
 
-def rms_norm_per_token_group_quant(input, weight, epsilon, group_size, column_major_scales, scale_ue8m0, fp8_dtype):
+def rms_norm_per_token_group_quant(input, weight, epsilon, group_size, column_major_scales, scale_ue8m0, fp8_dtype,
+                                   tma_aligned_scales=False):  # fmt: skip
     return per_token_group_fp8_quant(
-        rms_norm(input, weight, epsilon), group_size, column_major_scales, scale_ue8m0, fp8_dtype
+        rms_norm(input, weight, epsilon), group_size, column_major_scales, scale_ue8m0, fp8_dtype, tma_aligned_scales
     )
 
 
 def fused_add_rms_norm_per_token_group_quant(
-    input, residual, weight, epsilon, group_size, column_major_scales, scale_ue8m0, fp8_dtype
+    input, residual, weight, epsilon, group_size, column_major_scales, scale_ue8m0, fp8_dtype, tma_aligned_scales=False
 ):
     y, residual_out = fused_add_rms_norm(input, residual, weight, epsilon)
-    q, scales = per_token_group_fp8_quant(y, group_size, column_major_scales, scale_ue8m0, fp8_dtype)
+    q, scales = per_token_group_fp8_quant(y, group_size, column_major_scales, scale_ue8m0, fp8_dtype,
+                                          tma_aligned_scales)  # fmt: skip
     return q, scales, residual_out
 
 

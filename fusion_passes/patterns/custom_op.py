@@ -73,7 +73,8 @@ def _fp8_token_tail(q, eps):
 
 
 def _fp8_group_tail(q, eps):
-    return (eps, q["group_size"], q["column_major_scales"], q["scale_ue8m0"], q["fp8_dtype"])
+    return (eps, q["group_size"], q["column_major_scales"], q["scale_ue8m0"], q["fp8_dtype"],
+            bool(q.get("tma_aligned_scales")))  # fmt: skip
 
 
 def _int8_static_tail(q, eps):

@@ -12,8 +12,8 @@ The quant ops, and the fused op that computes what each computes:
 * vLLM ``_C.static_scaled_fp8_quant`` -> ``rms_norm_static_fp8_quant``;
   ``_C.dynamic_per_token_scaled_fp8_quant`` (floor ``1 / (448 * 512)`` on the scale, ``scale_ub``)
   -> ``rms_norm_dynamic_per_token_quant``; ``_C.per_token_group_fp8_quant`` (its ``eps`` floors
-  the group absmax) -> ``rms_norm_per_token_group_quant`` when ``eps`` is 1e-10 and the range is
-  the dtype's, else the rule op. vLLM's e4m3fnuz range is +-224 (ours +-240): refused there.
+  the group absmax) -> ``rms_norm_per_token_group_quant`` (row-major, column-major or TMA-aligned
+  column-major scales) when ``eps`` is 1e-10 and the range is the dtype's, else the rule op. vLLM's e4m3fnuz range is +-224 (ours +-240): refused there.
 * vLLM ``_C.per_token_group_fp8_quant_packed`` (its DeepGEMM path on sm_100: UE8M0 scales packed
   four to an int32 ``[rows, ceil(groups / 4)]``, MN-major, strides ``(1, 4 * ceil(rows / 4))``)
   -> ``rms_norm_per_token_group_quant_packed`` when ``eps`` is 1e-10, the range +-448
@@ -283,7 +283,10 @@ class ForeignMatcher:
         if quant is F.VLLM_GROUP_FP8_PACKED:
             return self._packed_plan(call, x_val, residual, eps, dtype, size, same_floor, q_readers)
         s_val = call.value("output_s")
-        column_major = _column_major(s_val) and not _row_major(s_val)
+        # column-major, or column-major with the columns padded to 4 rows (TMA-aligned: DeepGEMM's
+        # sm_90 layout, what vLLM allocates with tma_aligned_scales)
+        tma = _tma_aligned(s_val) and not _column_major(s_val)
+        column_major = (_column_major(s_val) or tma) and not _row_major(s_val)
         if not (column_major or _row_major(s_val)) or s_val.dtype != torch.float32:
             raise Refusal("unsupported_scale_layout", f"{s_val.dtype}{tuple(s_val.shape)} strides {s_val.stride()}")
         if column_major and (x_val.dim() != 2 or view is not None):
@@ -292,7 +295,7 @@ class ForeignMatcher:
         ue8m0 = bool(a["scale_ue8m0"])
         legacy = self.registry.fused_ops.get((QuantKey(dtype, Scheme.PER_GROUP, size), residual))
         if legacy is not None and same_floor and hi == torch.finfo(dtype).max:
-            return _Plan(legacy, (eps, size, column_major, ue8m0, dtype), readers)
+            return _Plan(legacy, (eps, size, column_major, ue8m0, dtype, tma), readers)
         if column_major:
             raise Refusal("unsupported_scale_layout", f"column-major scales with absmax floor {floor}")
         tail = (eps, dtype, size, hi, float(floor), 0.0, 0.0, torch.float32, ue8m0)
@@ -425,6 +428,11 @@ def _row_major(t: torch.Tensor) -> bool:
 
 def _column_major(t: torch.Tensor) -> bool:
     return t.dim() == 2 and statically_known_true(sym_eq(tuple(t.stride()), (1, t.shape[0])))
+
+
+def _tma_aligned(t: torch.Tensor) -> bool:
+    """Column-major with the columns padded to a multiple of 4 rows (16 bytes of fp32)."""
+    return t.dim() == 2 and statically_known_true(sym_eq(tuple(t.stride()), (1, (t.shape[0] + 3) // 4 * 4)))
 
 
 def _erase_unused(graph: fx.Graph, nodes: list[fx.Node]) -> None:

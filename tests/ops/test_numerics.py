@@ -86,15 +86,21 @@ def test_group_op_matches_reference(op_name, dt, group_size, device):
 
 
 @pytest.mark.parametrize("op_name", [n for n in GROUP_OPS if not n.endswith("_packed")])
-@pytest.mark.parametrize("column_major, ue8m0", [(True, False), (False, True), (True, True)])
-def test_group_scale_layouts_element_by_element(op_name, column_major, ue8m0, device):
+@pytest.mark.parametrize("column_major, ue8m0, tma", [(True, False, False), (False, True, False), (True, True, False),
+                                                      (True, False, True), (True, True, True)])  # fmt: skip
+def test_group_scale_layouts_element_by_element(op_name, column_major, ue8m0, tma, device):
     for tokens in [(1,), (7,), (33,)]:
         args = make_args(op_name, tokens, 512, torch.bfloat16, device, group_size=128,
-                         column_major_scales=column_major, scale_ue8m0=ue8m0)  # fmt: skip
+                         column_major_scales=column_major, scale_ue8m0=ue8m0, tma_aligned_scales=tma)  # fmt: skip
         q, scales = getattr(ops, op_name)(*args)[:2]
         ref_q, ref_scales = reference_of(op_name)(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))[:2]
         assert scales.shape == (tokens[0], 4)
-        if column_major:
+        if tma:  # DeepGEMM's sm_90 layout: the columns padded to 4 rows, the padding written 0
+            padded = (tokens[0] + 3) // 4 * 4
+            assert scales.stride() == (1, padded)
+            storage = torch.as_strided(scales, (padded, 4), (1, padded)).cpu()
+            assert not bool(storage[tokens[0]:].any()), "the padding rows must hold 0"
+        elif column_major:
             assert scales.stride() == (1, tokens[0]), "scales must be the transpose of a contiguous [groups, tokens]"
             assert scales.t().is_contiguous()
         else:

@@ -18,15 +18,15 @@ SCHEMAS = {
     "fused_add_rms_norm": "fusion_kernels::fused_add_rms_norm(Tensor input, Tensor residual, Tensor weight, float epsilon) -> (Tensor out, Tensor residual_out)",
     "static_scaled_fp8_quant": "fusion_kernels::static_scaled_fp8_quant(Tensor input, Tensor scale, ScalarType fp8_dtype) -> Tensor",
     "dynamic_per_token_scaled_fp8_quant": "fusion_kernels::dynamic_per_token_scaled_fp8_quant(Tensor input, Tensor? scale_ub, ScalarType fp8_dtype) -> (Tensor out, Tensor scales)",
-    "per_token_group_fp8_quant": "fusion_kernels::per_token_group_fp8_quant(Tensor input, int group_size, bool column_major_scales, bool scale_ue8m0, ScalarType fp8_dtype) -> (Tensor out, Tensor scales)",
+    "per_token_group_fp8_quant": "fusion_kernels::per_token_group_fp8_quant(Tensor input, int group_size, bool column_major_scales, bool scale_ue8m0, ScalarType fp8_dtype, bool tma_aligned_scales=False) -> (Tensor out, Tensor scales)",
     "static_scaled_int8_quant": "fusion_kernels::static_scaled_int8_quant(Tensor input, Tensor scale) -> Tensor",
     "dynamic_scaled_int8_quant": "fusion_kernels::dynamic_scaled_int8_quant(Tensor input) -> (Tensor out, Tensor scales)",
     "rms_norm_static_fp8_quant": "fusion_kernels::rms_norm_static_fp8_quant(Tensor input, Tensor weight, Tensor scale, float epsilon, ScalarType fp8_dtype) -> Tensor",
     "fused_add_rms_norm_static_fp8_quant": "fusion_kernels::fused_add_rms_norm_static_fp8_quant(Tensor input, Tensor residual, Tensor weight, Tensor scale, float epsilon, ScalarType fp8_dtype) -> (Tensor out, Tensor residual_out)",
     "rms_norm_dynamic_per_token_quant": "fusion_kernels::rms_norm_dynamic_per_token_quant(Tensor input, Tensor weight, float epsilon, ScalarType quant_dtype, Tensor? scale_ub) -> (Tensor out, Tensor scales)",
     "fused_add_rms_norm_dynamic_per_token_quant": "fusion_kernels::fused_add_rms_norm_dynamic_per_token_quant(Tensor input, Tensor residual, Tensor weight, float epsilon, ScalarType quant_dtype, Tensor? scale_ub) -> (Tensor out, Tensor scales, Tensor residual_out)",
-    "rms_norm_per_token_group_quant": "fusion_kernels::rms_norm_per_token_group_quant(Tensor input, Tensor weight, float epsilon, int group_size, bool column_major_scales, bool scale_ue8m0, ScalarType fp8_dtype) -> (Tensor out, Tensor scales)",
-    "fused_add_rms_norm_per_token_group_quant": "fusion_kernels::fused_add_rms_norm_per_token_group_quant(Tensor input, Tensor residual, Tensor weight, float epsilon, int group_size, bool column_major_scales, bool scale_ue8m0, ScalarType fp8_dtype) -> (Tensor out, Tensor scales, Tensor residual_out)",
+    "rms_norm_per_token_group_quant": "fusion_kernels::rms_norm_per_token_group_quant(Tensor input, Tensor weight, float epsilon, int group_size, bool column_major_scales, bool scale_ue8m0, ScalarType fp8_dtype, bool tma_aligned_scales=False) -> (Tensor out, Tensor scales)",
+    "fused_add_rms_norm_per_token_group_quant": "fusion_kernels::fused_add_rms_norm_per_token_group_quant(Tensor input, Tensor residual, Tensor weight, float epsilon, int group_size, bool column_major_scales, bool scale_ue8m0, ScalarType fp8_dtype, bool tma_aligned_scales=False) -> (Tensor out, Tensor scales, Tensor residual_out)",
     "per_token_group_fp8_quant_packed": "fusion_kernels::per_token_group_fp8_quant_packed(Tensor input, int group_size, ScalarType fp8_dtype) -> (Tensor out, Tensor scales)",
     "rms_norm_per_token_group_quant_packed": "fusion_kernels::rms_norm_per_token_group_quant_packed(Tensor input, Tensor weight, float epsilon, int group_size, ScalarType fp8_dtype) -> (Tensor out, Tensor scales)",
     "fused_add_rms_norm_per_token_group_quant_packed": "fusion_kernels::fused_add_rms_norm_per_token_group_quant_packed(Tensor input, Tensor residual, Tensor weight, float epsilon, int group_size, ScalarType fp8_dtype) -> (Tensor out, Tensor scales, Tensor residual_out)",
@@ -202,6 +202,9 @@ def test_bad_group(op_name):
             **({"weight": torch.randn(96, dtype=torch.bfloat16)} if "rms_norm" in op_name else {}))  # fmt: skip
     with pytest.raises(RuntimeError, match="group_size must be 32, 64 or 128, got 48"):
         _call(op_name, group_size=48)
+    if "tma_aligned_scales" in _arg_names(op_name):
+        with pytest.raises(RuntimeError, match="tma_aligned_scales needs column_major_scales"):
+            _call(op_name, tma_aligned_scales=True)
     if "column_major_scales" not in _arg_names(op_name):
         return
     with pytest.raises(RuntimeError, match="column_major_scales needs a 2-D input"):

@@ -69,6 +69,9 @@ FAMILIES = {
                      "rms_norm_per_token_group_quant", "fused_add_rms_norm_per_token_group_quant"),
     "fp8_group64_colmajor_ue8m0": (lambda y, s, ub: ops.per_token_group_fp8_quant(y, 64, True, True, FP8),
                                    "rms_norm_per_token_group_quant", "fused_add_rms_norm_per_token_group_quant"),
+    # column-major scales with TMA-aligned (padded to 4 rows) columns: DeepGEMM's sm_90 layout
+    "fp8_group128_colmajor_tma": (lambda y, s, ub: ops.per_token_group_fp8_quant(y, 128, True, False, FP8, True),
+                                  "rms_norm_per_token_group_quant", "fused_add_rms_norm_per_token_group_quant"),
     # UE8M0 scales packed for DeepGEMM (int32 over the flattened rows)
     "fp8_group128_packed": (lambda y, s, ub: ops.per_token_group_fp8_quant_packed(y, 128, FP8),
                             "rms_norm_per_token_group_quant_packed", "fused_add_rms_norm_per_token_group_quant_packed"),

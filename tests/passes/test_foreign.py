@@ -282,13 +282,17 @@ def vllm_add_per_token(x, r, w, s):
     return out, scales, r
 
 
-def vllm_group(column_major=False, ue8m0=False, eps=1e-10, group=128):
+def vllm_group(column_major=False, ue8m0=False, eps=1e-10, group=128, tma=False):
     def fn(x, r, w, s):
         h = x * 2
         torch.ops._C.fused_add_rms_norm(h, r, w, EPS)
         out = torch.empty(h.shape, dtype=FP8)
         groups = h.shape[-1] // group
-        scales = torch.empty(groups, h.shape[0]).t() if column_major else torch.empty(h.shape[0], groups)
+        if tma:  # vLLM's tma_aligned_scales: column-major, the columns padded to 4 rows
+            m = h.shape[0]
+            scales = torch.empty_strided((m, groups), (1, (m + 3) // 4 * 4))
+        else:
+            scales = torch.empty(groups, h.shape[0]).t() if column_major else torch.empty(h.shape[0], groups)
         torch.ops._C.per_token_group_fp8_quant(h, out, scales, group, eps, -448.0, 448.0, ue8m0, False, False)
         return out, scales, r
 
@@ -370,12 +374,13 @@ def test_vllm_two_layers_every_reader_of_the_mutated_buffers_is_rewired(ops):
     assert_equivalent(got[:3], expected[:3], exact=(2,))
 
 
-@pytest.mark.parametrize("column_major", [False, True], ids=["row_major", "column_major"])
+@pytest.mark.parametrize("column_major, tma, tokens", [(False, False, 16), (True, False, 16), (True, True, 15)],
+                         ids=["row_major", "column_major", "tma_aligned"])  # fmt: skip
 @pytest.mark.parametrize("ue8m0", [False, True])
-def test_vllm_group_quant_is_fused_with_its_scale_layout(ops, column_major, ue8m0):
-    x, r, w = inputs(tokens=16, hidden=512)
+def test_vllm_group_quant_is_fused_with_its_scale_layout(ops, column_major, tma, tokens, ue8m0):
+    x, r, w = inputs(tokens=tokens, hidden=512)
     args = (x, r, w, None)
-    fn = vllm_group(column_major, ue8m0)
+    fn = vllm_group(column_major, ue8m0, tma=tma)
     p = FusionPass()
     gm, got = run_pass(fn, clones(args), p)
     assert op_counts(gm) == {"fused_add_rms_norm_per_token_group_quant": 1}, p.report
