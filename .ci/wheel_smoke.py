@@ -33,7 +33,7 @@ for device in devices:
         a = make_args(name, (7,), 256, torch.bfloat16, device, **kw)
         out = getattr(torch.ops.fusion_kernels, name)(*a)
         exp = reference_of(name)(*a)
-        assert_outputs_match(name, out, exp, torch.bfloat16)
+        assert_outputs_match(name, out, exp, torch.bfloat16, group_size=kw.get("group_size"))
     print(f"{device}: {len(fusion_kernels.OP_NAMES)} ops match the reference")
 p = fusion_passes.FusionPass()
 assert p.report.active_patterns and "prebuilt" in p.report.library, p.report.library

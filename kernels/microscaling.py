@@ -596,7 +596,7 @@ def deepgemm_unpack_ue8m0_scales(packed: torch.Tensor, groups: int) -> torch.Ten
         raise ValueError(f"packed must be [..., MN, ceil({groups} / 4)], got shape {tuple(packed.shape)}")
     w = packed.to(torch.int64) & 0xFFFFFFFF
     quads = torch.stack([(w >> (8 * t)) & 0xFF for t in range(4)], dim=-1)
-    return quads.reshape(*packed.shape[:-1], -1)[..., :groups].to(torch.uint8).contiguous()
+    return quads.reshape(*packed.shape[:-1], 4 * packed.shape[-1])[..., :groups].to(torch.uint8).contiguous()
 
 
 # --- fused ops: the composition of reference.rms_norm / fused_add_rms_norm and the quantizers --

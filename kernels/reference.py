@@ -63,7 +63,6 @@ __all__ = [
     "per_token_group_fp8_quant_packed",
     "rms_norm_per_token_group_quant_packed",
     "fused_add_rms_norm_per_token_group_quant_packed",
-    "pack_ue8m0_scales",
     "dynamic_quant",
     "rms_norm_dynamic_quant",
     "fused_add_rms_norm_dynamic_quant",
@@ -276,36 +275,16 @@ def per_token_group_fp8_quant(
     return q, scales
 
 
-def pack_ue8m0_scales(scales: torch.Tensor) -> torch.Tensor:
-    """Power-of-two fp32 scales ``[rows, groups]`` in the packed UE8M0 layout that DeepGEMM's FP8
-    GEMMs read on sm_100 (its ``get_mn_major_tma_aligned_packed_ue8m0_tensor``):
-
-    * each scale's UE8M0 byte is its fp32 exponent field (``bits >> 23``; the scales are powers of
-      two, so no information is lost; a NaN or infinite scale gives 0xFF, the UE8M0 NaN);
-    * four consecutive groups share one int32, group ``4k + j`` in byte ``j`` (little-endian:
-      bits ``8j .. 8j + 7``); groups past the last are 0 bytes;
-    * the result is int32 ``[rows, ceil(groups / 4)]``, MN-major: strides ``(1, padded)`` with
-      ``padded = 4 * ceil(rows / 4)`` (16-byte aligned columns, as TMA needs). The padding rows of
-      the storage hold 0.
-    """
-    rows, groups = scales.shape
-    packed_k, padded = (groups + 3) // 4, (rows + 3) // 4 * 4
-    e = ((scales.float().contiguous().view(torch.int32) >> 23) & 0xFF).to(torch.uint8)
-    full = torch.zeros((padded, packed_k * 4), dtype=torch.uint8, device=scales.device)
-    full[:rows, :groups] = e
-    words = full.reshape(padded, packed_k, 4).view(torch.int32).reshape(padded, packed_k)
-    # The transpose of a contiguous [packed_k, padded] tensor, narrowed to the real rows.
-    out = torch.empty((packed_k, padded), dtype=torch.int32, device=scales.device).t()
-    return out.copy_(words)[:rows]
-
-
 def per_token_group_fp8_quant_packed(
     input: torch.Tensor, group_size: int, fp8_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`per_token_group_fp8_quant` with UE8M0 scales, the scales packed for DeepGEMM
-    (:func:`pack_ue8m0_scales`) over the rows of the flattened input ``[numel / H, H]``."""
+    (``deepgemm_pack_ue8m0_scales``, microscaling.py) over the rows of the flattened input
+    ``[numel / H, H]``. Each scale's byte is its fp32 exponent field (the scales are powers of
+    two; a NaN or infinite scale gives 0xFF, the UE8M0 NaN)."""
     q, scales = per_token_group_fp8_quant(input, group_size, False, True, fp8_dtype)
-    return q, pack_ue8m0_scales(scales.reshape(-1, scales.shape[-1]))
+    byte = ((scales.reshape(-1, scales.shape[-1]).view(torch.int32) >> 23) & 0xFF).to(torch.uint8)
+    return q, deepgemm_pack_ue8m0_scales(byte)  # noqa: F405 (from .microscaling, below)
 
 
 def _rule_quant(

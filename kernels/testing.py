@@ -214,11 +214,11 @@ OUTPUT_KINDS: dict[str, tuple[str, ...]] = {
 }
 
 def unpack_ue8m0_scales(packed: torch.Tensor, groups: int) -> torch.Tensor:
-    """The fp32 scales ``[rows, groups]`` that packed UE8M0 scales (``reference.pack_ue8m0_scales``)
-    hold: byte ``j`` of int32 ``[row, k]`` is group ``4k + j``'s exponent; 0xFF is NaN."""
-    b = torch.stack([(packed >> (8 * j)) & 0xFF for j in range(4)], dim=-1).reshape(packed.shape[0], 4 * packed.shape[1])[:, :groups]
-    f = (b.to(torch.int32) << 23).view(torch.float32)
-    return torch.where(b == 0xFF, torch.full_like(f, float("nan")), f)
+    """The fp32 scales ``[rows, groups]`` that DeepGEMM-packed UE8M0 scales hold (their bytes by
+    ``deepgemm_unpack_ue8m0_scales``, valued by ``e8m0_to_f32``; 0xFF is NaN)."""
+    from fusion_kernels.microscaling import deepgemm_unpack_ue8m0_scales, e8m0_to_f32
+
+    return e8m0_to_f32(deepgemm_unpack_ue8m0_scales(packed, groups))
 
 
 #: Tolerance for the normalized output: two roundings of the input dtype (relative). The row's
@@ -234,12 +234,13 @@ def assert_outputs_match(
     input_dtype: torch.dtype,
     max_fraction: float = 0.01,
     scale_dtype: torch.dtype = torch.float32,
-    group_size: int = 128,
+    group_size: int | None = None,
 ) -> None:
     """Compare an op's outputs with the reference's, each by its kind (see OUTPUT_KINDS).
 
-    ``group_size``: the packed ops' group size (their packed scales are compared as the fp32
-    scales they hold, after both layouts are checked).
+    ``group_size``: the packed ops' group size, required for them (their packed scales are
+    compared as the fp32 scales they hold, after both layouts are checked; the packed columns do
+    not say how many groups they hold).
 
     ``scale_dtype``: what a rule op rounded its scales to; a scale within tolerance of the
     reference's before that rounding may round to the neighbouring value of that dtype, so the
@@ -251,6 +252,8 @@ def assert_outputs_match(
     scales = None
     if "packed_scales" in kinds:  # compared as the fp32 scales they pack (both layouts checked first)
         si = kinds.index("packed_scales")
+        if group_size is None:
+            raise ValueError(f"{op_name}: comparing packed scales needs the call's group_size")
         groups = expected[0].shape[-1] // group_size
         for t, name in ((actual[si], "actual"), (expected[si], "expected")):
             assert t.dtype == torch.int32 and t.stride() == expected[si].stride() or t.shape[0] == 0, (

@@ -63,7 +63,7 @@ def test_packed_is_the_ue8m0_group_op_in_deepgemms_layout(rows, hidden, group):
     packed_k = (hidden // group + 3) // 4
     assert packed.dtype == torch.int32 and packed.shape == (rows, packed_k)
     assert packed.stride() == (1, _padded(rows)), "MN-major, 16-byte aligned columns"
-    assert torch.equal(packed, reference.pack_ue8m0_scales(s0))
+    assert torch.equal(packed, reference.deepgemm_pack_ue8m0_scales(s0))
     assert torch.equal(_storage(packed), _deepgemm_pack(s0)), "DeepGEMM's packing of the same scales"
     assert torch.equal(unpack_ue8m0_scales(packed, hidden // group), s0)
 

@@ -89,7 +89,8 @@ def test_every_op_under_torch_compile_fullgraph(device, fresh_dynamo):
             assert torch.equal(x.view(torch.uint8) if x.element_size() == 1 else x,
                                y.view(torch.uint8) if y.element_size() == 1 else y), name  # fmt: skip
         expected = reference_of(name)(*[t.cpu() if isinstance(t, torch.Tensor) else t for t in cases[name]])
-        assert_outputs_match(name, tuple(t.cpu() for t in a) if len(a) > 1 else a[0].cpu(), expected, torch.bfloat16)
+        assert_outputs_match(name, tuple(t.cpu() for t in a) if len(a) > 1 else a[0].cpu(), expected, torch.bfloat16,
+                             group_size=64)
 
 
 # --- bad input ------------------------------------------------------------------------------------

@@ -223,13 +223,18 @@ def _mx_quantizer(amax: fx.Node, view: fx.Node, y: fx.Node) -> QuantMatch | None
                           "(our op clamps to the range)")  # fmt: skip
     elif not (bounds[0] == -qmax and bounds[1] == qmax):
         raise Refusal("clamp_bound_mismatch", f"{dtype} clamp [{bounds[0]}, {bounds[1]}], its range is +-{qmax:g}")
+    return mxfp8_match(q, y, dtype, mode, scale_nodes, seen)
+
+
+def mxfp8_match(q: fx.Node, y: fx.Node, dtype: torch.dtype, mode: str, scale_nodes: list, seen: list) -> QuantMatch:
+    """The match of an MXFP8 quantizer whose elements are the cast ``q`` (and its view back to
+    ``y``'s shape, if that is its one reader) and whose E8M0 scales are ``scale_nodes``."""
     seen.append(q)
     out = q
     if len(q.users) == 1 and G.is_call(only := next(iter(q.users)), G.VIEWS) and G.shape_of(only) == G.shape_of(y):
         out = only
         seen.append(out)
-    spec = MXSpec("mxfp8", dtype, mode)
-    return QuantMatch(dtype, out, None, None, scale_nodes, seen + scale_nodes, mx=spec)
+    return QuantMatch(dtype, out, None, None, scale_nodes, seen + scale_nodes, mx=MXSpec("mxfp8", dtype, mode))
 
 
 def _clamp_user(node: fx.Node, seen: list):

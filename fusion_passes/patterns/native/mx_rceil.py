@@ -10,7 +10,7 @@ import torch.fx as fx
 
 from fusion_passes.patterns import Refusal
 from fusion_passes.patterns.native import graph as G
-from fusion_passes.patterns.native.mx import MXFP8_POW2, MXSpec, _clamp_user, _last_clamp, _only
+from fusion_passes.patterns.native.mx import MXFP8_POW2, _clamp_user, _last_clamp, _only, mxfp8_match
 from fusion_passes.patterns.native.quant import QuantMatch
 
 aten = G.aten
@@ -112,13 +112,8 @@ def rceil_quantizer(div: fx.Node, view: fx.Node, y: fx.Node, seen: list) -> Quan
         raise Refusal("mx_scale_exponent_mismatch", f"rceil divides by {qmax:g}, {dtype}'s largest value is {fmax:g}")
     if not (bounds[0] == -fmax and bounds[1] == fmax):
         raise Refusal("clamp_bound_mismatch", f"{dtype} clamp [{bounds[0]}, {bounds[1]}], its range is +-{fmax:g}")
-    local.append(q)
-    out = q
-    if len(q.users) == 1 and G.is_call(only := next(iter(q.users)), G.VIEWS) and G.shape_of(only) == G.shape_of(y):
-        out = only
-        local.append(out)
     scale_nodes = [u for u in byte.users if G.is_call(u, (aten.view.dtype,)) and u.args[1] == torch.float8_e8m0fnu]
     if len(scale_nodes) != 1:
         return None
     seen += local
-    return QuantMatch(dtype, out, None, None, scale_nodes, seen + scale_nodes, mx=MXSpec("mxfp8", dtype, "rceil"))
+    return mxfp8_match(q, y, dtype, "rceil", scale_nodes, seen)
