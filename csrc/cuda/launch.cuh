@@ -327,16 +327,19 @@ void launch_quantized_as(const RowOpParams& p, cudaStream_t stream, int device) 
   }
 }
 
-// The dynamic quant modes run the RULE instantiation for the rule ops (p.rule given at run
-// time) and the fixed-rule one for the per-token and per-token-group ops.
+// The dynamic quant modes: the fixed-rule instantiation (RULE false) runs the per-token and
+// per-token-group ops, the RULE one the rule ops (p.rule given at run time). Each is in a
+// translation unit of its own (row_op_per_token[_rule].cu, row_op_per_group[_rule].cu), so that a
+// parallel build compiles them side by side.
 template <QuantMode Q>
-void launch_quantized(const RowOpParams& p, cudaStream_t stream, int device) {
-  if constexpr (FK_GPU_RULE_OPS && (Q == QuantMode::kPerToken || Q == QuantMode::kPerGroup)) {
-    if (p.rule.fixed == ScaleRule::kRuleGiven) return launch_quantized_as<Q, true>(p, stream, device);
-  }
-  if (p.rule.fixed == ScaleRule::kRuleGiven && (Q == QuantMode::kPerToken || Q == QuantMode::kPerGroup))
+void launch_rule_op(const RowOpParams& p, cudaStream_t stream, int device) {
+  static_assert(Q == QuantMode::kPerToken || Q == QuantMode::kPerGroup, "the rule ops are per-token or per-group");
+  if constexpr (FK_GPU_RULE_OPS) {
+    launch_quantized_as<Q, true>(p, stream, device);
+  } else {
+    (void)p, (void)stream, (void)device;
     throw std::runtime_error("fusion_kernels: this build has no GPU kernels for the rule ops (FK_GPU_RULE_OPS=0)");
-  launch_quantized_as<Q, false>(p, stream, device);
+  }
 }
 
 }  // namespace dev
@@ -346,6 +349,9 @@ void row_op_cuda_plain(const RowOpParams& p, cudaStream_t stream, int device);
 void row_op_cuda_static(const RowOpParams& p, cudaStream_t stream, int device);
 void row_op_cuda_per_token(const RowOpParams& p, cudaStream_t stream, int device);
 void row_op_cuda_per_group(const RowOpParams& p, cudaStream_t stream, int device);
+// The rule ops' kernels (RowOpParams::rule given at run time), called by the two above.
+void row_op_cuda_per_token_rule(const RowOpParams& p, cudaStream_t stream, int device);
+void row_op_cuda_per_group_rule(const RowOpParams& p, cudaStream_t stream, int device);
 // Pass 2 of the per-tensor quant (per_tensor.h): the tensor's absmax from the rows', its scale.
 void tensor_scale_cuda(const float* row_absmax, int64_t rows, float* scale, const ScaleRule& rule, DType out,
                        cudaStream_t stream);

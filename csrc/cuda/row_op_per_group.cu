@@ -5,7 +5,8 @@
 namespace fusion_kernels {
 
 void row_op_cuda_per_group(const RowOpParams& p, cudaStream_t stream, int device) {
-  dev::launch_quantized<QuantMode::kPerGroup>(p, stream, device);
+  if (p.rule.fixed == ScaleRule::kRuleGiven) return row_op_cuda_per_group_rule(p, stream, device);
+  dev::launch_quantized_as<QuantMode::kPerGroup, false>(p, stream, device);
 }
 
 }  // namespace fusion_kernels

@@ -5,7 +5,8 @@
 namespace fusion_kernels {
 
 void row_op_cuda_per_token(const RowOpParams& p, cudaStream_t stream, int device) {
-  dev::launch_quantized<QuantMode::kPerToken>(p, stream, device);
+  if (p.rule.fixed == ScaleRule::kRuleGiven) return row_op_cuda_per_token_rule(p, stream, device);
+  dev::launch_quantized_as<QuantMode::kPerToken, false>(p, stream, device);
 }
 
 namespace dev {

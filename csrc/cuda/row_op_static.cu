@@ -5,7 +5,7 @@
 namespace fusion_kernels {
 
 void row_op_cuda_static(const RowOpParams& p, cudaStream_t stream, int device) {
-  dev::launch_quantized<QuantMode::kStatic>(p, stream, device);
+  dev::launch_quantized_as<QuantMode::kStatic, false>(p, stream, device);
 }
 
 }  // namespace fusion_kernels

@@ -14,14 +14,16 @@ LIB_NAME = "libfusion_kernels.so"
 #: The host sources, compiled for every target (the CPU kernels and the op registrations).
 CPU_SOURCES = ("bindings.cpp", "ops.cpp", "rule_ops.cpp", "checks.cpp", "cpu/row_op_cpu.cpp", "mx_ops.cpp", "cpu/mx_cpu.cpp")
 #: The device sources, added for CUDA targets (and hipified for ROCm targets).
-GPU_SOURCES = (
-    "cuda/row_op_cuda.cu",
-    "cuda/row_op_plain.cu",
-    "cuda/row_op_static.cu",
-    "cuda/row_op_per_token.cu",
+GPU_SOURCES = (  # the longest compiles first (a parallel build starts them first)
+    "cuda/row_op_per_group_rule.cu",
     "cuda/row_op_per_group.cu",
-    "cuda/mx_cuda_fp8.cu",
+    "cuda/row_op_per_token_rule.cu",
+    "cuda/row_op_per_token.cu",
     "cuda/mx_cuda_fp4.cu",
+    "cuda/mx_cuda_fp8.cu",
+    "cuda/row_op_static.cu",
+    "cuda/row_op_plain.cu",
+    "cuda/row_op_cuda.cu",
 )
 #: CUDA architectures the kernels support (bf16 conversions need sm_80; FP8 conversions are
 #: emulated below sm_89). Used by the wheel build and documented in the README.
