@@ -24,6 +24,7 @@ constexpr float kE2m1Max = 6.0f;
 constexpr float kE4m3Max = 448.0f;
 constexpr float kE4m3MinNormal = 0x1p-6f;  // lower clamp of the NVFP4 "divisor" block scales
 constexpr float kF32MinNormal = 0x1p-126f;  // lower clamp of the divisor in floor/ceil/even
+constexpr float kF32Max = 0x1.fffffep127f;
 constexpr uint8_t kE8m0Nan = 255;
 
 // How an E8M0 block scale follows from the block's absmax (microscaling.mx_block_scale; torchao's

@@ -158,33 +158,53 @@ __device__ __forceinline__ uint32_t sign_bits(const Pack<T, V>& y) {
 __device__ __forceinline__ bool nan_bits(float v) { return (mx::bits_of(v) & 0x7FFFFFFFu) > 0x7F800000u; }
 
 // Quantizes one slot (V values of a block whose absmax is `amax`, already reduced over the
-// block's lanes; `neg`: their sign bits) and stores it; the block's first lane (`first`) stores
-// the scale byte at `scale_at`.
-template <int FMT, int V>
-__device__ __forceinline__ void quantize_slot(const MxQuantParams& p, float (&f)[V], uint32_t neg, float amax, float g,
-                                              void* q_at, uint8_t* scale_at, bool first) {
+// block's lanes; `y`: the slot's values, whose encodings give a NaN's sign) and stores it; the
+// block's first lane (`first`) stores the scale byte at `scale_at`.
+//
+// A block whose products with its factor are all finite-or-saturating numbers (the common case:
+// no NaN or Inf in the block, and for NVFP4 a factor in (0, Inf), which a zero, infinite or NaN
+// global scale breaks) takes one multiply an element and the finite conversions; every other
+// block the spec's element-by-element arithmetic, NaN handling included. Both give the same
+// bytes where the first applies: the clamp to +-6 is the e2m1 conversion's saturation, and
+// x * (1 / d) is x / d for the power-of-two divisors (BlockDivisor).
+template <int FMT, typename T, int V>
+__device__ __forceinline__ void quantize_slot(const MxQuantParams& p, float (&f)[V], const Pack<T, V>& y, float amax,
+                                              float g, void* q_at, uint8_t* scale_at, bool first) {
   const bool nan_block = amax != amax;
   // In the floor/ceil/even modes a NaN element stays itself (the division keeps it): its code is
   // the format's NaN with the element's sign. (In rceil and NVFP4 a NaN block's every element is
   // the factor's positive NaN, which the conversions give as they are.)
   const bool keep_nan_sign = FMT != kFmtNvfp4 && nan_block && p.scale_mode != mx::ScaleMode::kRceil;
+  bool slow = nan_block;
   uint8_t byte;
   if constexpr (FMT == kFmtNvfp4) {
     const mx::Nvfp4Block b = mx::nvfp4_block(amax, g, p.global_scale_is_multiplier);
     byte = b.scale;
+    slow = !(amax <= mx::kF32Max) || !(b.factor > 0.0f && b.factor <= mx::kF32Max);
+    if (!slow) {
 #pragma unroll
-    for (int k = 0; k < V; ++k) f[k] = mx::clamp_keep_nan(mx::mul_by_factor(f[k], b.factor), -mx::kE2m1Max, mx::kE2m1Max);
+      for (int k = 0; k < V; ++k) f[k] *= b.factor;
+    } else {
+#pragma unroll
+      for (int k = 0; k < V; ++k)
+        f[k] = mx::clamp_keep_nan(mx::mul_by_factor(f[k], b.factor), -mx::kE2m1Max, mx::kE2m1Max);
+    }
   } else {
     constexpr mx::ElemFormat elem = FMT == kFmtE4m3 ? mx::ElemFormat::kE4m3
                                     : FMT == kFmtE5m2 ? mx::ElemFormat::kE5m2
                                                       : mx::ElemFormat::kE2m1;
     byte = mx::mx_block_scale(amax, elem, p.scale_mode);
     const float factor = mx::mx_block_factor(byte, p.scale_mode);
-    if (p.scale_mode == mx::ScaleMode::kRceil) {
+    // (A block without a NaN has a finite, nonzero power-of-two factor.)
+    const BlockDivisor d(factor);
+    const float r = p.scale_mode == mx::ScaleMode::kRceil ? factor : d.recip;
+    if (!slow) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) f[k] *= r;
+    } else if (p.scale_mode == mx::ScaleMode::kRceil) {
 #pragma unroll
       for (int k = 0; k < V; ++k) f[k] = mx::mul_by_factor(f[k], factor);
     } else {
-      const BlockDivisor d(factor);
 #pragma unroll
       for (int k = 0; k < V; ++k) f[k] = d.apply(f[k]);
     }
@@ -194,8 +214,9 @@ __device__ __forceinline__ void quantize_slot(const MxQuantParams& p, float (&f)
     Pack<uint8_t, V> q;
     uint16_t* q2 = reinterpret_cast<uint16_t*>(q.v);
 #pragma unroll
-    for (int k = 0; k < V / 2; ++k) q2[k] = static_cast<uint16_t>(fp8_pair<FMT>(f[2 * k], f[2 * k + 1], nan_block));
+    for (int k = 0; k < V / 2; ++k) q2[k] = static_cast<uint16_t>(fp8_pair<FMT>(f[2 * k], f[2 * k + 1], slow));
     if (keep_nan_sign) {
+      const uint32_t neg = sign_bits(y);
 #pragma unroll
       for (int k = 0; k < V; ++k)
         if (nan_bits(f[k])) q.v[k] = static_cast<uint8_t>(0x7F | (((neg >> k) & 1u) << 7));
@@ -206,8 +227,9 @@ __device__ __forceinline__ void quantize_slot(const MxQuantParams& p, float (&f)
     // (floor mode), which the conversion saturates as the spec's clamp does.
     uint32_t word = 0;
 #pragma unroll
-    for (int k = 0; k < V / 2; ++k) word |= e2m1_pair(f[2 * k], f[2 * k + 1], nan_block) << (8 * k);
+    for (int k = 0; k < V / 2; ++k) word |= e2m1_pair(f[2 * k], f[2 * k + 1], slow) << (8 * k);
     if (keep_nan_sign) {
+      const uint32_t neg = sign_bits(y);
 #pragma unroll
       for (int k = 0; k < V; ++k)
         if (nan_bits(f[k])) word = (word & ~(0xFu << (4 * k))) | ((7u | (((neg >> k) & 1u) << 3)) << (4 * k));
@@ -356,11 +378,9 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
     const bool has = valid && slot < nslots;
     float f[V];
     float amax = 0.0f;
-    uint32_t neg = 0;
     if (has) {
       if constexpr (NORM) normalize(y, inv, w);
       to_floats(y, f);
-      neg = sign_bits(y);
 #pragma unroll
       for (int k = 0; k < V; ++k) amax = nan_max(fabsf(f[k]), amax);
     }
@@ -370,7 +390,7 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
       const int64_t b = slot / SB;
       const bool first = (slot & (SB - 1)) == 0;
       uint8_t* scale_at = p.scales + (p.swizzled ? mx::swizzled_offset(row, b, col_tiles) : row * cols + b);
-      quantize_slot<FMT, V>(p, f, neg, amax, g, q_row + (FP4 ? slot * (V / 2) : slot * V), scale_at, first);
+      quantize_slot<FMT>(p, f, y, amax, g, q_row + (FP4 ? slot * (V / 2) : slot * V), scale_at, first);
       // The row's columns of the last tile beyond its scales are padding: zeros.
       if (p.swizzled && first && b == cols - 1) {
         for (int64_t c = cols; c < 4 * col_tiles; ++c) p.scales[mx::swizzled_offset(row, c, col_tiles)] = 0;

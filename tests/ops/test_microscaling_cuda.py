@@ -89,6 +89,12 @@ def test_quant_edge_values_match_cpu(fmt):
         if fmt == "nvfp4":
             for g in (1e-6, 1.0, 1e6):
                 check_quant(fmt, x, mode, layout, f"{fmt} {mode} g={g}", g=torch.tensor(g))
+            # Global scales that make every block's factor 0 or NaN (the blocks then take the
+            # spec's element-by-element path on the GPU), on the finite rows only: the sign of a
+            # NaN made from 0 * Inf is the CPU's own (x86 gives a negative one, the GPU positive).
+            degenerate = (float("inf"), float("nan")) if mode == "divisor" else (0.0, float("nan"))
+            for g in degenerate:
+                check_quant(fmt, x[:-6], mode, layout, f"{fmt} {mode} g={g}", g=torch.tensor(g))
 
 
 @pytest.mark.parametrize("residual", [False, True], ids=["norm", "add_norm"])
