@@ -61,26 +61,27 @@ STABLE_TORCH_LIBRARY(fusion_kernels, m) {
   // The rule ops: the dynamic scale rule as arguments (ScaleRule, row_op.h).
   m.def(
       "dynamic_quant(Tensor input, ScalarType quant_dtype, int group_size, float divisor, float absmax_floor, "
-      "float scale_floor, float zero_scale, ScalarType scale_dtype, bool scale_ue8m0) "
+      "float scale_floor, float zero_scale, ScalarType scale_dtype, bool scale_ue8m0, bool round_quotient=False) "
       "-> (Tensor out, Tensor scales)");
   m.def(
       "rms_norm_dynamic_quant(Tensor input, Tensor weight, float epsilon, ScalarType quant_dtype, int group_size, "
       "float divisor, float absmax_floor, float scale_floor, float zero_scale, ScalarType scale_dtype, "
-      "bool scale_ue8m0) -> (Tensor out, Tensor scales)");
+      "bool scale_ue8m0, bool round_quotient=False) -> (Tensor out, Tensor scales)");
   m.def(
       "fused_add_rms_norm_dynamic_quant(Tensor input, Tensor residual, Tensor weight, float epsilon, "
       "ScalarType quant_dtype, int group_size, float divisor, float absmax_floor, float scale_floor, "
-      "float zero_scale, ScalarType scale_dtype, bool scale_ue8m0) "
+      "float zero_scale, ScalarType scale_dtype, bool scale_ue8m0, bool round_quotient=False) "
       "-> (Tensor out, Tensor scales, Tensor residual_out)");
   // Their norm-output variants: the normalised output too, for a consumer other than the quantizer.
   m.def(
       "rms_norm_dynamic_quant_with_norm_out(Tensor input, Tensor weight, float epsilon, ScalarType quant_dtype, "
       "int group_size, float divisor, float absmax_floor, float scale_floor, float zero_scale, "
-      "ScalarType scale_dtype, bool scale_ue8m0) -> (Tensor out, Tensor scales, Tensor norm_out)");
+      "ScalarType scale_dtype, bool scale_ue8m0, bool round_quotient=False) "
+      "-> (Tensor out, Tensor scales, Tensor norm_out)");
   m.def(
       "fused_add_rms_norm_dynamic_quant_with_norm_out(Tensor input, Tensor residual, Tensor weight, float epsilon, "
       "ScalarType quant_dtype, int group_size, float divisor, float absmax_floor, float scale_floor, "
-      "float zero_scale, ScalarType scale_dtype, bool scale_ue8m0) "
+      "float zero_scale, ScalarType scale_dtype, bool scale_ue8m0, bool round_quotient=False) "
       "-> (Tensor out, Tensor scales, Tensor residual_out, Tensor norm_out)");
 }
 

@@ -127,7 +127,7 @@ void check_group(const char* op, const Tensor& input, int64_t group_size, bool c
 }
 
 void check_rule(const char* op, ScalarType quant_dtype, int64_t group_size, double divisor, double absmax_floor,
-                double scale_floor, double zero_scale, ScalarType scale_dtype) {
+                double scale_floor, double zero_scale, ScalarType scale_dtype, bool round_quotient) {
   check_fp8_dtype(op, "quant_dtype", quant_dtype, true);
   FK_CHECK(group_size == -1 || group_size == 0 || group_size == 32 || group_size == 64 || group_size == 128, op,
            "group_size must be -1 (one scale for the tensor), 0 (one scale per row), 32, 64 or 128, got ", group_size);
@@ -142,6 +142,8 @@ void check_rule(const char* op, ScalarType quant_dtype, int64_t group_size, doub
   }
   FK_CHECK(scale_dtype == ScalarType::Float || scale_dtype == ScalarType::BFloat16 || scale_dtype == ScalarType::Half,
            op, "scale_dtype must be float32, bfloat16 or float16, got ", name_of(scale_dtype));
+  FK_CHECK(!round_quotient || group_size >= 0, op,
+           "round_quotient needs one scale per row or per group (group_size >= 0), got group_size ", group_size);
 }
 
 }  // namespace fusion_kernels

@@ -56,7 +56,7 @@ void check_group(const char* op, const Tensor& input, int64_t group_size, bool c
 // check_group's): the quant dtype, the group size (0: one scale per row) and the scale rule,
 // whose floats are judged as the float32 values the kernels receive (to_float32).
 void check_rule(const char* op, ScalarType quant_dtype, int64_t group_size, double divisor, double absmax_floor,
-                double scale_floor, double zero_scale, ScalarType scale_dtype);
+                double scale_floor, double zero_scale, ScalarType scale_dtype, bool round_quotient);
 
 // A schema float as the kernels receive it: rounded to float32 (to nearest even; beyond the
 // largest float32, +-Inf).

@@ -48,7 +48,7 @@ Outputs run(const char* op, const Tensor& input, const Request& r);
 // (group_size -1), per row (0) or per group. `rule` must outlive the request.
 Request rule_request(const char* op, ScaleRule& rule, ScalarType quant_dtype, int64_t group_size, double divisor,
                      double absmax_floor, double scale_floor, double zero_scale, ScalarType scale_dtype,
-                     bool scale_ue8m0);
+                     bool scale_ue8m0, bool round_quotient);
 
 }  // namespace detail
 }  // namespace fusion_kernels

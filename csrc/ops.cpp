@@ -42,14 +42,15 @@ namespace detail {
 
 Request rule_request(const char* op, ScaleRule& rule, ScalarType quant_dtype, int64_t group_size, double divisor,
                      double absmax_floor, double scale_floor, double zero_scale, ScalarType scale_dtype,
-                     bool scale_ue8m0) {
-  check_rule(op, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype);
+                     bool scale_ue8m0, bool round_quotient) {
+  check_rule(op, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype, round_quotient);
   rule.set_divisor(to_float32(divisor));
   rule.absmax_floor = to_float32(absmax_floor);
   rule.scale_floor = to_float32(scale_floor);
   rule.zero_scale = to_float32(zero_scale);
   rule.scale_dtype = *to_dtype(scale_dtype);
   rule.ue8m0 = scale_ue8m0;
+  rule.round_quotient = round_quotient;
   Request r;
   r.quant = group_size == 0 ? QuantMode::kPerToken : (group_size < 0 ? QuantMode::kPerTensor : QuantMode::kPerGroup);
   r.out_dtype = quant_dtype;

@@ -60,26 +60,26 @@ std::tuple<Tensor, Tensor> fused_add_rms_norm_static_int8_quant(Tensor input, Te
 // group_size elements, whose scale rule is given by the arguments (ScaleRule, row_op.h).
 std::tuple<Tensor, Tensor> dynamic_quant(Tensor input, ScalarType quant_dtype, int64_t group_size, double divisor,
                                          double absmax_floor, double scale_floor, double zero_scale,
-                                         ScalarType scale_dtype, bool scale_ue8m0);
+                                         ScalarType scale_dtype, bool scale_ue8m0, bool round_quotient);
 std::tuple<Tensor, Tensor> rms_norm_dynamic_quant(Tensor input, Tensor weight, double epsilon, ScalarType quant_dtype,
                                                   int64_t group_size, double divisor, double absmax_floor,
                                                   double scale_floor, double zero_scale, ScalarType scale_dtype,
-                                                  bool scale_ue8m0);
+                                                  bool scale_ue8m0, bool round_quotient);
 std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_dynamic_quant(Tensor input, Tensor residual, Tensor weight,
                                                                     double epsilon, ScalarType quant_dtype,
                                                                     int64_t group_size, double divisor,
                                                                     double absmax_floor, double scale_floor,
                                                                     double zero_scale, ScalarType scale_dtype,
-                                                                    bool scale_ue8m0);
+                                                                    bool scale_ue8m0, bool round_quotient);
 // The norm-output variants of the fused rule ops: the normalised output returned too (last).
 std::tuple<Tensor, Tensor, Tensor> rms_norm_dynamic_quant_with_norm_out(Tensor input, Tensor weight, double epsilon,
                                                                         ScalarType quant_dtype, int64_t group_size,
                                                                         double divisor, double absmax_floor,
                                                                         double scale_floor, double zero_scale,
-                                                                        ScalarType scale_dtype, bool scale_ue8m0);
+                                                                        ScalarType scale_dtype, bool scale_ue8m0, bool round_quotient);
 std::tuple<Tensor, Tensor, Tensor, Tensor> fused_add_rms_norm_dynamic_quant_with_norm_out(
     Tensor input, Tensor residual, Tensor weight, double epsilon, ScalarType quant_dtype, int64_t group_size,
     double divisor, double absmax_floor, double scale_floor, double zero_scale, ScalarType scale_dtype,
-    bool scale_ue8m0);
+    bool scale_ue8m0, bool round_quotient);
 
 }  // namespace fusion_kernels

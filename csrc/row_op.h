@@ -65,6 +65,10 @@ struct ScaleRule {
   float zero_scale = 0.0f;  // >= 0
   DType scale_dtype = DType::kFloat32;  // kFloat32 (no rounding), kBFloat16 or kFloat16
   bool ue8m0 = false;
+  // The quotient y * (1 / s) rounded to the input's dtype (to nearest even) before the cast to
+  // the quant dtype, as plain torch computes `y / scale` in a 16-bit model (compressed-tensors'
+  // quantizer). Per row or per group only (the rule ops' check).
+  bool round_quotient = false;
   // Set by per_token_rule / group_rule: the GPU then runs the fixed-rule instantiation of its
   // kernels (the rule a compile-time constant, launch.cuh), which compiles as the kernels did
   // before the rule ops; kRuleGiven (the rule ops): the RULE instantiation, p.rule at run time.

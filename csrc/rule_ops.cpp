@@ -14,11 +14,11 @@ using detail::run;
 
 std::tuple<Tensor, Tensor> dynamic_quant(Tensor input, ScalarType quant_dtype, int64_t group_size, double divisor,
                                          double absmax_floor, double scale_floor, double zero_scale,
-                                         ScalarType scale_dtype, bool scale_ue8m0) {
+                                         ScalarType scale_dtype, bool scale_ue8m0, bool round_quotient) {
   const char* op = "dynamic_quant";
   ScaleRule rule;
   Request r = rule_request(op, rule, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
-                           scale_dtype, scale_ue8m0);
+                           scale_dtype, scale_ue8m0, round_quotient);
   Outputs o = run(op, input, r);
   return {o.out, o.scales};
 }
@@ -26,11 +26,11 @@ std::tuple<Tensor, Tensor> dynamic_quant(Tensor input, ScalarType quant_dtype, i
 std::tuple<Tensor, Tensor> rms_norm_dynamic_quant(Tensor input, Tensor weight, double epsilon, ScalarType quant_dtype,
                                                   int64_t group_size, double divisor, double absmax_floor,
                                                   double scale_floor, double zero_scale, ScalarType scale_dtype,
-                                                  bool scale_ue8m0) {
+                                                  bool scale_ue8m0, bool round_quotient) {
   const char* op = "rms_norm_dynamic_quant";
   ScaleRule rule;
   Request r = rule_request(op, rule, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
-                           scale_dtype, scale_ue8m0);
+                           scale_dtype, scale_ue8m0, round_quotient);
   r.weight = &weight;
   r.epsilon = epsilon;
   Outputs o = run(op, input, r);
@@ -42,11 +42,11 @@ std::tuple<Tensor, Tensor, Tensor> fused_add_rms_norm_dynamic_quant(Tensor input
                                                                     int64_t group_size, double divisor,
                                                                     double absmax_floor, double scale_floor,
                                                                     double zero_scale, ScalarType scale_dtype,
-                                                                    bool scale_ue8m0) {
+                                                                    bool scale_ue8m0, bool round_quotient) {
   const char* op = "fused_add_rms_norm_dynamic_quant";
   ScaleRule rule;
   Request r = rule_request(op, rule, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
-                           scale_dtype, scale_ue8m0);
+                           scale_dtype, scale_ue8m0, round_quotient);
   r.residual = &residual;
   r.weight = &weight;
   r.epsilon = epsilon;
@@ -58,11 +58,11 @@ std::tuple<Tensor, Tensor, Tensor> rms_norm_dynamic_quant_with_norm_out(Tensor i
                                                                         ScalarType quant_dtype, int64_t group_size,
                                                                         double divisor, double absmax_floor,
                                                                         double scale_floor, double zero_scale,
-                                                                        ScalarType scale_dtype, bool scale_ue8m0) {
+                                                                        ScalarType scale_dtype, bool scale_ue8m0, bool round_quotient) {
   const char* op = "rms_norm_dynamic_quant_with_norm_out";
   ScaleRule rule;
   Request r = rule_request(op, rule, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
-                           scale_dtype, scale_ue8m0);
+                           scale_dtype, scale_ue8m0, round_quotient);
   r.weight = &weight;
   r.epsilon = epsilon;
   r.norm_out = true;
@@ -73,11 +73,11 @@ std::tuple<Tensor, Tensor, Tensor> rms_norm_dynamic_quant_with_norm_out(Tensor i
 std::tuple<Tensor, Tensor, Tensor, Tensor> fused_add_rms_norm_dynamic_quant_with_norm_out(
     Tensor input, Tensor residual, Tensor weight, double epsilon, ScalarType quant_dtype, int64_t group_size,
     double divisor, double absmax_floor, double scale_floor, double zero_scale, ScalarType scale_dtype,
-    bool scale_ue8m0) {
+    bool scale_ue8m0, bool round_quotient) {
   const char* op = "fused_add_rms_norm_dynamic_quant_with_norm_out";
   ScaleRule rule;
   Request r = rule_request(op, rule, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
-                           scale_dtype, scale_ue8m0);
+                           scale_dtype, scale_ue8m0, round_quotient);
   r.residual = &residual;
   r.weight = &weight;
   r.epsilon = epsilon;

@@ -45,7 +45,8 @@ def _f32(v: float) -> float:
     return float(torch.tensor(v, dtype=torch.float64).to(torch.float32))
 
 
-def _check_rule(input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype) -> None:
+def _check_rule(input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype,
+                round_quotient=False) -> None:  # fmt: skip
     # The same checks as the kernels' host code, with the same messages, at trace time.
     torch._check(
         quant_dtype in _QUANT_DTYPES,
@@ -83,6 +84,13 @@ def _check_rule(input, quant_dtype, group_size, divisor, absmax_floor, scale_flo
     torch._check(
         scale_dtype in _SCALE_DTYPES,
         lambda: f"fusion_kernels: scale_dtype must be float32, bfloat16 or float16, got {scale_dtype}",
+    )
+    torch._check(
+        not round_quotient or group_size >= 0,
+        lambda: (
+            "fusion_kernels: round_quotient needs one scale per row or per group (group_size >= 0), "
+            f"got group_size {group_size}"
+        ),
     )
 
 
@@ -215,37 +223,43 @@ def fused_add_rms_norm_static_int8_quant(input, residual, weight, scale, epsilon
 
 
 def dynamic_quant(input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype,
-                  scale_ue8m0):  # fmt: skip
-    _check_rule(input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype)
+                  scale_ue8m0, round_quotient=False):  # fmt: skip
+    _check_rule(input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype,
+                round_quotient)  # fmt: skip
     return _out(input, quant_dtype), _rule_scales(input, group_size)
 
 
 def rms_norm_dynamic_quant(input, weight, epsilon, quant_dtype, group_size, divisor, absmax_floor, scale_floor,
-                           zero_scale, scale_dtype, scale_ue8m0):  # fmt: skip
+                           zero_scale, scale_dtype, scale_ue8m0, round_quotient=False):  # fmt: skip
     _check_devices(input, weight=weight)
-    _check_rule(input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype)
+    _check_rule(input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype,
+                round_quotient)  # fmt: skip
     return _out(input, quant_dtype), _rule_scales(input, group_size)
 
 
 def fused_add_rms_norm_dynamic_quant(input, residual, weight, epsilon, quant_dtype, group_size, divisor,
-                                     absmax_floor, scale_floor, zero_scale, scale_dtype, scale_ue8m0):  # fmt: skip
+                                     absmax_floor, scale_floor, zero_scale, scale_dtype, scale_ue8m0,
+                                     round_quotient=False):  # fmt: skip
     _check_devices(input, residual=residual, weight=weight)
-    _check_rule(input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype)
+    _check_rule(input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype,
+                round_quotient)  # fmt: skip
     return _out(input, quant_dtype), _rule_scales(input, group_size), _out(input, input.dtype)
 
 
 def rms_norm_dynamic_quant_with_norm_out(input, weight, epsilon, quant_dtype, group_size, divisor, absmax_floor,
-                                         scale_floor, zero_scale, scale_dtype, scale_ue8m0):  # fmt: skip
+                                         scale_floor, zero_scale, scale_dtype, scale_ue8m0,
+                                         round_quotient=False):  # fmt: skip
     return (*rms_norm_dynamic_quant(input, weight, epsilon, quant_dtype, group_size, divisor, absmax_floor,
-                                    scale_floor, zero_scale, scale_dtype, scale_ue8m0),
+                                    scale_floor, zero_scale, scale_dtype, scale_ue8m0, round_quotient),
             _out(input, input.dtype))  # fmt: skip
 
 
 def fused_add_rms_norm_dynamic_quant_with_norm_out(input, residual, weight, epsilon, quant_dtype, group_size, divisor,
                                                    absmax_floor, scale_floor, zero_scale, scale_dtype,
-                                                   scale_ue8m0):  # fmt: skip
+                                                   scale_ue8m0, round_quotient=False):  # fmt: skip
     return (*fused_add_rms_norm_dynamic_quant(input, residual, weight, epsilon, quant_dtype, group_size, divisor,
-                                              absmax_floor, scale_floor, zero_scale, scale_dtype, scale_ue8m0),
+                                              absmax_floor, scale_floor, zero_scale, scale_dtype, scale_ue8m0,
+                                              round_quotient),
             _out(input, input.dtype))  # fmt: skip
 
 

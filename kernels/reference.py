@@ -288,7 +288,8 @@ def per_token_group_fp8_quant_packed(
 
 
 def _rule_quant(
-    input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype, scale_ue8m0
+    input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype, scale_ue8m0,
+    round_quotient=False,
 ):
     if group_size < 0:  # one scale for the tensor: the absmax of all of it (0 for no elements)
         x = input.float()
@@ -300,7 +301,10 @@ def _rule_quant(
     x = input.float().reshape(*input.shape[:-1], groups, size)
     amax = x.abs().amax(dim=-1, keepdim=True)
     scales = dynamic_scale(amax, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype, scale_ue8m0)
-    q = _clamp_cast(_scaled(x, scales), quant_dtype).reshape(input.shape)
+    v = _scaled(x, scales)
+    if round_quotient:  # rounded to the input's dtype first, as `y / scale` in a 16-bit model
+        v = v.to(input.dtype).float()
+    q = _clamp_cast(v, quant_dtype).reshape(input.shape)
     return q, scales.squeeze(-1).contiguous()
 
 
@@ -314,12 +318,18 @@ def dynamic_quant(
     zero_scale: float,
     scale_dtype: torch.dtype,
     scale_ue8m0: bool,
+    round_quotient: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic quantization with the scale rule given by parameters (:func:`dynamic_scale`):
     one scale for the whole tensor (``group_size`` -1, scales ``[1, ..., 1]``: the absmax of
     every element, 0 for an empty tensor), one scale per row (``group_size`` 0, scales
     ``[..., 1]``) or per ``group_size`` elements (32, 64 or 128; scales
-    ``[..., H / group_size]``, row-major), FP8 or INT8."""
+    ``[..., H / group_size]``, row-major), FP8 or INT8.
+
+    ``round_quotient``: the quotient ``y * (1 / s)`` is rounded to the input's dtype (to nearest
+    even) before the cast, as plain torch computes ``y / scale`` in a 16-bit model
+    (compressed-tensors' quantizer: its INT8 values then differ from the fp32 quotient's on about
+    a quarter of the elements above 64). Per row or per group only."""
     if quant_dtype not in QMAX:
         raise ValueError(f"quant_dtype must be float8_e4m3fn or float8_e4m3fnuz or int8, got {quant_dtype}")
     if group_size not in (-1, 0) and group_size not in GROUP_SIZES:
@@ -329,8 +339,11 @@ def dynamic_quant(
     if group_size > 0 and input.shape[-1] % group_size != 0:
         raise ValueError(f"hidden size {input.shape[-1]} is not divisible by group_size {group_size}")
     check_scale_rule(divisor, absmax_floor, scale_floor, zero_scale, scale_dtype)
+    if round_quotient and group_size < 0:
+        raise ValueError(f"round_quotient needs one scale per row or per group (group_size >= 0), got {group_size}")
     return _rule_quant(
-        input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype, scale_ue8m0
+        input, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype, scale_ue8m0,
+        round_quotient,
     )
 
 
@@ -384,34 +397,36 @@ def fused_add_rms_norm_static_int8_quant(input, residual, weight, scale, epsilon
 
 
 def rms_norm_dynamic_quant(input, weight, epsilon, quant_dtype, group_size, divisor, absmax_floor, scale_floor,
-                           zero_scale, scale_dtype, scale_ue8m0):  # fmt: skip
+                           zero_scale, scale_dtype, scale_ue8m0, round_quotient=False):  # fmt: skip
     return dynamic_quant(rms_norm(input, weight, epsilon), quant_dtype, group_size, divisor, absmax_floor,
-                         scale_floor, zero_scale, scale_dtype, scale_ue8m0)  # fmt: skip
+                         scale_floor, zero_scale, scale_dtype, scale_ue8m0, round_quotient)  # fmt: skip
 
 
 def fused_add_rms_norm_dynamic_quant(input, residual, weight, epsilon, quant_dtype, group_size, divisor,
-                                     absmax_floor, scale_floor, zero_scale, scale_dtype, scale_ue8m0):  # fmt: skip
+                                     absmax_floor, scale_floor, zero_scale, scale_dtype, scale_ue8m0,
+                                     round_quotient=False):  # fmt: skip
     y, residual_out = fused_add_rms_norm(input, residual, weight, epsilon)
     q, scales = dynamic_quant(y, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
-                              scale_dtype, scale_ue8m0)  # fmt: skip
+                              scale_dtype, scale_ue8m0, round_quotient)  # fmt: skip
     return q, scales, residual_out
 
 
 def rms_norm_dynamic_quant_with_norm_out(input, weight, epsilon, quant_dtype, group_size, divisor, absmax_floor,
-                                         scale_floor, zero_scale, scale_dtype, scale_ue8m0):  # fmt: skip
+                                         scale_floor, zero_scale, scale_dtype, scale_ue8m0,
+                                         round_quotient=False):  # fmt: skip
     """:func:`rms_norm_dynamic_quant` that also returns the normalised output ``y`` (last)."""
     y = rms_norm(input, weight, epsilon)
     return (*dynamic_quant(y, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale, scale_dtype,
-                           scale_ue8m0), y)  # fmt: skip
+                           scale_ue8m0, round_quotient), y)  # fmt: skip
 
 
 def fused_add_rms_norm_dynamic_quant_with_norm_out(input, residual, weight, epsilon, quant_dtype, group_size, divisor,
                                                    absmax_floor, scale_floor, zero_scale, scale_dtype,
-                                                   scale_ue8m0):  # fmt: skip
+                                                   scale_ue8m0, round_quotient=False):  # fmt: skip
     """:func:`fused_add_rms_norm_dynamic_quant` that also returns the normalised output ``y`` (last)."""
     y, residual_out = fused_add_rms_norm(input, residual, weight, epsilon)
     q, scales = dynamic_quant(y, quant_dtype, group_size, divisor, absmax_floor, scale_floor, zero_scale,
-                              scale_dtype, scale_ue8m0)  # fmt: skip
+                              scale_dtype, scale_ue8m0, round_quotient)  # fmt: skip
     return q, scales, residual_out, y
 
 

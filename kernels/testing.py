@@ -324,6 +324,7 @@ def make_args(
     scale_floor: float = 0.0,
     zero_scale: float = 0.0,
     scale_dtype: torch.dtype = torch.float32,
+    round_quotient: bool = False,
     with_scale_ub: bool = False,
     row_padding: int = 0,
     value_scale: float = 1.0,
@@ -374,6 +375,7 @@ def make_args(
         "scale_floor": lambda: scale_floor,
         "zero_scale": lambda: zero_scale,
         "scale_dtype": lambda: scale_dtype,
+        "round_quotient": lambda: round_quotient,
     }
     return tuple(values[a.name]() for a in schema.arguments)
 

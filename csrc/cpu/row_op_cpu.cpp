@@ -57,6 +57,13 @@ struct CpuScaleArith {
 
 inline float scale_of(float amax, const ScaleRule& rule) { return dynamic_scale<CpuScaleArith>(amax, rule); }
 
+// The value quantized: y * (1 / s), rounded to T first where the rule asks (ScaleRule::round_quotient).
+template <typename T>
+inline float quotient(float y, float inv_s, bool round) {
+  const float v = y * inv_s;
+  return round ? round_to<T>(v) : v;
+}
+
 template <DType OUT>
 inline void store_quant(void* out, int64_t i, float v, float qmax) {
   if constexpr (OUT == DType::kInt8) {
@@ -81,6 +88,7 @@ void run(const RowOpParams& p) {
   const float static_inv_scale = (p.quant == QuantMode::kStatic) ? 1.0f / *p.scale : 1.0f;
   const bool has_ub = p.scale_ub != nullptr;
   const float ub = has_ub ? *p.scale_ub : 0.0f;
+  const bool rq = p.rule.round_quotient;
   const int64_t grain = std::max<int64_t>(1, 16384 / H);
 
   torch::stable::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) {
@@ -129,7 +137,7 @@ void run(const RowOpParams& p) {
           p.scales[row * p.scale_row_stride] = s;
           if (p.out == nullptr) continue;  // the scales only (per_tensor.h, pass 1)
           const float inv_s = 1.0f / s;
-          for (int64_t j = 0; j < H; ++j) store_quant<OUT>(p.out, row * H + j, y[j] * inv_s, qmax);
+          for (int64_t j = 0; j < H; ++j) store_quant<OUT>(p.out, row * H + j, quotient<T>(y[j], inv_s, rq), qmax);
         } else {  // kPerGroup
           const int64_t G = p.group_size;
           for (int64_t g = 0; g < H / G; ++g) {
@@ -138,7 +146,8 @@ void run(const RowOpParams& p) {
             const float s = scale_of(amax, p.rule);
             store_group_scale(p, row, g, s);
             const float inv_s = 1.0f / s;
-            for (int64_t j = g * G; j < (g + 1) * G; ++j) store_quant<OUT>(p.out, row * H + j, y[j] * inv_s, qmax);
+            for (int64_t j = g * G; j < (g + 1) * G; ++j)
+              store_quant<OUT>(p.out, row * H + j, quotient<T>(y[j], inv_s, rq), qmax);
           }
         }
       }

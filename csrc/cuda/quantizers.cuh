@@ -38,8 +38,10 @@ struct QuantTraits<OutKind::kPlain> {
   __device__ static uint32_t convert4(float, float, float, float) { return 0; }
 };
 
+// A slot quantized: y * inv_scale, rounded to T first where `round_quotient` (the rule ops'
+// ScaleRule::round_quotient; the fixed-rule kernels pass a constant false), then the cast.
 template <OutKind OUT, typename T, int V>
-__device__ __forceinline__ Pack<uint8_t, V> quantize(const Pack<T, V>& y, float inv_scale) {
+__device__ __forceinline__ Pack<uint8_t, V> quantize(const Pack<T, V>& y, float inv_scale, bool round_quotient = false) {
   static_assert(V % 4 == 0, "a slot quantizes into whole 32-bit words");
   float f[V];
   if constexpr (kIs16<T>) {
@@ -47,9 +49,12 @@ __device__ __forceinline__ Pack<uint8_t, V> quantize(const Pack<T, V>& y, float 
     const P* y2 = reinterpret_cast<const P*>(y.v);
 #pragma unroll
     for (int p = 0; p < V / 2; ++p) {
-      const float2 g = to_float2(y2[p]);
-      f[2 * p] = g.x * inv_scale;
-      f[2 * p + 1] = g.y * inv_scale;
+      float2 g = to_float2(y2[p]);
+      g.x *= inv_scale;
+      g.y *= inv_scale;
+      if (round_quotient) g = to_float2(from_float2<P>(g));
+      f[2 * p] = g.x;
+      f[2 * p + 1] = g.y;
     }
   } else {
 #pragma unroll

@@ -272,6 +272,8 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
       }
     };
 
+    // The rule ops' quotient rounded to T before the cast (a constant false in the fixed rules).
+    [[maybe_unused]] const bool round_q = RULE && p.rule.round_quotient;
     if constexpr (Q == QuantMode::kNone) {
 #pragma unroll
       for (int i = 0; i < (CACHED ? S : 1); ++i)
@@ -317,7 +319,7 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
               if (p.norm_out != nullptr) store_pack<ALIGNED, STRM>(static_cast<T*>(p.norm_out) + row * H, slot * V, H, y);
             }
             if (store_q)
-              store_pack<ALIGNED, STRM>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H, quantize<OUT>(y, inv_scale));
+              store_pack<ALIGNED, STRM>(static_cast<uint8_t*>(p.out) + row * H, slot * V, H, quantize<OUT>(y, inv_scale, round_q));
           }
         }
     } else {  // kPerGroup
@@ -360,7 +362,7 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
               const int i = g * GRUN + t;
               if (store[i]) {
                 store_norm(slot_of(c * kRun + i), y[i]);
-                store_pack<ALIGNED, STRM>(q_row, slot_of(c * kRun + i) * V, H, quantize<OUT>(y[i], inv_scale));
+                store_pack<ALIGNED, STRM>(q_row, slot_of(c * kRun + i) * V, H, quantize<OUT>(y[i], inv_scale, round_q));
               }
             }
           }
@@ -376,7 +378,7 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
             if (store[i]) {
               store_norm(slot, y[i]);
               if ((slot & (group_slots - 1)) == 0) store_group_scale(p, row, slot >> group_shift, scale[i / GRUN]);
-              store_pack<ALIGNED, STRM>(q_row, slot * V, H, quantize<OUT>(y[i], inv_scale[i / GRUN]));
+              store_pack<ALIGNED, STRM>(q_row, slot * V, H, quantize<OUT>(y[i], inv_scale[i / GRUN], round_q));
             }
           }
         }

@@ -51,6 +51,14 @@ PRESETS = {
         (INT8, FP8),
         (0, 128),
     ),
+    # compressed-tensors as it runs in a 16-bit model: the scale in the model dtype and y / scale
+    # rounded to it before the cast (round_quotient).
+    "ct_model_dtype_quotient": (
+        lambda q, d: rule(q, divisor=127.5 if q == INT8 else QMAX[q], scale_dtype=d,
+                          zero_scale=torch.finfo(d).eps, round_quotient=True),  # fmt: skip
+        (INT8, FP8),
+        (0, 64),
+    ),
     # Nothing: an all-zero row has scale 0 and quantizes to NaN (FP8) / 0 (INT8).
     "bare": (lambda q, d: rule(q), (FP8, INT8), (0, 64)),
     # Everything at once, in the rule's order: fp16 rounding, UE8M0, a scale floor, zero scales.
@@ -409,6 +417,41 @@ BAD_RULE_ARGS = [
     ("group_size", -2, "group_size must be -1 (one scale for the tensor), 0 (one scale per row), 32, 64 or 128"),
     ("group_size", 256, "group_size must be -1 (one scale for the tensor), 0 (one scale per row), 32, 64 or 128"),
 ]
+
+
+@pytest.mark.parametrize("op_name", RULE_OP_NAMES)
+def test_round_quotient_needs_a_row_or_group_scale(op_name, rule_ops):
+    args = make_args(op_name, (4,), 128, torch.bfloat16, group_size=-1, quant_dtype=INT8, round_quotient=True)
+    message = "round_quotient needs one scale per row or per group (group_size >= 0), got group_size -1"
+    with pytest.raises(RuntimeError, match=f"fusion_kernels.{op_name}: {re.escape(message)}"):
+        getattr(ops, op_name)(*args)
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        with pytest.raises(RuntimeError, match=f"fusion_kernels: {re.escape(message)}"):
+            getattr(ops, op_name)(*fake)
+    with pytest.raises(ValueError, match="round_quotient"):
+        reference_of(op_name)(*args)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_round_quotient_is_the_division_in_the_model_dtype(dtype, device, rule_ops):
+    """INT8 with round_quotient equals plain torch's ``round(clamp(y / s))`` with y and s in the
+    model dtype (compressed-tensors' arithmetic) wherever y * (1 / s) and y / s round to the same
+    16-bit value, and it moves values that the fp32 quotient quantizes differently."""
+    g = torch.Generator().manual_seed(11)
+    y = (torch.randn(64, 4096, generator=g) * 3).to(dtype).to(device)
+    r = rule(INT8, divisor=127.5, scale_dtype=dtype, zero_scale=torch.finfo(dtype).eps)
+    q, s = ops.dynamic_quant(y, INT8, 0, *(r[k] for k in RULE_ARGS), True)
+    q32, _ = ops.dynamic_quant(y, INT8, 0, *(r[k] for k in RULE_ARGS), False)
+    amax = y.abs().amax(dim=-1, keepdim=True).float()
+    s16 = (amax / torch.full_like(amax, 127.5)).to(dtype)  # (a true division on every device)
+    torch.testing.assert_close(s, s16.float(), rtol=0, atol=0)
+    spelled = torch.round(torch.clamp(y / s16, -128, 127)).to(torch.int8)
+    same16 = (y.float() * (1.0 / s16.float())).to(dtype) == (y.float() / s16.float()).to(dtype)
+    assert bool(same16.float().mean() > 0.999)
+    assert torch.equal(q[same16], spelled[same16])
+    moved = (q != q32).float().mean().item()  # (fp16's finer grid moves fewer)
+    assert moved > (0.02 if dtype == torch.bfloat16 else 0.002), f"round_quotient moved only {moved:.4f} of the values"
 
 
 def _bad_args(op_name, arg, value, device="cpu", hidden=128):

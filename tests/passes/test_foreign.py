@@ -172,12 +172,13 @@ RULE_SCHEMAS = {  # the rule ops' schemas (the library defines them; see the REA
     "rms_norm_dynamic_quant": (
         "rms_norm_dynamic_quant(Tensor input, Tensor weight, float epsilon, ScalarType quant_dtype, int group_size, "
         "float divisor, float absmax_floor, float scale_floor, float zero_scale, ScalarType scale_dtype, "
-        "bool scale_ue8m0) -> (Tensor out, Tensor scales)"
+        "bool scale_ue8m0, bool round_quotient=False) -> (Tensor out, Tensor scales)"
     ),
     "fused_add_rms_norm_dynamic_quant": (
         "fused_add_rms_norm_dynamic_quant(Tensor input, Tensor residual, Tensor weight, float epsilon, "
         "ScalarType quant_dtype, int group_size, float divisor, float absmax_floor, float scale_floor, "
-        "float zero_scale, ScalarType scale_dtype, bool scale_ue8m0) -> (Tensor out, Tensor scales, Tensor residual_out)"
+        "float zero_scale, ScalarType scale_dtype, bool scale_ue8m0, bool round_quotient=False) "
+        "-> (Tensor out, Tensor scales, Tensor residual_out)"
     ),
 }
 

@@ -98,6 +98,7 @@ def same_rule(a: ScaleRule, b: ScaleRule) -> bool:
 
     return (
         a.group_size == b.group_size and a.scale_dtype == b.scale_dtype and a.ue8m0 == b.ue8m0
+        and a.round_quotient == b.round_quotient
         and close(a.divisor, b.divisor) and close(a.absmax_floor, b.absmax_floor)
         and close(a.scale_floor, b.scale_floor) and close(a.zero_scale, b.zero_scale)
     )  # fmt: skip
@@ -134,9 +135,7 @@ def choose_op(registry: reg.Registry, m: QuantMatch, residual: bool, eps: float)
             "scale_rule_unsupported",
             f"{rule.describe()}; {supported}; {RULE_OPS[residual]} is not available",
         )
-    tail = (eps, key.dtype, rule.group_size, rule.divisor, rule.absmax_floor, rule.scale_floor, rule.zero_scale,
-            rule.scale_dtype, rule.ue8m0)  # fmt: skip
-    return FusedCall(op, tail, key)
+    return FusedCall(op, _rule_tail(op, rule, key, eps), key)
 
 
 def with_norm_out(registry: reg.Registry, m: QuantMatch, residual: bool, eps: float, user: str) -> FusedCall:
@@ -153,9 +152,19 @@ def with_norm_out(registry: reg.Registry, m: QuantMatch, residual: bool, eps: fl
     if m.rule.group_size > 0 and m.rule.group_size not in GROUP_SIZES:
         raise Refusal("unsupported_group_size", f"{m.rule.group_size}; supported: {', '.join(map(str, GROUP_SIZES))}")
     key, rule = key_of(m), m.rule
+    return FusedCall(op, _rule_tail(op, rule, key, eps), key, norm_out=True)
+
+
+def _rule_tail(op, rule: ScaleRule, key: QuantKey, eps: float) -> tuple:
+    """A rule op's arguments after (input, [residual,] weight): round_quotient only where set (a
+    library built before it was added takes every other rule)."""
     tail = (eps, key.dtype, rule.group_size, rule.divisor, rule.absmax_floor, rule.scale_floor, rule.zero_scale,
             rule.scale_dtype, rule.ue8m0)  # fmt: skip
-    return FusedCall(op, tail, key, norm_out=True)
+    if not rule.round_quotient:
+        return tail
+    if "round_quotient" not in [a.name for a in op._schema.arguments]:
+        raise Refusal("scale_rule_unsupported", f"{rule.describe()}; this library's {op._schema.name} has no round_quotient")
+    return (*tail, True)
 
 
 def _with_ue8m0(legacy: ScaleRule, rule: ScaleRule) -> ScaleRule:

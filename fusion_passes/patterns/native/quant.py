@@ -45,6 +45,7 @@ class ScaleRule:
     zero_scale: float = 0.0  # 0: none
     scale_dtype: torch.dtype = torch.float32  # the dtype the scale is rounded to
     ue8m0: bool = False
+    round_quotient: bool = False  # y / scale rounded to the model dtype before the cast (INT8)
 
     def describe(self) -> str:
         parts = [f"amax / {self.divisor:g}"]
@@ -60,6 +61,8 @@ class ScaleRule:
             parts.append(f"zero scale -> {self.zero_scale:g}")
         if not (self.absmax_floor or self.scale_floor or self.zero_scale):
             parts.append("no floor")
+        if self.round_quotient:
+            parts.append("quotient rounded to the model dtype")
         where = {0: "per row", -1: "per tensor"}.get(self.group_size, f"groups of {self.group_size}")
         return f"{where}: " + ", ".join(parts)
 
@@ -172,7 +175,7 @@ def match_quantizer(q: fx.Node, y: fx.Node) -> QuantMatch | None:
     m = _static(den, dtype, q, seen) if not isinstance(den, tuple) else None
     if m is None:
         m = _dynamic(den, y, group, num_shape, dtype, q, seen)
-    _check_tail(m, rounded, bounds, scaled_dtype)
+    _check_tail(m, rounded, bounds, scaled_dtype, G.dtype_of(y))
     return m
 
 
@@ -289,7 +292,7 @@ def _scale_side(s, q: fx.Node, local: list):
     return parts[0], parts[2], scale_dtype, zero, scale_floor, u is not None
 
 
-def _check_tail(m: QuantMatch, rounded: bool, bounds, scaled_dtype) -> None:
+def _check_tail(m: QuantMatch, rounded: bool, bounds, scaled_dtype, model_dtype) -> None:
     lo, hi = bounds if bounds is not None else (None, None)
     if m.dtype == torch.int8:
         if not rounded:
@@ -299,9 +302,17 @@ def _check_tail(m: QuantMatch, rounded: bool, bounds, scaled_dtype) -> None:
         if bounds is not None and not (_close(lo, -128.0) and _close(hi, 127.0)):
             raise Refusal("clamp_bound_mismatch", f"int8 clamp [{lo}, {hi}]")
         if scaled_dtype != torch.float32:
-            raise Refusal(
-                "int8_scaled_in_model_dtype", f"y / scale is rounded to {scaled_dtype} before rounding to int8"
-            )
+            # The rule ops round the quotient to the input's dtype (round_quotient): a dynamic
+            # scale per row or group of a quotient rounded to the model dtype is theirs.
+            if m.rule is None or m.rule.group_size < 0 or scaled_dtype != model_dtype:
+                what = "a static scale" if m.rule is None else ("one scale per tensor" if m.rule.group_size < 0 else
+                                                                 f"the model dtype is {model_dtype}")  # fmt: skip
+                raise Refusal(
+                    "int8_scaled_in_model_dtype",
+                    f"y / scale is rounded to {scaled_dtype} before rounding to int8 ({what}; supported: the "
+                    "quotient rounded to the model dtype, with a dynamic scale per row or per group)",
+                )
+            m.rule = dataclasses.replace(m.rule, round_quotient=True)
         return
     if m.dtype not in FP8_DTYPES:
         raise Refusal("unsupported_quant_dtype", str(m.dtype))
