@@ -38,14 +38,16 @@ for op_name in OP_NAMES:
                     if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fusion_kernels::{op_name}", "CUDA"):
                         continue  # a build without FK_GPU_RULE_OPS (csrc/row_op.h)
                     # per row, groups of 32 (INT8) and 64 (FP8), and per tensor (FP8: its three
-                    # kernels): a runtime divisor, scales rounded to bf16, UE8M0, zero scales replaced
+                    # kernels): a runtime divisor, scales rounded to bf16, UE8M0, zero scales replaced,
+                    # the INT8 quotient rounded to the input dtype (round_quotient) per row
                     for group_size, qdtype in [(0, torch.int8), (32, torch.int8), (64, torch.float8_e4m3fn),
                                                (-1, torch.float8_e4m3fn)]:  # fmt: skip
                         if group_size > 0 and hidden % group_size:
                             continue
                         args = make_args(op_name, tokens, hidden, dtype, "cuda", row_padding=pad, quant_dtype=qdtype,
                                          group_size=group_size, divisor=127.5 if group_size == 0 else 448.0,
-                                         scale_dtype=torch.bfloat16, scale_ue8m0=group_size == 64, zero_scale=1e-7)  # fmt: skip
+                                         scale_dtype=torch.bfloat16, scale_ue8m0=group_size == 64, zero_scale=1e-7,
+                                         round_quotient=group_size == 0)  # fmt: skip
                         for o in getattr(ops, op_name)(*args):
                             o.cpu()
                         count += 1
