@@ -625,7 +625,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 @cuda
 @pytest.mark.parametrize("op_name", RULE_OP_NAMES)
 @pytest.mark.parametrize("preset", ["absmax_floor_1e-4_ue8m0", "scale_floor", "divisor_127.5_zero_eps",
-                                    "fp16_ue8m0_floor", "model_dtype_scale"])  # fmt: skip
+                                    "fp16_ue8m0_floor", "model_dtype_scale", "ct_model_dtype_quotient"])  # fmt: skip
 def test_model_sizes_on_cuda(op_name, preset, rule_ops):
     make_rule, qdtypes, groups = PRESETS[preset]
     for hidden, tokens, qdtype, group_size in itertools.product([2048, 4096, 7168, 16384], [1, 16, 1024, 8192],
