@@ -318,6 +318,11 @@ def _check_tail(m: QuantMatch, rounded: bool, bounds, scaled_dtype, model_dtype)
         raise Refusal("unsupported_quant_dtype", str(m.dtype))
     if rounded:
         raise Refusal("fp8_with_rounding")
+    if scaled_dtype != torch.float32 and scaled_dtype == model_dtype and m.rule is not None and m.rule.group_size >= 0:
+        # The FP8 cast of a 16-bit quotient rounds twice (to the model dtype, then to FP8); the
+        # rule op does the same. (A static or per-tensor scale keeps the fp32 quotient: one FP8
+        # step apart on the few values whose 16-bit rounding lands on an FP8 midpoint.)
+        m.rule = dataclasses.replace(m.rule, round_quotient=True)
     fmax = platform.FP8_MAX[m.dtype]
     if bounds is None:
         # No clamp: the spelling turns out-of-range values into NaN where our kernel saturates.
