@@ -78,7 +78,10 @@ class Plan:
 
         lines = ["ninja_required_version = 1.3", ""]
         for i, (_, _, cmd) in enumerate(self.compile_cmds):
-            lines += [f"rule cc{i}", f"  command = {q(cmd)}", "  description = compile $out", ""]
+            # The compiler's header dependencies (-MD -MF $out.d), so a changed header recompiles
+            # what includes it when a build directory is reused.
+            lines += [f"rule cc{i}", f"  command = {q(cmd)}", "  depfile = $out.d", "  deps = gcc",
+                      "  description = compile $out", ""]  # fmt: skip
         lines += ["rule link", f"  command = {q(self.link_cmd)}", "  description = link $out", ""]
         for i, (_, srcfile, _) in enumerate(self.compile_cmds):
             lines.append(f"build {_ninja_path(self.objects[i])}: cc{i} {_ninja_path(srcfile)}")
@@ -117,10 +120,13 @@ def make_plan(
     def obj_for(rel: str) -> Path:
         return obj_dir / (rel.replace("/", "_") + ".o")
 
+    def deps(o: Path) -> list[str]:  # the header dependencies, for ninja (Plan.ninja_text)
+        return ["-MD", "-MF", f"{o}.d"]
+
     for rel in CPU_SOURCES:
         o = obj_for(rel)
         cmd = [cxx, *opt, "-std=c++17", "-fPIC", "-fvisibility=hidden", "-Wall", *defines, *gpu_define,
-               f"-I{src}", f"-I{inc}", "-c", str(src / rel), "-o", str(o)]  # fmt: skip
+               f"-I{src}", f"-I{inc}", *deps(o), "-c", str(src / rel), "-o", str(o)]  # fmt: skip
         cmds.append(("cxx", src / rel, cmd))
         objects.append(o)
 
@@ -133,7 +139,7 @@ def make_plan(
             o = obj_for(rel)
             cmd = [nvcc, *opt, "-std=c++17", "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden",
                    *cuda_gencode_flags(target.archs), *defines, "-DFK_WITH_CUDA", f"-I{src}",
-                   "-c", str(src / rel), "-o", str(o)]  # fmt: skip
+                   *deps(o), "-c", str(src / rel), "-o", str(o)]  # fmt: skip
             cmds.append(("nvcc", src / rel, cmd))
             objects.append(o)
         link_extra = [f"-L{toolchain.cuda_lib_dir(nvcc)}", "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
@@ -147,13 +153,14 @@ def make_plan(
         for rel in hipify.hip_cpu_sources(hip_src):
             o = obj_for(rel)
             cmd = [cxx, *opt, "-std=c++17", "-fPIC", "-fvisibility=hidden", "-Wall", *defines, *gpu_define,
-                   f"-I{hip_src}", f"-I{inc}", "-c", str(hip_src / rel), "-o", str(o)]  # fmt: skip
+                   f"-I{hip_src}", f"-I{inc}", *deps(o), "-c", str(hip_src / rel), "-o", str(o)]  # fmt: skip
             cmds.append(("cxx", hip_src / rel, cmd))
             objects.append(o)
         for rel in hipify.hip_gpu_sources():
             o = obj_for(rel)
             cmd = [hipcc, "-x", "hip", *opt, "-std=c++17", "-fPIC", *hipify.hip_offload_flags(target.archs),
-                   *defines, *hipify.hip_extra_flags(), f"-I{hip_src}", "-c", str(hip_src / rel), "-o", str(o)]  # fmt: skip
+                   *defines, *hipify.hip_extra_flags(), f"-I{hip_src}", *deps(o), "-c", str(hip_src / rel),
+                   "-o", str(o)]  # fmt: skip
             cmds.append(("hipcc", hip_src / rel, cmd))
             objects.append(o)
         rocm = os.environ.get("ROCM_PATH", "/opt/rocm")

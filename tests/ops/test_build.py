@@ -311,3 +311,24 @@ def test_prebuilt_lookup_with_suffixed_archs(library, cuda_torch, tmp_path, arch
     _fake_prebuilt(library, tmp_path / "prebuilt", "cuda", archs)
     path, why = find_prebuilt("cuda", device)
     assert (path is not None) == found, why
+
+
+@pytest.mark.parametrize("target", [Target("cpu", ()), Target("cuda", ("sm_90",)), Target("rocm", ("gfx942",))])
+def test_a_changed_header_recompiles_what_includes_it(target, tmp_path, monkeypatch):
+    """Every compile writes its header dependencies (-MD -MF <object>.d) and build.ninja reads
+    them, so a build directory reused after a header changed (the wheel's build folder, an
+    --out folder) recompiles the sources that include it instead of linking stale objects."""
+    from fusion_kernels.build import make_plan, toolchain
+
+    monkeypatch.setattr(toolchain, "find_nvcc", lambda: "nvcc")
+    monkeypatch.setattr(toolchain, "cuda_lib_dir", lambda nvcc: "/cuda/lib64")
+    monkeypatch.setattr(toolchain, "find_hip_compiler", lambda: "hipcc")
+    plan = make_plan(target, tmp_path / "build")
+    assert len(plan.compile_cmds) == len(plan.objects) > 0
+    for (_, _, cmd), obj in zip(plan.compile_cmds, plan.objects):
+        i = cmd.index("-MD")
+        assert cmd[i + 1 : i + 3] == ["-MF", f"{obj}.d"], cmd
+    text = plan.ninja_text()
+    rules = text.count("\nrule cc")
+    assert rules == len(plan.compile_cmds)
+    assert text.count("  depfile = $out.d\n  deps = gcc\n") == rules
