@@ -29,6 +29,10 @@ CASES = [
     ("group64", "group", False, 64),
     ("int8_static", "int8_static", False, None),
     ("int8_per_token", "int8_per_token", False, None),
+    # INT8 per token group (vLLM's and SGLang's per_token_group_quant_int8 rule, through the rule
+    # ops): timed only when named
+    ("int8_group128", "int8_group", False, 128),
+    ("int8_group128+res", "int8_group", True, 128),
     # torchao PerTensor: one scale from the whole tensor's absmax (the rule ops' group_size -1)
     ("per_tensor", "per_tensor", False, None),
     ("per_tensor+res", "per_tensor", True, None),
@@ -54,7 +58,9 @@ CASE_NAMES = [c[0] for c in CASES]
 MX_CASE_NAMES = [c[0] for c in CASES if c[3] in (16, 32)]
 #: The packed-scale group cases: like the microscaling cases, timed only when named.
 PACKED_CASE_NAMES = [c[0] for c in CASES if c[1] == "group_packed"]
-RECORD_CASE_NAMES = [n for n in CASE_NAMES if n not in MX_CASE_NAMES and n not in PACKED_CASE_NAMES]
+#: INT8 per-token-group (the rule ops): timed only when named too.
+INT8_GROUP_CASE_NAMES = [c[0] for c in CASES if c[1] == "int8_group"]
+RECORD_CASE_NAMES = [n for n in CASE_NAMES if n not in MX_CASE_NAMES + PACKED_CASE_NAMES + INT8_GROUP_CASE_NAMES]
 # The hidden sizes of the wider grid (``--hidden``): dense models' widths, an odd-sized one
 # (2880: a group of 64 divides it, 128 does not) and one that no group size divides (4100).
 WIDE_HIDDEN = [2048, 2880, 3584, 5120, 6144, 12288, 16384, 4100]
@@ -149,6 +155,8 @@ def native_fn(cell: Cell):
             out = packed_group_quant(y, group, fp8)
         elif scheme == "int8_static":
             out = (nf.quant_int8_static(y, s),)
+        elif scheme == "int8_group":
+            out = nf.quant_int8_per_group(y, group)
         elif scheme == "per_tensor":
             out = nf.quant_fp8_per_tensor(y, fp8)
         elif scheme in MX_SCHEMES:
@@ -228,6 +236,8 @@ def mx_fused_op(cell: Cell):
 
 #: The per-tensor cases' scale rule (torchao's: the scale rounded to the model dtype, no floor).
 PER_TENSOR_RULE = (448.0, 0.0, 0.0, 0.0, DTYPE, False)
+#: The INT8 per-token-group rule (quant_int8_per_group's), as the rule ops' arguments.
+INT8_GROUP_RULE = (127.0, 1e-10, 0.0, 0.0, torch.float32, False)
 
 
 def composed(cell: Cell, ns):
@@ -255,6 +265,8 @@ def composed(cell: Cell, ns):
             out = ns.per_token_group_fp8_quant_packed(y, group, fp8)
         elif scheme == "int8_static":
             out = (ns.static_scaled_int8_quant(y, s),)
+        elif scheme == "int8_group":
+            out = ns.dynamic_quant(y, torch.int8, group, *INT8_GROUP_RULE)
         elif scheme == "per_tensor":
             out = ns.dynamic_quant(y, fp8, -1, *PER_TENSOR_RULE)
         else:
@@ -300,6 +312,12 @@ def ours_fns(cell: Cell):
             )
         if scheme == "int8_static":
             return (ops.rms_norm_static_int8_quant(x, w, s, EPS),)
+        if scheme == "int8_group":
+            return (
+                ops.fused_add_rms_norm_dynamic_quant(x, r, w, EPS, torch.int8, group, *INT8_GROUP_RULE)
+                if residual
+                else ops.rms_norm_dynamic_quant(x, w, EPS, torch.int8, group, *INT8_GROUP_RULE)
+            )
         if scheme == "per_tensor":
             return (
                 ops.fused_add_rms_norm_dynamic_quant(x, r, w, EPS, fp8, -1, *PER_TENSOR_RULE)
@@ -322,7 +340,7 @@ def min_bytes(cell: Cell) -> int:
         n += 2 * t * h * e  # read residual, write the new residual
     if scheme in ("per_token", "int8_per_token"):
         n += t * 4
-    if scheme == "group":
+    if scheme in ("group", "int8_group"):
         n += t * (h // group) * 4
     if scheme == "group_packed":  # one byte per group, the int32 columns padded (rows to 4)
         n += -(-t // 4) * 4 * -(-h // group // 4) * 4

@@ -146,7 +146,7 @@ POLICY_SCHEMES = {"static": "fp8_static", "per_token": "fp8_per_token", "group12
                   "group64": "fp8_group64", "int8_static": "int8_static", "int8_per_token": "int8_per_token",
                   "per_tensor": "fp8_per_tensor", "mxfp8": "mxfp8", "nvfp4": "nvfp4",
                   "nvfp4_swizzled": "nvfp4_swizzled", "mxfp4_swizzled": "mxfp4_swizzled",
-                  "group128_packed": "fp8_group128_packed"}  # fmt: skip
+                  "group128_packed": "fp8_group128_packed", "int8_group128": "int8_group128"}  # fmt: skip
 
 
 def policy_table(bench_jsons: list[Path], kind: str = "cuda", arch: str = "sm_90") -> str:

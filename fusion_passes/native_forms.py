@@ -84,6 +84,16 @@ def quant_int8_static(y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (y.to(torch.float32) / scale).round().clamp(-128, 127).to(torch.int8)
 
 
+def quant_int8_per_group(y: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """INT8 per token group, as the per_token_group_quant_int8 references of vLLM and SGLang
+    compute it: the group's absmax floored at 1e-10, over 127, q rounded and clamped."""
+    yg = y.to(torch.float32).reshape(*y.shape[:-1], y.shape[-1] // group_size, group_size)
+    amax = yg.abs().amax(dim=-1, keepdim=True).clamp(min=1e-10)
+    scale = amax / 127.0
+    q = (yg / scale).round().clamp(-128, 127).to(torch.int8)
+    return q.reshape(y.shape), scale.squeeze(-1)
+
+
 def quant_int8_per_token(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     amax = y.abs().amax(dim=-1, keepdim=True).to(torch.float32)
     scale = (amax / 127.0).clamp(min=1.0 / (127.0 * 512.0))

@@ -170,3 +170,42 @@ def test_packed_group_cases_grid_bytes_and_baseline(bench, fresh_dynamo):
     assert torch.equal(torch.as_strided(compiled[1], (8, 1), (1, 8)), torch.as_strided(eager[1], (8, 1), (1, 8)))
     with pytest.raises(AssertionError, match="packed scales"):  # a row-major int32 buffer is not the layout
         cases.check_cell(cell, "fused", (eager[0], eager[1].clone(memory_format=torch.contiguous_format), eager[2]), x, r, w, s)
+
+
+def test_int8_group_cases(bench):
+    """INT8 per-token-group-128 (the rule ops): named only (not in the FP8 / INT8 record), the
+    group cells' grid and bytes, and the plain-torch quantizer Inductor compiles is what the pass
+    fuses into the rule op (group 128, INT8, the cases' rule) after a Hugging Face norm (after
+    F.rms_norm, which rounds once, INT8 is refused: int8_rounding_points_differ)."""
+    cases, _ = bench
+    names = ["int8_group128", "int8_group128+res"]
+    assert cases.INT8_GROUP_CASE_NAMES == names and not set(names) & set(cases.RECORD_CASE_NAMES)
+    assert {(c.hidden, c.tokens) for c in cases.cells(False, names[:1])} == {
+        (h, t) for h in (4096, 7168, 8192) for t in cases.FULL_T
+    }
+    t, h = 4096, 7168
+    assert cases.min_bytes(cases.Cell("int8_group128", h, t)) == 2 * t * h + t * h + 2 * h + 4 * t * (h // 128)
+
+    from fusion_kernels.testing import op_counts
+    from fusion_passes import FusionPass
+
+    spec = importlib.util.spec_from_file_location("fusion_corpus", BENCH.parent / "tests/passes/corpus.py")
+    corpus = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, corpus)
+    spec.loader.exec_module(corpus)
+    cell = cases.Cell("int8_group128+res", 512, 9)
+    x, r, w, s = _inputs(cases, cell.case, 9, 512)
+    from fusion_passes import native_forms as nf
+
+    def fn(x, r, w, s):
+        x, r = nf.add_residual(x, r)
+        return (*nf.quant_int8_per_group(nf.rms_norm_hf(x, w, cases.EPS), 128), r)
+
+    p = FusionPass(native="always")
+    gm, outs = corpus.run_pass(fn, (x, r, w, s), p)  # the post-grad graph, rewritten
+    assert op_counts(gm) == {"fused_add_rms_norm_dynamic_quant": 1}, p.report
+    (node,) = [n for n in gm.graph.nodes if "dynamic_quant" in str(n.target)]
+    got, want = node.args[4:12], (torch.int8, 128, *cases.INT8_GROUP_RULE)
+    assert got[:2] == want[:2] and got[6:] == want[6:], node.args
+    assert got[2:6] == pytest.approx(want[2:6], rel=1e-6), node.args  # (the constants as float32)
+    cases.check_cell(cell, "fused", outs, x, r, w, s)
