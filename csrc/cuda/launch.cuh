@@ -327,9 +327,24 @@ void launch_quantized_as(const RowOpParams& p, cudaStream_t stream, int device) 
   }
 }
 
+// One output dtype's kernels of a quant mode: the group modes' translation units hold one each
+// (row_op_per_group[_rule][_fnuz|_int8].cu), so that a parallel build compiles them side by side.
+template <OutKind OUT, QuantMode Q, bool RULE>
+void launch_out_kind(const RowOpParams& p, cudaStream_t stream, int device) {
+  if (p.weight != nullptr) {
+    launch_for_input_dtype<OUT, Q, RULE, true>(p, stream, device);
+  } else {
+    launch_for_input_dtype<OUT, Q, RULE, false>(p, stream, device);
+  }
+}
+
+[[noreturn]] inline void unsupported_out_dtype() {
+  throw std::runtime_error("fusion_kernels: unsupported output dtype for this quant mode");
+}
+
 // The dynamic quant modes: the fixed-rule instantiation (RULE false) runs the per-token and
 // per-token-group ops, the RULE one the rule ops (p.rule given at run time). Each is in a
-// translation unit of its own (row_op_per_token[_rule].cu, row_op_per_group[_rule].cu), so that a
+// translation unit of its own (row_op_per_token[_rule].cu, row_op_per_group*.cu), so that a
 // parallel build compiles them side by side.
 template <QuantMode Q>
 void launch_rule_op(const RowOpParams& p, cudaStream_t stream, int device) {
@@ -352,6 +367,11 @@ void row_op_cuda_per_group(const RowOpParams& p, cudaStream_t stream, int device
 // The rule ops' kernels (RowOpParams::rule given at run time), called by the two above.
 void row_op_cuda_per_token_rule(const RowOpParams& p, cudaStream_t stream, int device);
 void row_op_cuda_per_group_rule(const RowOpParams& p, cudaStream_t stream, int device);
+// The group modes' kernels of one output dtype each (called by the group functions above; their
+// e4m3fn kernels are in the callers' own translation units).
+void row_op_cuda_per_group_fnuz(const RowOpParams& p, cudaStream_t stream, int device);
+void row_op_cuda_per_group_rule_fnuz(const RowOpParams& p, cudaStream_t stream, int device);
+void row_op_cuda_per_group_rule_int8(const RowOpParams& p, cudaStream_t stream, int device);
 // Pass 2 of the per-tensor quant (per_tensor.h): the tensor's absmax from the rows', its scale.
 void tensor_scale_cuda(const float* row_absmax, int64_t rows, float* scale, const ScaleRule& rule, DType out,
                        cudaStream_t stream);

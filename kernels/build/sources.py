@@ -16,7 +16,10 @@ CPU_SOURCES = ("bindings.cpp", "ops.cpp", "rule_ops.cpp", "checks.cpp", "cpu/row
 #: The device sources, added for CUDA targets (and hipified for ROCm targets).
 GPU_SOURCES = (  # the longest compiles first (a parallel build starts them first)
     "cuda/row_op_per_group_rule.cu",
+    "cuda/row_op_per_group_rule_int8.cu",
+    "cuda/row_op_per_group_rule_fnuz.cu",
     "cuda/row_op_per_group.cu",
+    "cuda/row_op_per_group_fnuz.cu",
     "cuda/row_op_per_token_rule.cu",
     "cuda/row_op_per_token.cu",
     "cuda/mx_cuda_fp4.cu",
