@@ -42,6 +42,10 @@ class build_py_with_sources(build_py):
         if (dest / "csrc").exists():
             shutil.rmtree(dest / "csrc")
         shutil.copytree(ROOT / "csrc", dest / "csrc")
+        # Only the libraries built here for TARGETS: not a library left in the source tree's
+        # kernels/_prebuilt or in the build folder by an earlier build.
+        if (dest / "_prebuilt").exists():
+            shutil.rmtree(dest / "_prebuilt")
         if TARGETS:
             build = _source_build_module()
             libs = build.prebuild(dest / "_prebuilt", TARGETS)
