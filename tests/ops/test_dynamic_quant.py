@@ -423,14 +423,7 @@ BAD_RULE_ARGS = [
 def test_round_quotient_needs_a_row_or_group_scale(op_name, rule_ops):
     args = make_args(op_name, (4,), 128, torch.bfloat16, group_size=-1, quant_dtype=INT8, round_quotient=True)
     message = "round_quotient needs one scale per row or per group (group_size >= 0), got group_size -1"
-    with pytest.raises(RuntimeError, match=f"fusion_kernels.{op_name}: {re.escape(message)}"):
-        getattr(ops, op_name)(*args)
-    with FakeTensorMode() as mode:
-        fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
-        with pytest.raises(RuntimeError, match=f"fusion_kernels: {re.escape(message)}"):
-            getattr(ops, op_name)(*fake)
-    with pytest.raises(ValueError, match="round_quotient"):
-        reference_of(op_name)(*args)
+    assert_refused_everywhere(op_name, args, message, "round_quotient")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -464,15 +457,18 @@ def _bad_args(op_name, arg, value, device="cpu", hidden=128):
 @pytest.mark.parametrize("op_name", RULE_OP_NAMES)
 @pytest.mark.parametrize("arg, value, message", BAD_RULE_ARGS, ids=[f"{a}={v}" for a, v, _ in BAD_RULE_ARGS])
 def test_bad_rule_argument(op_name, arg, value, message, rule_ops):
-    args = _bad_args(op_name, arg, value)
+    assert_refused_everywhere(op_name, _bad_args(op_name, arg, value), message, arg)
+
+
+def assert_refused_everywhere(op_name, args, message, arg):
+    """The op raises ``message``; the fake function refuses the same arguments at trace time,
+    naming them the same way; the reference names ``arg`` too."""
     with pytest.raises(RuntimeError, match=f"fusion_kernels.{op_name}: {re.escape(message)}"):
         getattr(ops, op_name)(*args)
-    # The fake function refuses the same arguments at trace time, naming them the same way.
     with FakeTensorMode() as mode:
         fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
         with pytest.raises(RuntimeError, match=f"fusion_kernels: {re.escape(message)}"):
             getattr(ops, op_name)(*fake)
-    # The reference names it too.
     with pytest.raises(ValueError, match=arg):
         reference_of(op_name)(*args)
 
