@@ -307,7 +307,8 @@ def test_rceil_log2_is_exact_at_powers_of_two_on_the_gpu():
     """The RCEIL fusion's one assumption about the device: log2 of a power of two is exact there
     (eager and as Inductor compiles it), so a 16-bit absmax over 7 * 2 ** k gives the exact byte."""
     k = torch.arange(-149, 128, device="cuda", dtype=torch.float32)
-    x = torch.exp2(k)
-    assert torch.equal(x.cpu(), torch.exp2(k.cpu())), "exp2 of an integer is exact"
+    # The powers of two made on the CPU, exactly (on an H200, CUDA's exp2 missed subnormal ones).
+    x = torch.exp2(k.cpu()).cuda()
+    assert bool((torch.frexp(x.cpu()).mantissa == 0.5).all()), "powers of two"
     for f in (torch.log2, torch.compile(torch.log2, dynamic=False)):
         assert torch.equal(torch.ceil(f(x)), k), f"{f}: log2 of a power of two is not exact on this device"
