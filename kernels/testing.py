@@ -213,6 +213,18 @@ OUTPUT_KINDS: dict[str, tuple[str, ...]] = {
     "fused_add_rms_norm_dynamic_quant_with_norm_out": ("q", "scales", "res", "act"),
 }
 
+def to_cpu(t):
+    """A CPU copy of an op's output with its strides kept (a tensor, or a tuple of them).
+
+    ``Tensor.cpu()`` keeps the strides of a dense tensor only: the narrowed transposes of the
+    padded scale layouts (the packed and TMA-aligned ones) come back with other strides, which
+    the layout checks would then reject."""
+    if isinstance(t, (tuple, list)):
+        return tuple(to_cpu(x) for x in t)
+    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cpu")
+    return out.copy_(t)
+
+
 def unpack_ue8m0_scales(packed: torch.Tensor, groups: int) -> torch.Tensor:
     """The fp32 scales ``[rows, groups]`` that DeepGEMM-packed UE8M0 scales hold (their bytes by
     ``deepgemm_unpack_ue8m0_scales``, valued by ``e8m0_to_f32``; 0xFF is NaN)."""

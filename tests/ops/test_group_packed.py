@@ -122,22 +122,42 @@ def test_under_torch_compile_the_fake_matches_the_kernel(fresh_dynamo):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("rows, hidden, group", SHAPES + [(0, 256, 128), (1000, 4096, 128), (130, 7168, 128)])
-def test_cuda_packed_ops_equal_the_cpu_ops_byte_for_byte(rows, hidden, group):
+def test_cuda_packed_ops_are_the_cuda_ue8m0_group_ops_in_deepgemms_layout(rows, hidden, group):
+    """On CUDA, each packed op's q is its UE8M0 group op's, byte for byte, and every int32 of its
+    scales' storage (the padding too) is DeepGEMM's packing of that op's scales. The quantizer
+    alone also equals the CPU op byte for byte (an absmax does not depend on the reduction
+    order); the normalizing ops reduce the row in another order than the CPU kernels, so against
+    the CPU they agree within test_numerics' tolerance (checked there against the reference)."""
     x, r, w = _inputs(rows, hidden, seed=2)
     junk = torch.full((64 * 2**20,), 255, dtype=torch.uint8, device="cuda")
     del junk  # the caching allocator hands these bytes to the next allocations: all must be written
-    for name, args in (
-        ("per_token_group_fp8_quant_packed", (x, group, F8)),
-        ("rms_norm_per_token_group_quant_packed", (x, w, 1e-6, group, F8)),
-        ("fused_add_rms_norm_per_token_group_quant_packed", (x, r, w, 1e-6, group, F8)),
+    xc, rc, wc = x.cuda(), r.cuda(), w.cuda()
+    for name, packed_args, ue8m0_name, ue8m0_args in (
+        ("per_token_group_fp8_quant_packed", (xc, group, F8), "per_token_group_fp8_quant", (xc, group, False, True, F8)),
+        (
+            "rms_norm_per_token_group_quant_packed",
+            (xc, wc, 1e-6, group, F8),
+            "rms_norm_per_token_group_quant",
+            (xc, wc, 1e-6, group, False, True, F8),
+        ),
+        (
+            "fused_add_rms_norm_per_token_group_quant_packed",
+            (xc, rc, wc, 1e-6, group, F8),
+            "fused_add_rms_norm_per_token_group_quant",
+            (xc, rc, wc, 1e-6, group, False, True, F8),
+        ),
     ):
-        op = getattr(ops, name)
-        cpu = op(*args)
-        gpu = op(*(a.cuda() if isinstance(a, torch.Tensor) else a for a in args))
+        got = getattr(ops, name)(*packed_args)
+        exp = getattr(ops, ue8m0_name)(*ue8m0_args)
         torch.cuda.synchronize()
-        assert gpu[1].stride() == cpu[1].stride()
-        assert torch.equal(gpu[0].cpu().view(torch.uint8), cpu[0].view(torch.uint8)), name
+        assert got[1].stride() == (1, _padded(rows)), name
+        assert torch.equal(got[0].view(torch.uint8), exp[0].view(torch.uint8)), f"{name}: q"
         if rows:
-            assert torch.equal(_storage(gpu[1]).cpu(), _storage(cpu[1])), f"{name}: packed scales (padding included)"
-        if len(cpu) == 3:
-            assert torch.equal(gpu[2].cpu(), cpu[2])
+            assert torch.equal(_storage(got[1]).cpu(), _deepgemm_pack(exp[1].cpu())), f"{name}: packed scales (padding included)"
+        if len(got) == 3:
+            assert torch.equal(got[2], exp[2]), f"{name}: residual_out"
+    cpu = ops.per_token_group_fp8_quant_packed(x, group, F8)
+    gpu = ops.per_token_group_fp8_quant_packed(xc, group, F8)
+    assert torch.equal(gpu[0].cpu().view(torch.uint8), cpu[0].view(torch.uint8))
+    if rows:
+        assert torch.equal(_storage(gpu[1]).cpu(), _storage(cpu[1]))

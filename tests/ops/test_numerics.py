@@ -15,7 +15,7 @@ import torch
 
 from fusion_kernels import OP_NAMES, reference
 from fusion_kernels.fake import RULE_OP_NAMES
-from fusion_kernels.testing import assert_outputs_match, make_args, quant_steps, reference_of
+from fusion_kernels.testing import assert_outputs_match, make_args, quant_steps, reference_of, to_cpu
 
 ops = torch.ops.fusion_kernels
 
@@ -52,7 +52,7 @@ def run_and_compare(op_name, device, tokens, hidden, dtype, wdtype, **kw):
     out = getattr(ops, op_name)(*args)
     cpu_args = tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in args)
     expected = reference_of(op_name)(*cpu_args)
-    out = tuple(o.cpu() for o in out) if isinstance(out, tuple) else out.cpu()
+    out = to_cpu(out)
     assert_outputs_match(op_name, out, expected, dtype, group_size=kw.get("group_size") or 128)
 
 
@@ -132,7 +132,7 @@ def test_strided_rows_and_non_collapsible_leading_dims(op_name, device):
     args = tuple(a.transpose(0, 1) if isinstance(a, torch.Tensor) and a.dim() == 3 else a for a in args)
     out = getattr(ops, op_name)(*args)
     expected = reference_of(op_name)(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
-    out = tuple(o.cpu() for o in out) if isinstance(out, tuple) else out.cpu()
+    out = to_cpu(out)
     assert_outputs_match(op_name, out, expected, torch.float16, group_size=kw.get("group_size", 128))
 
 

@@ -9,7 +9,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from fusion_kernels import OP_NAMES
 from fusion_kernels.fake import ALL_OP_NAMES, MX_OP_NAMES
-from fusion_kernels.testing import assert_outputs_match, make_args, reference_of
+from fusion_kernels.testing import assert_outputs_match, make_args, reference_of, to_cpu
 
 ops = torch.ops.fusion_kernels
 
@@ -89,7 +89,7 @@ def test_every_op_under_torch_compile_fullgraph(device, fresh_dynamo):
             assert torch.equal(x.view(torch.uint8) if x.element_size() == 1 else x,
                                y.view(torch.uint8) if y.element_size() == 1 else y), name  # fmt: skip
         expected = reference_of(name)(*[t.cpu() if isinstance(t, torch.Tensor) else t for t in cases[name]])
-        assert_outputs_match(name, tuple(t.cpu() for t in a) if len(a) > 1 else a[0].cpu(), expected, torch.bfloat16,
+        assert_outputs_match(name, to_cpu(a) if len(a) > 1 else to_cpu(a[0]), expected, torch.bfloat16,
                              group_size=64)
 
 
