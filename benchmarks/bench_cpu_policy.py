@@ -243,7 +243,7 @@ def policy_table(records: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--out", type=Path, help="write cpu.json and cpu.md here")
     parser.add_argument("--tokens", type=lambda s: [int(t) for t in s.split(",")], default=TOKENS)
     parser.add_argument(

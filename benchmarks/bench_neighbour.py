@@ -96,7 +96,7 @@ def check(device: str, cases=FP8_CASES) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--out", type=Path, default=Path("neighbour"))
     parser.add_argument("--label", default="default", help="the run's name (e.g. plain for FUSION_KERNELS_PDL=0)")
     parser.add_argument("--cases", default=",".join(FP8_CASES))

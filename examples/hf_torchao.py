@@ -210,7 +210,7 @@ def norm_quant_sites(model) -> int:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--arch", choices=tuple(ARCHS), default="llama")
     parser.add_argument("--layers", type=int, help="decoder layers (default: 2 on CPU, 8 on CUDA)")
     parser.add_argument("--hidden", type=int, help="shrink the model to this hidden size (default: 512 on CPU)")
