@@ -10,10 +10,3 @@ class Refusal(Exception):
         self.reason = reason
         self.detail = detail
 
-
-#: The packed-scale group ops' CUDA kernels failed their first GPU run (their FP8 output differs
-#: from the CPU kernels' and the reference's): no site is fused into them on CUDA until fixed.
-PACKED_ON_CUDA = (
-    "packed_kernel_unverified_on_cuda",
-    "the packed-scale group ops' CUDA kernels failed their GPU tests (README: known bug)",
-)

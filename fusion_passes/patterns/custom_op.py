@@ -26,7 +26,7 @@ import torch.fx as fx
 
 from fusion_kernels import platform
 from fusion_passes import fx_utils
-from fusion_passes.patterns import PACKED_ON_CUDA, Refusal
+from fusion_passes.patterns import Refusal
 from fusion_passes.quant_key import QuantKey, Scheme
 from fusion_passes.registry import (
     NORM_OP_NAMES,
@@ -227,8 +227,6 @@ class CustomOpPattern:
             raise Refusal("no_shape_information")
         if not platform.has_kernel(f"fusion_kernels::{fused._schema.name.split('::')[-1]}", x_val.device):
             raise Refusal("no_kernel_for_device", str(x_val.device))
-        if self.family.packed and x_val.device.type == "cuda":
-            raise Refusal(*PACKED_ON_CUDA)
         if x_val.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise Refusal("unsupported_dtype", str(x_val.dtype))
         if self.family.mx:

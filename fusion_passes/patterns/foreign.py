@@ -45,7 +45,7 @@ from fusion_kernels import platform
 from fusion_kernels.reference import GROUP_ABSMAX_FLOOR
 from fusion_passes import foreign as F
 from fusion_passes import fx_utils
-from fusion_passes.patterns import PACKED_ON_CUDA, Refusal
+from fusion_passes.patterns import Refusal
 from fusion_passes.quant_key import GROUP_SIZES, QuantKey, Scheme
 from fusion_passes.registry import NORM_OP_NAMES, PACKED_GROUP_FUSED_OP_NAMES, Registry, fused_op_name
 from fusion_passes.reporting import GraphReport, Site
@@ -306,8 +306,6 @@ class ForeignMatcher:
         """``_C.per_token_group_fp8_quant_packed`` (group size, H and the range's sign already
         checked): our packed op computes it only with its own floor and range, into its own layout."""
         a, hidden = call.args, x_val.shape[-1]
-        if x_val.device.type == "cuda":
-            raise Refusal(*PACKED_ON_CUDA)
         lo, hi = float(a["fp8_min"]), float(a["fp8_max"])
         if hi != torch.finfo(dtype).max:
             raise Refusal("fp8_range_differs", f"[{lo}, {hi}]; the packed op's is +-{torch.finfo(dtype).max}")
