@@ -257,12 +257,16 @@ __device__ __forceinline__ void zero_swizzle_row_padding(const MxQuantParams& p,
   }
 }
 
-// One row per blockDim.y of a block (tpr = blockDim.x threads each); blocks from `row_groups` on
-// zero the swizzled padding. CACHED: the row in registers (kCachedSlots slots a thread), else
-// re-read for the quantization (from L2).
+// One row per blockDim.y of a block (tpr = blockDim.x threads each); blocks from `row_groups *
+// split` on zero the swizzled padding. CACHED: the row in registers (kCachedSlots slots a thread),
+// else re-read for the quantization (from L2). A few rows of a norm op (CACHED && NORM) may be
+// split over `split` blocks, as the row op's latency variant splits them: each of a row's blocks
+// reads the whole row and reduces its squares in the same order (the same normalised row), and
+// converts and stores only its share of the thread's slots (i * split / S == part: a whole
+// microscaling block, whose lanes share i), with the new residual and the scales of that share.
 template <typename T, typename W, int FMT, bool NORM, bool RES, bool ALIGNED, bool CACHED>
 __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
-    mx_kernel(const MxQuantParams p, const int64_t row_groups) {
+    mx_kernel(const MxQuantParams p, const int64_t row_groups, const int split_arg) {
   constexpr int V = 16 / sizeof(T);
   constexpr int BLOCK = block_elems<FMT>();
   constexpr int SB = BLOCK / V;  // slots per block: consecutive lanes of a run
@@ -281,10 +285,15 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
   const int H = static_cast<int>(p.hidden);
   const int64_t cols = H / BLOCK;
   const int64_t col_tiles = (cols + 3) / 4;
-  if (static_cast<int64_t>(blockIdx.x) >= row_groups) {
-    zero_swizzle_row_padding(p, col_tiles, blockIdx.x - row_groups, gridDim.x - row_groups);
+  constexpr bool SPLIT = CACHED && NORM;
+  const int split = SPLIT ? split_arg : 1;
+  const int64_t row_blocks = row_groups * split;
+  if (static_cast<int64_t>(blockIdx.x) >= row_blocks) {
+    zero_swizzle_row_padding(p, col_tiles, blockIdx.x - row_blocks, gridDim.x - row_blocks);
     return;
   }
+  const int part = SPLIT ? static_cast<int>(blockIdx.x % split) : 0;
+  auto mine = [&](int i) { return !SPLIT || (i * split) / S == part; };
 
   const int tpr = blockDim.x;
   const int lane = threadIdx.x;
@@ -293,7 +302,7 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
   auto slot_of = [&](int j) { return (j / kRun) * (kRun * tpr) + (j % kRun) * kRunLanes + lane_base; };
   const int loops = CACHED ? S : kRun * ((nslots + kRun * tpr - 1) / (kRun * tpr));
 
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
+  const int64_t row = static_cast<int64_t>(blockIdx.x / split) * blockDim.y + threadIdx.y;
   const bool valid = row < p.rows;
   const T* __restrict__ x = static_cast<const T*>(p.input) + row * p.input_row_stride;
   const T* __restrict__ res = static_cast<const T*>(p.residual) + row * p.residual_row_stride;
@@ -332,7 +341,7 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
 #pragma unroll
       for (int i = 0; i < S; ++i) {
         const int slot = slot_of(i);
-        if (valid && slot < nslots) load_pack<ALIGNED>(w_base, slot * V, H, w_cache[i]);
+        if (valid && slot < nslots && mine(i)) load_pack<ALIGNED>(w_base, slot * V, H, w_cache[i]);
       }
     }
     if constexpr (RES) {
@@ -341,7 +350,7 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
         const int slot = slot_of(i);
         if (valid && slot < nslots) {
           add_residual(rows_cache[i], res_cache[i]);
-          store_pack<ALIGNED>(res_out, slot * V, H, rows_cache[i]);
+          if (mine(i)) store_pack<ALIGNED>(res_out, slot * V, H, rows_cache[i]);
         }
       }
     }
@@ -400,6 +409,7 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
   if constexpr (CACHED) {
 #pragma unroll
     for (int i = 0; i < S; ++i) {
+      if (!mine(i)) continue;  // (uniform over the block: i is)
       const int slot = slot_of(i);
       if constexpr (WCACHE || !NORM) {
         quant_slot(slot, rows_cache[i], w_cache[WCACHE ? i : 0]);

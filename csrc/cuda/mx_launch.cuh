@@ -11,6 +11,10 @@
 namespace fusion_kernels {
 namespace dev {
 
+#ifndef FK_MX_SPLIT_MAX  // blocks a row of a few-row norm op is split over, at most (a power of two;
+#define FK_MX_SPLIT_MAX 4  // 1: no split)
+#endif
+
 #ifndef FK_MX_PAD_BLOCKS  // at most this many blocks zero the swizzled scales' padding rows
 #define FK_MX_PAD_BLOCKS 64
 #endif
@@ -22,6 +26,12 @@ void launch_mx_variant(const MxQuantParams& p, const LaunchShape& shape, cudaStr
   if (rpb > 1 && p.rows < static_cast<int64_t>(rpb) * sm_count(device)) rpb = 1;
   const dim3 block(shape.tpr, rpb);
   const int64_t row_groups = (p.rows + rpb - 1) / rpb;
+  // A few rows of a norm op are split over up to FK_MX_SPLIT_MAX blocks while they fit in one
+  // wave on the SMs (the kernel's `split`, as the row op's latency variant).
+  int split = 1;
+  if constexpr (CACHED && NORM) {
+    while (split < FK_MX_SPLIT_MAX && split * 2 <= kCachedSlots && row_groups * split * 2 <= sm_count(device)) split *= 2;
+  }
   int64_t pad_blocks = 0;
   if (p.swizzled) {
     const int64_t cols = p.hidden / block_elems<FMT>();
@@ -30,7 +40,7 @@ void launch_mx_variant(const MxQuantParams& p, const LaunchShape& shape, cudaStr
     pad_blocks = (words + threads - 1) / threads;
     if (pad_blocks > FK_MX_PAD_BLOCKS) pad_blocks = FK_MX_PAD_BLOCKS;
   }
-  launch_kernel(kernel, row_groups + pad_blocks, block, 0, stream, pdl_enabled(device), p, row_groups);
+  launch_kernel(kernel, row_groups * split + pad_blocks, block, 0, stream, pdl_enabled(device), p, row_groups, split);
 }
 
 template <typename T, typename W, int FMT, bool NORM, bool RES>
