@@ -150,7 +150,7 @@ def test_cuda_packed_ops_are_the_cuda_ue8m0_group_ops_in_deepgemms_layout(rows, 
         got = getattr(ops, name)(*packed_args)
         exp = getattr(ops, ue8m0_name)(*ue8m0_args)
         torch.cuda.synchronize()
-        assert got[1].stride() == (1, _padded(rows)), name
+        assert got[1].stride() == (1, _padded(rows)) or rows == 0, name
         assert torch.equal(got[0].view(torch.uint8), exp[0].view(torch.uint8)), f"{name}: q"
         if rows:
             assert torch.equal(_storage(got[1]).cpu(), _deepgemm_pack(exp[1].cpu())), f"{name}: packed scales (padding included)"
