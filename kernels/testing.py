@@ -213,6 +213,7 @@ OUTPUT_KINDS: dict[str, tuple[str, ...]] = {
     "fused_add_rms_norm_dynamic_quant_with_norm_out": ("q", "scales", "res", "act"),
 }
 
+
 def to_cpu(t):
     """A CPU copy of an op's output with its strides kept (a tensor, or a tuple of them).
 
