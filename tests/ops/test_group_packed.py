@@ -158,6 +158,11 @@ def test_cuda_packed_ops_are_the_cuda_ue8m0_group_ops_in_deepgemms_layout(rows, 
             assert torch.equal(got[2], exp[2]), f"{name}: residual_out"
     cpu = ops.per_token_group_fp8_quant_packed(x, group, F8)
     gpu = ops.per_token_group_fp8_quant_packed(xc, group, F8)
+    assert gpu[1].stride() == cpu[1].stride()  # (0 rows included)
     assert torch.equal(gpu[0].cpu().view(torch.uint8), cpu[0].view(torch.uint8))
     if rows:
         assert torch.equal(_storage(gpu[1]).cpu(), _storage(cpu[1]))
+    # The new residual is one rounding of x + residual on both devices: equal.
+    res_cpu = ops.fused_add_rms_norm_per_token_group_quant_packed(x, r, w, 1e-6, group, F8)[2]
+    res_gpu = ops.fused_add_rms_norm_per_token_group_quant_packed(xc, rc, wc, 1e-6, group, F8)[2]
+    assert torch.equal(res_gpu.cpu(), res_cpu)
