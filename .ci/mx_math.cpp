@@ -7,6 +7,10 @@
 //                     (search over the table), ties to the even code, finite values and Inf beyond
 //                     6 saturate to +-6, the sign kept (-0 and negatives rounding to 0 give 0x8);
 //                     NaN gives 7 with NaN's sign (the spec's choice: e2m1 has no NaN).
+//   e2m1_of_bf16(f32_to_bf16_odd(x))
+//                     the GPU kernels' packed e2m1 conversion of 16-bit rows, step by step (x
+//                     rounded to odd in bf16, then a bf16 fma that rounds to the code): equal to
+//                     the e2m1 model for every non-NaN x.
 //   f32_to_ue8m0_rp   cvt.rp.satfinite.ue8m0x2.f32 per element: the smallest power of two
 //                     2^k >= x, k in [-127, 127] (byte k + 127); 0 and x <= 2^-127 give 0, x > 2^127
 //                     and +Inf 254 (satfinite), NaN 255. Negative x is outside the spec
@@ -319,7 +323,7 @@ uint64_t visit(uint32_t lo, uint32_t hi, F&& f) {
 // Each sweep visits the magnitudes [lo, hi) (bit patterns 0..0x7FFFFFFF, increasing in value)
 // and checks both signs where the function is defined for them.
 
-void sweep_e2m1(uint32_t lo, uint32_t hi, Tally& t, Tally& fin) {
+void sweep_e2m1(uint32_t lo, uint32_t hi, Tally& t, Tally& fin, Tally& odd) {
   RnSatModel model{{e2m1_values, 8}, 7, 7};
   uint64_t finite = 0;
   t.checked = 2 * visit(lo, hi, [&](uint32_t m) {
@@ -329,10 +333,14 @@ void sweep_e2m1(uint32_t lo, uint32_t hi, Tally& t, Tally& fin) {
     if (m <= 0x7F800000u) {  // f32_to_e2m1_finite: every non-NaN input (Inf saturates too)
       fin.check(m, mx::f32_to_e2m1_finite(as_float(m)), want);
       fin.check(m | 0x80000000u, mx::f32_to_e2m1_finite(as_float(m | 0x80000000u)), want | 8);
+      // The GPU's packed path: x rounded to odd in bf16, then the bf16 conversion's steps.
+      odd.check(m, mx::e2m1_of_bf16(mx::f32_to_bf16_odd(as_float(m))), want);
+      odd.check(m | 0x80000000u, mx::e2m1_of_bf16(mx::f32_to_bf16_odd(as_float(m | 0x80000000u))), want | 8);
       ++finite;
     }
   });
   fin.checked = 2 * finite;
+  odd.checked = 2 * finite;
 }
 
 void sweep_e4m3(uint32_t lo, uint32_t hi, Tally& t) {
@@ -455,10 +463,11 @@ int main(int argc, char** argv) {
   uint64_t bad = 0;
 
   {
-    Tally t[2];
-    in_threads(t, [](uint32_t lo, uint32_t hi, Tally* p) { sweep_e2m1(lo, hi, p[0], p[1]); });
+    Tally t[3];
+    in_threads(t, [](uint32_t lo, uint32_t hi, Tally* p) { sweep_e2m1(lo, hi, p[0], p[1], p[2]); });
     bad += report("f32_to_e2m1 (cvt.rn.satfinite.e2m1x2.f32)", t[0]);
     bad += report("f32_to_e2m1_finite (the same, non-NaN x)", t[1]);
+    bad += report("e2m1_of_bf16(f32_to_bf16_odd(x)) (the GPU's packed steps, non-NaN x)", t[2]);
   }
   {
     Tally t[2];

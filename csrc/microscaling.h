@@ -106,6 +106,35 @@ FK_MX_HD inline uint8_t f32_to_e2m1_finite(float x) {
   return static_cast<uint8_t>((a < 1.0f ? small : big) | sign);
 }
 
+// --- e2m1 from bf16 (the GPU kernels' conversion of 16-bit rows, a pair per instruction) ------
+
+// x rounded to bf16 toward zero with the discarded bits' "or" in the last kept bit (round to
+// odd): bf16 keeps 8 significant bits, at least two more than e2m1's rounding needs anywhere, so
+// rounding this to e2m1 (to nearest even) gives what rounding x does (no double rounding).
+FK_MX_HD inline uint16_t f32_to_bf16_odd(float x) {
+  uint32_t u = bits_of(x);
+  u |= (u & 0xFFFFu) + 0xFFFFu;  // bit 16 (the kept last bit) |= any of bits 0-15
+  return static_cast<uint16_t>(u >> 16);
+}
+
+// f32_to_e2m1 of a bf16 encoding s (not NaN), step for step as the GPU's packed conversion
+// (dev::e2m1x2_bf16) computes each lane: a = min(|s|, 6); m = 2, 1 or 1/2 and c = 0, 2 or 4 as
+// a < 2, < 4 or >= 4; then the bf16 sum a * m + (192 + c), rounded once to nearest even, lies
+// in [192, 199], where bf16's spacing is 1: its low three bits are the code's magnitude (a * m
+// rounded to an integer, ties to even, plus c). Here the fma is fp32's, exact wherever the
+// bf16 rounding is not already decided (a * m >= 2^-9), then rounded to bf16.
+FK_MX_HD inline uint8_t e2m1_of_bf16(uint16_t s) {
+  const uint32_t sign = (static_cast<uint32_t>(s) >> 12) & 8u;
+  float a = float_of(static_cast<uint32_t>(s & 0x7FFFu) << 16);
+  a = a < kE2m1Max ? a : kE2m1Max;
+  const uint32_t ge2 = a >= 2.0f ? 1u : 0u, ge4 = a >= 4.0f ? 1u : 0u;
+  const float m = float_of((0x4000u - 0x80u * (ge2 + ge4)) << 16);
+  const float c = float_of((0x4340u + 2u * (ge2 + ge4)) << 16);
+  const uint32_t sum = bits_of(std::fma(a, m, c));
+  const uint32_t r = (sum + 0x7FFFu + ((sum >> 16) & 1u)) >> 16;  // to bf16, nearest even
+  return static_cast<uint8_t>((r & 7u) | sign);
+}
+
 // --- E8M0 --------------------------------------------------------------------------------------
 
 // The float of an E8M0 byte: 2^(byte - 127); byte 0 is the fp32 subnormal 2^-127, 255 is NaN

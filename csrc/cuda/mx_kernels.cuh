@@ -81,6 +81,70 @@ __device__ __forceinline__ uint32_t e2m1_pair(float a, float b, bool software) {
   return (static_cast<uint32_t>(mx::f32_to_e2m1(b)) << 4) | mx::f32_to_e2m1(a);
 }
 
+#if !FK_HIP && !FK_HW_E2M1
+// The packed e2m1 conversion of 16-bit rows, where the hardware has no e2m1 conversion (bf16 pairs; not NaN): per lane the steps of
+// mx::e2m1_of_bf16 (checked against the e2m1 model for every non-NaN float by .ci/mx_math.cpp),
+// a pair of elements per instruction: min(|s|, 6), two compares, the multiplier m and the added
+// 192 + c from their masks, one bf16 fma whose rounding is the code's. Returns the two codes
+// (s.lo's in bits 0-3, s.hi's in bits 16-19) with the signs of `signs` (a pair of the same
+// signs: the unscaled values, whose sign survives where a product flushes to zero).
+#define FK_PACKED_E2M1 1
+__device__ __forceinline__ bf162_t bf162_of(uint32_t u) {
+  bf162_t v;
+  __builtin_memcpy(&v, &u, sizeof(u));
+  return v;
+}
+__device__ __forceinline__ uint32_t bits_of_pair(bf162_t v) {
+  uint32_t u;
+  __builtin_memcpy(&u, &v, sizeof(u));
+  return u;
+}
+__device__ __forceinline__ uint32_t e2m1x2_bf16(uint32_t s, uint32_t signs) {
+  const bf162_t a = __hmin2(bf162_of(s & 0x7FFF7FFFu), bf162_of(0x40C040C0u));  // 6.0
+  const uint32_t ge2 = __hge2_mask(a, bf162_of(0x40004000u));  // 2.0
+  const uint32_t ge4 = __hge2_mask(a, bf162_of(0x40804080u));  // 4.0
+  const uint32_t c = 0x43404340u + (ge2 & 0x00020002u) + (ge4 & 0x00020002u);  // 192, 194, 196
+  const uint32_t m = 0x40004000u - ((c - 0x43404340u) << 6);  // 2, 1, 0.5 (0x4000 - 0x80 per step)
+  const uint32_t r = bits_of_pair(__hfma2(a, bf162_of(m), bf162_of(c)));
+  return (r & 0x00070007u) | ((signs >> 12) & 0x00080008u);
+}
+
+// Two fp32 values rounded to odd in bf16 (mx::f32_to_bf16_odd), packed (lo, hi).
+__device__ __forceinline__ uint32_t bf16x2_odd(float lo, float hi) {
+  uint32_t a = __float_as_uint(lo), b = __float_as_uint(hi);
+  a |= (a & 0xFFFFu) + 0xFFFFu;
+  b |= (b & 0xFFFFu) + 0xFFFFu;
+  return __byte_perm(a, b, 0x7632);
+}
+
+// A bf16 slot's packed FP4 codes (element 2i in the low nibble of byte i) for a block on the
+// fast path (no NaN; NVFP4: a finite factor > 0). MXFP4: `mult` is a power of two, so the bf16
+// products are exact (a product below 2^-126 may flush to zero: it is below 0.25 whenever the
+// block's absmax is at least 2^-118, which the caller checks, and codes to 0 either way). NVFP4:
+// the fp32 products (the spec's), rounded to odd in bf16.
+template <int FMT, int V>
+__device__ __forceinline__ uint32_t e2m1_word_bf16(const Pack<bf16_t, V>& y, float mult) {
+  const uint32_t* y2 = reinterpret_cast<const uint32_t*>(y.v);
+  uint32_t word = 0;
+  const bf162_t m2 = __float2bfloat162_rn(mult);
+#pragma unroll
+  for (int p = 0; p < V / 2; ++p) {
+    uint32_t s;
+    if constexpr (FMT == kFmtMxfp4) {
+      s = bits_of_pair(__hmul2(bf162_of(y2[p]), m2));
+    } else {
+      const float2 f = __bfloat1622float2(bf162_of(y2[p]));
+      s = bf16x2_odd(f.x * mult, f.y * mult);
+    }
+    const uint32_t c = e2m1x2_bf16(s, y2[p]);
+    word |= ((c | (c >> 12)) & 0xFFu) << (8 * p);
+  }
+  return word;
+}
+#else
+#define FK_PACKED_E2M1 0
+#endif
+
 // Two fp8 bytes (a low, b high) of values clamped to the format's range: hardware on sm_89+
 // unless `software` (a block holding a NaN: the spec keeps a NaN's sign).
 template <int FMT>
@@ -168,8 +232,8 @@ __device__ __forceinline__ bool nan_bits(float v) { return (mx::bits_of(v) & 0x7
 // bytes where the first applies: the clamp to +-6 is the e2m1 conversion's saturation, and
 // x * (1 / d) is x / d for the power-of-two divisors (BlockDivisor).
 template <int FMT, typename T, int V>
-__device__ __forceinline__ void quantize_slot(const MxQuantParams& p, float (&f)[V], const Pack<T, V>& y, float amax,
-                                              float g, void* q_at, uint8_t* scale_at, bool first) {
+__device__ __forceinline__ void quantize_slot(const MxQuantParams& p, const Pack<T, V>& y, float amax, float g,
+                                              void* q_at, uint8_t* scale_at, bool first) {
   const bool nan_block = amax != amax;
   // In the floor/ceil/even modes a NaN element stays itself (the division keeps it): its code is
   // the format's NaN with the element's sign. (In rceil and NVFP4 a NaN block's every element is
@@ -177,10 +241,40 @@ __device__ __forceinline__ void quantize_slot(const MxQuantParams& p, float (&f)
   const bool keep_nan_sign = FMT != kFmtNvfp4 && nan_block && p.scale_mode != mx::ScaleMode::kRceil;
   bool slow = nan_block;
   uint8_t byte;
+  float mult;  // the fast path's factor: x * mult
+  float f[V];
+  [[maybe_unused]] mx::Nvfp4Block b;
+  [[maybe_unused]] float factor;
   if constexpr (FMT == kFmtNvfp4) {
-    const mx::Nvfp4Block b = mx::nvfp4_block(amax, g, p.global_scale_is_multiplier);
+    b = mx::nvfp4_block(amax, g, p.global_scale_is_multiplier);
     byte = b.scale;
     slow = !(amax <= mx::kF32Max) || !(b.factor > 0.0f && b.factor <= mx::kF32Max);
+    mult = b.factor;
+  } else {
+    constexpr mx::ElemFormat elem = FMT == kFmtE4m3 ? mx::ElemFormat::kE4m3
+                                    : FMT == kFmtE5m2 ? mx::ElemFormat::kE5m2
+                                                      : mx::ElemFormat::kE2m1;
+    byte = mx::mx_block_scale(amax, elem, p.scale_mode);
+    factor = mx::mx_block_factor(byte, p.scale_mode);
+    // (A block without a NaN has a finite, nonzero power-of-two factor.)
+    mult = p.scale_mode == mx::ScaleMode::kRceil ? factor : BlockDivisor(factor).recip;
+  }
+  if (first) *scale_at = byte;
+#if FK_PACKED_E2M1
+  if constexpr ((FMT == kFmtMxfp4 || FMT == kFmtNvfp4) && std::is_same_v<T, bf16_t>) {
+    if (!slow && (FMT == kFmtNvfp4 || amax >= 0x1p-118f)) {
+      const uint32_t word = e2m1_word_bf16<FMT>(y, mult);
+      if constexpr (V == 8) {
+        *static_cast<uint32_t*>(q_at) = word;
+      } else {
+        *static_cast<uint16_t*>(q_at) = static_cast<uint16_t>(word);
+      }
+      return;
+    }
+  }
+#endif
+  to_floats(y, f);
+  if constexpr (FMT == kFmtNvfp4) {
     if (!slow) {
 #pragma unroll
       for (int k = 0; k < V; ++k) f[k] *= b.factor;
@@ -190,17 +284,10 @@ __device__ __forceinline__ void quantize_slot(const MxQuantParams& p, float (&f)
         f[k] = mx::clamp_keep_nan(mx::mul_by_factor(f[k], b.factor), -mx::kE2m1Max, mx::kE2m1Max);
     }
   } else {
-    constexpr mx::ElemFormat elem = FMT == kFmtE4m3 ? mx::ElemFormat::kE4m3
-                                    : FMT == kFmtE5m2 ? mx::ElemFormat::kE5m2
-                                                      : mx::ElemFormat::kE2m1;
-    byte = mx::mx_block_scale(amax, elem, p.scale_mode);
-    const float factor = mx::mx_block_factor(byte, p.scale_mode);
-    // (A block without a NaN has a finite, nonzero power-of-two factor.)
     const BlockDivisor d(factor);
-    const float r = p.scale_mode == mx::ScaleMode::kRceil ? factor : d.recip;
     if (!slow) {
 #pragma unroll
-      for (int k = 0; k < V; ++k) f[k] *= r;
+      for (int k = 0; k < V; ++k) f[k] *= mult;
     } else if (p.scale_mode == mx::ScaleMode::kRceil) {
 #pragma unroll
       for (int k = 0; k < V; ++k) f[k] = mx::mul_by_factor(f[k], factor);
@@ -209,7 +296,6 @@ __device__ __forceinline__ void quantize_slot(const MxQuantParams& p, float (&f)
       for (int k = 0; k < V; ++k) f[k] = d.apply(f[k]);
     }
   }
-  if (first) *scale_at = byte;
   if constexpr (FMT == kFmtE4m3 || FMT == kFmtE5m2) {
     Pack<uint8_t, V> q;
     uint16_t* q2 = reinterpret_cast<uint16_t*>(q.v);
@@ -385,13 +471,12 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
   // every step (the butterfly needs the whole warp); absent slots are zeros.
   auto quant_slot = [&](int slot, TPack& y, const WPack& w) {
     const bool has = valid && slot < nslots;
-    float f[V];
     float amax = 0.0f;
     if (has) {
       if constexpr (NORM) normalize(y, inv, w);
-      to_floats(y, f);
-#pragma unroll
-      for (int k = 0; k < V; ++k) amax = nan_max(fabsf(f[k]), amax);
+      AbsMax<T> m;  // (16-bit rows: a pair per instruction)
+      m.add(y);
+      amax = m.value();
     }
 #pragma unroll
     for (int o = 1; o < SB; o <<= 1) amax = nan_max(amax, shfl_xor(amax, o));
@@ -399,7 +484,7 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
       const int64_t b = slot / SB;
       const bool first = (slot & (SB - 1)) == 0;
       uint8_t* scale_at = p.scales + (p.swizzled ? mx::swizzled_offset(row, b, col_tiles) : row * cols + b);
-      quantize_slot<FMT>(p, f, y, amax, g, q_row + (FP4 ? slot * (V / 2) : slot * V), scale_at, first);
+      quantize_slot<FMT>(p, y, amax, g, q_row + (FP4 ? slot * (V / 2) : slot * V), scale_at, first);
       // The row's columns of the last tile beyond its scales are padding: zeros.
       if (p.swizzled && first && b == cols - 1) {
         for (int64_t c = cols; c < 4 * col_tiles; ++c) p.scales[mx::swizzled_offset(row, c, col_tiles)] = 0;

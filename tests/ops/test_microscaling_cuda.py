@@ -97,6 +97,38 @@ def test_quant_edge_values_match_cpu(fmt):
                 check_quant(fmt, x[:-6], mode, layout, f"{fmt} {mode} g={g}", g=torch.tensor(g))
 
 
+def anchored_sweep(block: int, exponent: int) -> torch.Tensor:
+    """Every bf16 value of magnitude <= 6 (both signs, subnormals and zeros), times 2^exponent,
+    block - 1 to a block behind an anchor 6 * 2^exponent: the block's absmax, so one block
+    scale brings every value of the sweep into the e2m1 range at the same factor (FLOOR and RCEIL:
+    1 at exponent 0; NVFP4: the factor the global scale gives). Rows of 1024."""
+    mags = torch.arange(0, 0x40C1, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float()
+    vals = torch.cat([mags, -mags]) * 2.0**exponent
+    per = block - 1
+    n = -(-vals.numel() // per) * per
+    vals = torch.cat([vals, torch.zeros(n - vals.numel())]).reshape(-1, per)
+    anchor = torch.full((vals.shape[0], 1), 6.0 * 2.0**exponent)
+    x = torch.cat([anchor, vals], dim=1).reshape(-1)
+    pad = -x.numel() % 1024
+    return torch.cat([x, torch.zeros(pad)]).reshape(-1, 1024).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+def test_fp4_every_bf16_value_at_fixed_block_factors(fmt):
+    """The packed bf16 conversion of the FP4 kernels (two elements an instruction) on every bf16
+    value in the e2m1 range, each at several block factors: 2^0, tiny and huge ones (blocks whose
+    absmax is below 2^-118 take the fp32 path; those just above it have subnormal elements), and
+    for NVFP4 global scales that make the factor no power of two."""
+    for exponent in (0, -60, 60, -116, -125):
+        x = anchored_sweep(block_of(fmt), exponent)
+        for mode in modes(fmt):
+            if fmt == "nvfp4":
+                for g in (global_scale_of(x, mode), torch.tensor(0.3), torch.tensor(7.77)):
+                    check_quant(fmt, x, mode, "row_major", f"{fmt} {mode} 2^{exponent} g={float(g)}", g=g)
+            else:
+                check_quant(fmt, x, mode, "row_major", f"{fmt} {mode} 2^{exponent}")
+
+
 @pytest.mark.parametrize("residual", [False, True], ids=["norm", "add_norm"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("fmt", FORMATS)
