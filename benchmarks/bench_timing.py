@@ -53,12 +53,16 @@ def check(cell: Cell, name: str, outs, x, r, w, s) -> None:
         from fusion_kernels.testing import unpack_ue8m0_scales
 
         got = outs[1]
-        assert got.dtype == torch.int32 and got.shape == exp[1].shape and got.stride() == exp[1].stride(), (
+        # (A compiled baseline may return a size-1 dim with another stride, and at T = 1 Inductor
+        # drops the padding rows of the plain-torch function's output: for it the values count.)
+        same = got.stride() == exp[1].stride() or (name not in ("fused", "unfused") and got.shape[0] == 1)
+        assert got.dtype == torch.int32 and got.shape == exp[1].shape and same, (
             f"{cell} {name} packed scales {got.dtype}{tuple(got.shape)} strides {got.stride()}"
         )
-        padded = got.stride(1)
-        storage = torch.as_strided(got, (padded, got.shape[1]), (1, padded))
-        assert not bool(storage[got.shape[0]:].any()), f"{cell} {name}: padding rows not 0"
+        if got.stride() == exp[1].stride():
+            padded = got.stride(1)
+            storage = torch.as_strided(got, (padded, got.shape[1]), (1, padded))
+            assert not bool(storage[got.shape[0]:].any()), f"{cell} {name}: padding rows not 0"
         groups = cell.hidden // cell.spec[3]
         outs = (outs[0], unpack_ue8m0_scales(got, groups), *outs[2:])
         exp[1] = unpack_ue8m0_scales(exp[1], groups)

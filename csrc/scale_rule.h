@@ -90,47 +90,43 @@ FK_SCALE_FN float dynamic_scale(float amax, const ScaleRule& r) {
   return s;
 }
 
-// Group g's scale of row `row` in the padded layouts: the fp32 scales whose columns hold
-// `padded_rows` rows, or the UE8M0 bytes packed four groups to an int32 (RowOpParams::
-// packed_ue8m0_scales; `scales` then points at the int32s, `col_stride` is the padded row count).
-// The writer of the last row also zeroes its group's padding rows, and in the packed layout the
-// writer of a row's last group zeroes the unused bytes of its int32, so every byte of the scales
-// tensor's storage is written. Out of line on the GPU: inlined at each of a kernel's unrolled
-// scale stores it doubled the group kernels' compile time, and it runs once per group at most.
-// (`inline` for the one-definition rule only: every translation unit that includes this header
-// emits it, and __noinline__ keeps the device code a call.)
-#if FK_SCALE_DEVICE
-__device__ __noinline__
-#endif
-inline void store_group_scale_padded(float* scales, int64_t row_stride, int64_t col_stride, int64_t rows,
-                                     int64_t padded_rows, int64_t groups, bool packed, int64_t row, int64_t g, float s) {
-  if (!packed) {
-    scales[row * row_stride + g * col_stride] = s;
-    if (row == rows - 1)
-      for (int64_t r = rows; r < padded_rows; ++r) scales[r * row_stride + g * col_stride] = 0.0f;
-    return;
-  }
-  uint8_t* const base = reinterpret_cast<uint8_t*>(scales);
-  const uint8_t e = static_cast<uint8_t>(scale_bits(s) >> 23);  // (the sign bit shifted out)
-  const int64_t col = (g >> 2) * col_stride;
-  const int first_unused = g == groups - 1 ? static_cast<int>(g & 3) + 1 : 4;
-  const int64_t end = row == rows - 1 ? col_stride : row + 1;
-  for (int64_t r = row; r < end; ++r) {
-    uint8_t* const word = base + ((col + r) << 2);
-    word[g & 3] = r == row ? e : uint8_t{0};
-    for (int b = first_unused; b < 4; ++b) word[b] = 0;
-  }
-}
-
 // Group g's scale of row `row`, stored as the layout asks: fp32 at [row, g] of the strided
-// scales (inline), or one of the padded layouts (store_group_scale_padded).
+// scales (the padded fp32 layout too: its columns hold scale_padded_rows rows), or its UE8M0 byte
+// in the packed layout (RowOpParams::packed_ue8m0_scales; `scales` then points at the int32s,
+// four groups to one, and scale_group_stride is the padded row count). One store, inline at each
+// of a kernel's unrolled scale stores; the bytes that hold no group's scale are written once per
+// row by zero_group_scale_padding.
 FK_SCALE_FN void store_group_scale(const RowOpParams& p, int64_t row, int64_t g, float s) {
-  if (!p.packed_ue8m0_scales && (row != p.rows - 1 || p.scale_padded_rows <= p.rows)) {
+  if (!p.packed_ue8m0_scales) {
     p.scales[row * p.scale_row_stride + g * p.scale_group_stride] = s;
     return;
   }
-  store_group_scale_padded(p.scales, p.scale_row_stride, p.scale_group_stride, p.rows, p.scale_padded_rows,
-                           p.hidden / p.group_size, p.packed_ue8m0_scales, row, g, s);
+  uint8_t* const base = reinterpret_cast<uint8_t*>(p.scales);
+  base[(((g >> 2) * p.scale_group_stride + row) << 2) + (g & 3)] = static_cast<uint8_t>(scale_bits(s) >> 23);
+}
+
+// The padding of the padded scale layouts that belongs to row `row` (valid), so that every byte
+// of the scales tensor's storage is written: in the packed layout the unused bytes of the row's
+// last int32 (a group count that is not a multiple of 4); for the last row also the padding rows
+// rows..padded - 1 of every scale column (zeros). Work items first, first + step, ...: the GPU
+// kernels spread them over the threads of the row, once per row (not at each unrolled scale
+// store, which kept the group kernels' compile time and registers as they were without padding).
+FK_SCALE_FN void zero_group_scale_padding(const RowOpParams& p, int64_t row, int first, int step) {
+  const int64_t groups = p.hidden / p.group_size;
+  if (p.packed_ue8m0_scales) {
+    const int64_t words = (groups + 3) >> 2;
+    const int64_t padded = p.scale_group_stride;
+    uint8_t* const base = reinterpret_cast<uint8_t*>(p.scales);
+    if ((groups & 3) != 0 && first == 0)
+      for (int64_t b = groups & 3; b < 4; ++b) base[(((words - 1) * padded + row) << 2) + b] = 0;
+    if (row != p.rows - 1) return;
+    int32_t* const w = reinterpret_cast<int32_t*>(p.scales);
+    for (int64_t k = first; k < (padded - p.rows) * words; k += step) w[(k % words) * padded + p.rows + k / words] = 0;
+    return;
+  }
+  if (row != p.rows - 1) return;
+  for (int64_t k = first; k < (p.scale_padded_rows - p.rows) * groups; k += step)
+    p.scales[(p.rows + k / groups) * p.scale_row_stride + (k % groups) * p.scale_group_stride] = 0.0f;
 }
 
 }  // namespace fusion_kernels

@@ -149,6 +149,7 @@ void run(const RowOpParams& p) {
             for (int64_t j = g * G; j < (g + 1) * G; ++j)
               store_quant<OUT>(p.out, row * H + j, quotient<T>(y[j], inv_s, rq), qmax);
           }
+          zero_group_scale_padding(p, row, 0, 1);
         }
       }
     }

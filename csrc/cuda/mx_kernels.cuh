@@ -231,9 +231,14 @@ __device__ __forceinline__ bool nan_bits(float v) { return (mx::bits_of(v) & 0x7
 // block the spec's element-by-element arithmetic, NaN handling included. Both give the same
 // bytes where the first applies: the clamp to +-6 is the e2m1 conversion's saturation, and
 // x * (1 / d) is x / d for the power-of-two divisors (BlockDivisor).
+// Whether a format and row type take the packed FP4 conversion (quantize_slot's fast path): the
+// caller then leaves f to quantize_slot, which fills it only for the blocks that need it.
+template <int FMT, typename T>
+constexpr bool kPackedFp4 = FK_PACKED_E2M1 && (FMT == kFmtMxfp4 || FMT == kFmtNvfp4) && std::is_same_v<T, bf16_t>;
+
 template <int FMT, typename T, int V>
-__device__ __forceinline__ void quantize_slot(const MxQuantParams& p, const Pack<T, V>& y, float amax, float g,
-                                              void* q_at, uint8_t* scale_at, bool first) {
+__device__ __forceinline__ void quantize_slot(const MxQuantParams& p, float (&f)[V], const Pack<T, V>& y, float amax,
+                                              float g, void* q_at, uint8_t* scale_at, bool first) {
   const bool nan_block = amax != amax;
   // In the floor/ceil/even modes a NaN element stays itself (the division keeps it): its code is
   // the format's NaN with the element's sign. (In rceil and NVFP4 a NaN block's every element is
@@ -242,7 +247,6 @@ __device__ __forceinline__ void quantize_slot(const MxQuantParams& p, const Pack
   bool slow = nan_block;
   uint8_t byte;
   float mult;  // the fast path's factor: x * mult
-  float f[V];
   [[maybe_unused]] mx::Nvfp4Block b;
   [[maybe_unused]] float factor;
   if constexpr (FMT == kFmtNvfp4) {
@@ -261,7 +265,7 @@ __device__ __forceinline__ void quantize_slot(const MxQuantParams& p, const Pack
   }
   if (first) *scale_at = byte;
 #if FK_PACKED_E2M1
-  if constexpr ((FMT == kFmtMxfp4 || FMT == kFmtNvfp4) && std::is_same_v<T, bf16_t>) {
+  if constexpr (kPackedFp4<FMT, T>) {
     if (!slow && (FMT == kFmtNvfp4 || amax >= 0x1p-118f)) {
       const uint32_t word = e2m1_word_bf16<FMT>(y, mult);
       if constexpr (V == 8) {
@@ -271,9 +275,9 @@ __device__ __forceinline__ void quantize_slot(const MxQuantParams& p, const Pack
       }
       return;
     }
+    to_floats(y, f);
   }
 #endif
-  to_floats(y, f);
   if constexpr (FMT == kFmtNvfp4) {
     if (!slow) {
 #pragma unroll
@@ -471,12 +475,19 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
   // every step (the butterfly needs the whole warp); absent slots are zeros.
   auto quant_slot = [&](int slot, TPack& y, const WPack& w) {
     const bool has = valid && slot < nslots;
+    float f[V];
     float amax = 0.0f;
     if (has) {
       if constexpr (NORM) normalize(y, inv, w);
-      AbsMax<T> m;  // (16-bit rows: a pair per instruction)
-      m.add(y);
-      amax = m.value();
+      if constexpr (kPackedFp4<FMT, T>) {
+        AbsMax<T> m;  // a pair per instruction; f only where a block needs it (quantize_slot)
+        m.add(y);
+        amax = m.value();
+      } else {
+        to_floats(y, f);
+#pragma unroll
+        for (int k = 0; k < V; ++k) amax = nan_max(fabsf(f[k]), amax);
+      }
     }
 #pragma unroll
     for (int o = 1; o < SB; o <<= 1) amax = nan_max(amax, shfl_xor(amax, o));
@@ -484,7 +495,7 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
       const int64_t b = slot / SB;
       const bool first = (slot & (SB - 1)) == 0;
       uint8_t* scale_at = p.scales + (p.swizzled ? mx::swizzled_offset(row, b, col_tiles) : row * cols + b);
-      quantize_slot<FMT>(p, y, amax, g, q_row + (FP4 ? slot * (V / 2) : slot * V), scale_at, first);
+      quantize_slot<FMT>(p, f, y, amax, g, q_row + (FP4 ? slot * (V / 2) : slot * V), scale_at, first);
       // The row's columns of the last tile beyond its scales are padding: zeros.
       if (p.swizzled && first && b == cols - 1) {
         for (int64_t c = cols; c < 4 * col_tiles; ++c) p.scales[mx::swizzled_offset(row, c, col_tiles)] = 0;

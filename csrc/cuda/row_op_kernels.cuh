@@ -405,6 +405,9 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
           quant_chunk(y, has, has, c);
         }
       }
+      // The padded layouts' padding of this row (one block of a split row writes it).
+      if (valid && part == 0 && (p.packed_ue8m0_scales || p.scale_padded_rows > p.rows))
+        zero_group_scale_padding(p, row, lane, tpr);
     }
     // The reduction buffers are reused by the next row group.
     if (tpr > kWarpSize) __syncthreads();
