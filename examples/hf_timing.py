@@ -10,7 +10,9 @@ interleaved (A, B, C, A, B, C, ...) with CUDA events so that clock drift affects
 
 ``--profile`` also splits the GPU time of the compile without the plugin into kernel classes
 (torch.profiler, default mode, no CUDA graphs): the share of the RMSNorm kernels (with the
-quantization Inductor fused into them) bounds what fusing them can gain.
+quantization Inductor fused into them) bounds what fusing them can gain; and for decode it lists
+each variant's kernels under its CUDA graphs against the compile without the plugin (launches and
+GPU time per step, the kernels that differ most).
 """
 
 from __future__ import annotations
@@ -86,6 +88,49 @@ def profile_shares(call, steps: int = 5) -> dict[str, float]:
     return {c: t / total for c, t in sorted(per_class.items(), key=lambda kv: -kv[1])}
 
 
+def kernel_times(call, steps: int = 5, mark_steps: bool = False) -> dict[str, tuple[float, float]]:
+    """GPU time (µs) and launches per step of every kernel name over ``steps`` calls of ``call``
+    (CUDA graph replays included: the profiler sees the kernels a graph launches)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if mark_steps:
+        torch.compiler.cudagraph_mark_step_begin()
+    call()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            if mark_steps:
+                torch.compiler.cudagraph_mark_step_begin()
+            call()
+        torch.cuda.synchronize()
+    events = [(e.name, e.time_range.elapsed_us()) for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return per_step(events, steps)
+
+
+def per_step(events, steps: int) -> dict[str, tuple[float, float]]:
+    """(name, µs) events -> name: (µs per step, launches per step)."""
+    out: dict[str, list[float]] = {}
+    for name, us in events:
+        t = out.setdefault(name, [0.0, 0.0])
+        t[0] += us / steps
+        t[1] += 1.0 / steps
+    return {n: (t[0], t[1]) for n, t in out.items()}
+
+
+def kernel_diff(base: dict, other: dict, top: int = 6) -> list[str]:
+    """Lines comparing two kernel_times tables: totals, then the kernels whose time per step
+    differs most."""
+    tb, tk = sum(t for t, _ in base.values()), sum(t for t, _ in other.values())
+    nb, nk = sum(n for _, n in base.values()), sum(n for _, n in other.values())
+    lines = [f"kernels per step {nk:.0f} (without the plugin {nb:.0f}), GPU time {tk:.1f} us ({tk - tb:+.1f} us)"]
+    names = set(base) | set(other)
+    delta = sorted(names, key=lambda n: -abs(other.get(n, (0.0, 0.0))[0] - base.get(n, (0.0, 0.0))[0]))
+    for n in delta[:top]:
+        b, k = base.get(n, (0.0, 0.0)), other.get(n, (0.0, 0.0))
+        lines.append(f"  {k[0] - b[0]:+8.1f} us  {b[0]:8.1f} -> {k[0]:8.1f} us  x{k[1]:.0f}  {n[:90]}")
+    return lines
+
+
 def _rows(phase: str, batch: int, tokens: int, times: dict[str, float], sites: dict[str, str]) -> list[dict]:
     base = times.get("without")
     rows = []
@@ -139,6 +184,13 @@ def decode(model, variants, batch: int, context: int, steps: int, profile: bool)
     fns = {v: compile_variant(model, v, mode="reduce-overhead", dynamic=False) for v in variants}
     with torch.no_grad():
         times = gpu_times({v: step(f) for v, f in fns.items()}, steps, mark_steps=True)
+        if profile and "without" in fns:
+            # Each variant's kernels under its CUDA graphs, against the compile without the plugin:
+            # where a difference in step time comes from (kernels, or time between them).
+            tables = {v: kernel_times(step(f), mark_steps=True) for v, f in fns.items()}
+            for v in fns:
+                if v != "without":
+                    print(f"  decode batch {batch} {v}: " + "\n".join(kernel_diff(tables["without"], tables[v])), flush=True)
     sites = {v: site_summary(f) for v, f in fns.items() if v != "without"}
     return _rows("decode", batch, batch, times, sites), shares
 

@@ -96,3 +96,18 @@ def test_examples_run_eagerly_without_a_cxx_compiler(tmp_path):
         assert "no C++ compiler" in sections[script], sections[script]
         assert "the model ran eagerly" in sections[script], sections[script]
     assert not (tmp_path / "dump").exists()
+
+
+def test_decode_kernel_diff_names_the_kernels_that_differ():
+    """hf_timing's per-variant kernel table (the decode diagnosis of --profile): launches and
+    GPU time per step, and the kernels whose time differs most from the compile without the
+    plugin, largest difference first."""
+    timing = _load_example("hf_timing")
+    base = timing.per_step([("rsqrt_fused", 4.0), ("gemm", 20.0)] * 2, steps=2)
+    plugin = timing.per_step([("row_op_kernel", 3.0), ("gemm", 20.0), ("copy", 0.5)] * 2, steps=2)
+    assert base == {"rsqrt_fused": (4.0, 1.0), "gemm": (20.0, 1.0)}
+    lines = timing.kernel_diff(base, plugin, top=2)
+    assert lines[0].startswith("kernels per step 3 (without the plugin 2), GPU time 23.5 us (-0.5 us)")
+    assert "rsqrt_fused" in lines[1] and "-4.0 us" in lines[1]
+    assert "row_op_kernel" in lines[2] and "+3.0 us" in lines[2]
+    assert len(lines) == 3
