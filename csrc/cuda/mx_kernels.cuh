@@ -82,10 +82,10 @@ __device__ __forceinline__ uint32_t e2m1_pair(float a, float b, bool software) {
 }
 
 #if !FK_HIP && !FK_HW_E2M1
-// The packed e2m1 conversion of 16-bit rows, where the hardware has no e2m1 conversion (bf16 pairs; not NaN): per lane the steps of
-// mx::e2m1_of_bf16 (checked against the e2m1 model for every non-NaN float by .ci/mx_math.cpp),
-// a pair of elements per instruction: min(|s|, 6), two compares, the multiplier m and the added
-// 192 + c from their masks, one bf16 fma whose rounding is the code's. Returns the two codes
+// The packed e2m1 conversion of bf16 rows where the hardware has none (pairs, not NaN): per lane
+// the steps of mx::e2m1_of_bf16 (checked against the e2m1 model for every non-NaN float by
+// .ci/mx_math.cpp), a pair of elements per instruction: min(|s|, 6), two compares, the multiplier
+// m and the added 192 + c from their masks, one bf16 fma whose rounding is the code's. Returns the two codes
 // (s.lo's in bits 0-3, s.hi's in bits 16-19) with the signs of `signs` (a pair of the same
 // signs: the unscaled values, whose sign survives where a product flushes to zero).
 #define FK_PACKED_E2M1 1
@@ -221,6 +221,11 @@ __device__ __forceinline__ uint32_t sign_bits(const Pack<T, V>& y) {
 
 __device__ __forceinline__ bool nan_bits(float v) { return (mx::bits_of(v) & 0x7FFFFFFFu) > 0x7F800000u; }
 
+// Whether a format and row type take the packed FP4 conversion (quantize_slot's fast path): the
+// caller then leaves f to quantize_slot, which fills it only for the blocks that need it.
+template <int FMT, typename T>
+constexpr bool kPackedFp4 = FK_PACKED_E2M1 && (FMT == kFmtMxfp4 || FMT == kFmtNvfp4) && std::is_same_v<T, bf16_t>;
+
 // Quantizes one slot (V values of a block whose absmax is `amax`, already reduced over the
 // block's lanes; `y`: the slot's values, whose encodings give a NaN's sign) and stores it; the
 // block's first lane (`first`) stores the scale byte at `scale_at`.
@@ -230,12 +235,9 @@ __device__ __forceinline__ bool nan_bits(float v) { return (mx::bits_of(v) & 0x7
 // global scale breaks) takes one multiply an element and the finite conversions; every other
 // block the spec's element-by-element arithmetic, NaN handling included. Both give the same
 // bytes where the first applies: the clamp to +-6 is the e2m1 conversion's saturation, and
-// x * (1 / d) is x / d for the power-of-two divisors (BlockDivisor).
-// Whether a format and row type take the packed FP4 conversion (quantize_slot's fast path): the
-// caller then leaves f to quantize_slot, which fills it only for the blocks that need it.
-template <int FMT, typename T>
-constexpr bool kPackedFp4 = FK_PACKED_E2M1 && (FMT == kFmtMxfp4 || FMT == kFmtNvfp4) && std::is_same_v<T, bf16_t>;
-
+// x * (1 / d) is x / d for the power-of-two divisors (BlockDivisor). FP4 of bf16 rows off
+// Blackwell (kPackedFp4) takes the packed conversion on that path (`f` then unused), and fills
+// `f` from `y` for the other blocks; every other case arrives with `f` filled.
 template <int FMT, typename T, int V>
 __device__ __forceinline__ void quantize_slot(const MxQuantParams& p, float (&f)[V], const Pack<T, V>& y, float amax,
                                               float g, void* q_at, uint8_t* scale_at, bool first) {
