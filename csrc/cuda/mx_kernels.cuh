@@ -12,11 +12,11 @@
 // elements is 2 to 8 consecutive 16-byte slots, which the mapping gives to consecutive lanes of a
 // run: its absmax is a thread's max over its slot and a butterfly over those lanes; every lane of
 // the block then derives the same scale, converts its own slot and stores it, and the block's
-// first lane stores the scale byte. The element conversions: e4m3 and e5m2 in hardware on sm_89+
-// (saturating, as the clamp before the spec's conversion), FP4 e2m1 in hardware where the
-// arch-specific targets have it (sm_100a/103a/120a, the sm_100f/120f families); elsewhere, and
-// for the elements of a block holding a NaN (whose sign the hardware does not keep), the spec's
-// software conversions.
+// first lane stores the scale byte. The element conversions (mx_convert.cuh): e4m3 and e5m2 in
+// hardware on sm_89+ (saturating, as the clamp before the spec's conversion), FP4 e2m1 in hardware
+// where the arch-specific targets have it (sm_100a/103a/120a, the sm_100f/120f families), else in
+// packed bf16 arithmetic for bf16 rows; elsewhere, and for the elements of a block holding a NaN
+// (whose sign the hardware does not keep), the spec's software conversions.
 #pragma once
 
 #include <type_traits>
@@ -24,23 +24,11 @@
 #include "cuda/compat.cuh"
 #include "cuda/kernel_config.cuh"
 #include "cuda/memory.cuh"
+#include "cuda/mx_convert.cuh"
 #include "cuda/norm.cuh"
 #include "cuda/reductions.cuh"
 #include "microscaling.h"
 #include "mx_params.h"
-
-// The FP4 (e2m1) conversion instruction exists on the arch-specific and family-specific targets
-// of Blackwell (cvt.rn.satfinite.e2m1x2.f32, PTX 8.6+).
-#if !FK_HIP && defined(__CUDA_ARCH__) &&                                                                   \
-    (defined(__CUDA_ARCH_FEAT_SM100_ALL) || defined(__CUDA_ARCH_FEAT_SM101_ALL) ||                         \
-     defined(__CUDA_ARCH_FEAT_SM103_ALL) || defined(__CUDA_ARCH_FEAT_SM110_ALL) ||                         \
-     defined(__CUDA_ARCH_FEAT_SM120_ALL) || defined(__CUDA_ARCH_FEAT_SM121_ALL) ||                         \
-     (defined(__CUDA_ARCH_SPECIFIC__) && __CUDA_ARCH_SPECIFIC__ >= 1000) ||                                 \
-     (defined(__CUDA_ARCH_FAMILY_SPECIFIC__) && __CUDA_ARCH_FAMILY_SPECIFIC__ >= 1000))
-#define FK_HW_E2M1 1
-#else
-#define FK_HW_E2M1 0
-#endif
 
 namespace fusion_kernels {
 namespace dev {
@@ -48,178 +36,6 @@ namespace dev {
 #ifndef FK_MX_MIN_BLOCKS  // __launch_bounds__ minimum resident blocks of kMaxThreads (2: 64 registers)
 #define FK_MX_MIN_BLOCKS 2  // of the register-cached kernels (the re-reading ones, for rows longer than
 #endif                      // the registers hold and misaligned rows, take what they need)
-
-// The formats as kernel template arguments (MxKind's values).
-constexpr int kFmtE4m3 = static_cast<int>(MxKind::kMxfp8E4m3);
-constexpr int kFmtE5m2 = static_cast<int>(MxKind::kMxfp8E5m2);
-constexpr int kFmtMxfp4 = static_cast<int>(MxKind::kMxfp4);
-constexpr int kFmtNvfp4 = static_cast<int>(MxKind::kNvfp4);
-
-template <int FMT>
-__host__ __device__ constexpr int block_elems() {
-  return FMT == kFmtNvfp4 ? mx::kNvfp4Block : mx::kMxBlock;
-}
-
-// --- element conversions (values already brought into range by the block's factor) -----------
-
-// Two e2m1 codes in one byte (a low, b high), round to nearest even, saturating to +-6; `software`:
-// a block holding a NaN (microscaling.h's f32_to_e2m1, which encodes NaN as the spec does).
-__device__ __forceinline__ uint32_t e2m1_pair(float a, float b, bool software) {
-#if FK_HW_E2M1
-  if (!software) {
-    uint32_t r;
-    asm("{ .reg .b8 q;\n"
-        "  cvt.rn.satfinite.e2m1x2.f32 q, %2, %1;\n"
-        "  cvt.u32.u8 %0, q; }"
-        : "=r"(r)
-        : "f"(a), "f"(b));
-    return r;
-  }
-#endif
-  // A block without a NaN: the finite conversion, in about half the instructions.
-  if (!software) return (static_cast<uint32_t>(mx::f32_to_e2m1_finite(b)) << 4) | mx::f32_to_e2m1_finite(a);
-  return (static_cast<uint32_t>(mx::f32_to_e2m1(b)) << 4) | mx::f32_to_e2m1(a);
-}
-
-#if !FK_HIP && !FK_HW_E2M1
-// The packed e2m1 conversion of bf16 rows where the hardware has none (pairs, not NaN): per lane
-// the steps of mx::e2m1_of_bf16 (checked against the e2m1 model for every non-NaN float by
-// .ci/mx_math.cpp), a pair of elements per instruction: min(|s|, 6), two compares, the multiplier
-// m and the added 192 + c from their masks, one bf16 fma whose rounding is the code's. Returns the two codes
-// (s.lo's in bits 0-3, s.hi's in bits 16-19) with the signs of `signs` (a pair of the same
-// signs: the unscaled values, whose sign survives where a product flushes to zero).
-#define FK_PACKED_E2M1 1
-__device__ __forceinline__ bf162_t bf162_of(uint32_t u) {
-  bf162_t v;
-  __builtin_memcpy(&v, &u, sizeof(u));
-  return v;
-}
-__device__ __forceinline__ uint32_t bits_of_pair(bf162_t v) {
-  uint32_t u;
-  __builtin_memcpy(&u, &v, sizeof(u));
-  return u;
-}
-__device__ __forceinline__ uint32_t e2m1x2_bf16(uint32_t s, uint32_t signs) {
-  const bf162_t a = __hmin2(bf162_of(s & 0x7FFF7FFFu), bf162_of(0x40C040C0u));  // 6.0
-  const uint32_t ge2 = __hge2_mask(a, bf162_of(0x40004000u));  // 2.0
-  const uint32_t ge4 = __hge2_mask(a, bf162_of(0x40804080u));  // 4.0
-  const uint32_t c = 0x43404340u + (ge2 & 0x00020002u) + (ge4 & 0x00020002u);  // 192, 194, 196
-  const uint32_t m = 0x40004000u - ((c - 0x43404340u) << 6);  // 2, 1, 0.5 (0x4000 - 0x80 per step)
-  const uint32_t r = bits_of_pair(__hfma2(a, bf162_of(m), bf162_of(c)));
-  return (r & 0x00070007u) | ((signs >> 12) & 0x00080008u);
-}
-
-// Two fp32 values rounded to odd in bf16 (mx::f32_to_bf16_odd), packed (lo, hi).
-__device__ __forceinline__ uint32_t bf16x2_odd(float lo, float hi) {
-  uint32_t a = __float_as_uint(lo), b = __float_as_uint(hi);
-  a |= (a & 0xFFFFu) + 0xFFFFu;
-  b |= (b & 0xFFFFu) + 0xFFFFu;
-  return __byte_perm(a, b, 0x7632);
-}
-
-// A bf16 slot's packed FP4 codes (element 2i in the low nibble of byte i) for a block on the
-// fast path (no NaN; NVFP4: a finite factor > 0). MXFP4: `mult` is a power of two, so the bf16
-// products are exact (a product below 2^-126 may flush to zero: it is below 0.25 whenever the
-// block's absmax is at least 2^-118, which the caller checks, and codes to 0 either way). NVFP4:
-// the fp32 products (the spec's), rounded to odd in bf16.
-template <int FMT, int V>
-__device__ __forceinline__ uint32_t e2m1_word_bf16(const Pack<bf16_t, V>& y, float mult) {
-  const uint32_t* y2 = reinterpret_cast<const uint32_t*>(y.v);
-  uint32_t word = 0;
-  const bf162_t m2 = __float2bfloat162_rn(mult);
-#pragma unroll
-  for (int p = 0; p < V / 2; ++p) {
-    uint32_t s;
-    if constexpr (FMT == kFmtMxfp4) {
-      s = bits_of_pair(__hmul2(bf162_of(y2[p]), m2));
-    } else {
-      const float2 f = __bfloat1622float2(bf162_of(y2[p]));
-      s = bf16x2_odd(f.x * mult, f.y * mult);
-    }
-    const uint32_t c = e2m1x2_bf16(s, y2[p]);
-    word |= ((c | (c >> 12)) & 0xFFu) << (8 * p);
-  }
-  return word;
-}
-#else
-#define FK_PACKED_E2M1 0
-#endif
-
-// Two fp8 bytes (a low, b high) of values clamped to the format's range: hardware on sm_89+
-// unless `software` (a block holding a NaN: the spec keeps a NaN's sign).
-template <int FMT>
-__device__ __forceinline__ uint32_t fp8_pair(float a, float b, bool software) {
-  constexpr float kMax = FMT == kFmtE4m3 ? mx::kE4m3Max : 57344.0f;
-#if !FK_HIP && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  if (!software) {
-    uint16_t r;
-    if constexpr (FMT == kFmtE4m3) {
-      asm("cvt.rn.satfinite.e4m3x2.f32 %0, %2, %1;" : "=h"(r) : "f"(a), "f"(b));
-    } else {
-      asm("cvt.rn.satfinite.e5m2x2.f32 %0, %2, %1;" : "=h"(r) : "f"(a), "f"(b));
-    }
-    return r;
-  }
-#endif
-  (void)software;
-  a = mx::clamp_keep_nan(a, -kMax, kMax);
-  b = mx::clamp_keep_nan(b, -kMax, kMax);
-  if constexpr (FMT == kFmtE4m3) {
-    return mx::f32_to_e4m3fn(a) | (static_cast<uint32_t>(mx::f32_to_e4m3fn(b)) << 8);
-  } else {
-    return mx::f32_to_e5m2(a) | (static_cast<uint32_t>(mx::f32_to_e5m2(b)) << 8);
-  }
-}
-
-// x / d for a block divisor d = 2^k (k in [-126, 127]) or +Inf (the floor/ceil/even modes'
-// mx_block_factor), as a product with 1 / d, which is exact (2^-127 is a subnormal float): the
-// same correctly rounded quotient without a division per element. A NaN x stays x (its sign kept,
-// as the spec's division keeps it).
-struct BlockDivisor {
-  float recip;
-  __device__ explicit BlockDivisor(float d) {
-    const uint32_t e = mx::bits_of(d) >> 23;  // d > 0: 1..254, or 255 for +Inf
-    recip = e == 255 ? 0.0f : (e == 254 ? mx::float_of(0x00400000u) : mx::float_of((254u - e) << 23));
-  }
-  __device__ float apply(float x) const { return x != x ? x : x * recip; }
-};
-
-// A slot's V values as floats.
-template <typename T, int V>
-__device__ __forceinline__ void to_floats(const Pack<T, V>& y, float (&f)[V]) {
-  if constexpr (kIs16<T>) {
-    using P = typename Pair<T>::type;
-    const P* y2 = reinterpret_cast<const P*>(y.v);
-#pragma unroll
-    for (int p = 0; p < V / 2; ++p) {
-      const float2 g = to_float2(y2[p]);
-      f[2 * p] = g.x;
-      f[2 * p + 1] = g.y;
-    }
-  } else {
-#pragma unroll
-    for (int k = 0; k < V; ++k) f[k] = y.v[k];
-  }
-}
-
-// The sign bits of a slot's values (bit k: value k), from their encoding: a NaN's sign, which
-// the GPU's float arithmetic and 16-bit conversions do not keep, is the spec's there.
-template <typename T, int V>
-__device__ __forceinline__ uint32_t sign_bits(const Pack<T, V>& y) {
-  uint32_t s = 0;
-  if constexpr (kIs16<T>) {
-    const uint16_t* b = reinterpret_cast<const uint16_t*>(y.v);
-#pragma unroll
-    for (int k = 0; k < V; ++k) s |= static_cast<uint32_t>(b[k] >> 15) << k;
-  } else {
-    const uint32_t* b = reinterpret_cast<const uint32_t*>(y.v);
-#pragma unroll
-    for (int k = 0; k < V; ++k) s |= (b[k] >> 31) << k;
-  }
-  return s;
-}
-
-__device__ __forceinline__ bool nan_bits(float v) { return (mx::bits_of(v) & 0x7FFFFFFFu) > 0x7F800000u; }
 
 // Whether a format and row type take the packed FP4 conversion (quantize_slot's fast path): the
 // caller then leaves f to quantize_slot, which fills it only for the blocks that need it.
