@@ -150,6 +150,81 @@ __device__ __forceinline__ void quantize_slot(const MxQuantParams& p, float (&f)
   }
 }
 
+// A block's scale byte and its fast-path factor, computed once by the lane that owns the block
+// on the scattered path (the arithmetic of quantize_slot's first lines). `mult` is NaN for a
+// block that takes the spec's element-by-element path (quantize_slot's `slow`), and negated for
+// an MXFP4 block of bf16 rows below the packed conversion's range (absmax < 2^-118), which takes
+// the float conversion; every other block's mult is finite and > 0.
+struct MxBlockFactor {
+  uint8_t byte;
+  float mult;
+};
+
+template <int FMT, typename T>
+__device__ __forceinline__ MxBlockFactor block_factor(const MxQuantParams& p, float amax, float g) {
+  MxBlockFactor r;
+  bool slow = amax != amax;
+  if constexpr (FMT == kFmtNvfp4) {
+    const mx::Nvfp4Block b = mx::nvfp4_block(amax, g, p.global_scale_is_multiplier);
+    r.byte = b.scale;
+    slow = !(amax <= mx::kF32Max) || !(b.factor > 0.0f && b.factor <= mx::kF32Max);
+    r.mult = b.factor;
+  } else {
+    constexpr mx::ElemFormat elem = FMT == kFmtE4m3 ? mx::ElemFormat::kE4m3
+                                    : FMT == kFmtE5m2 ? mx::ElemFormat::kE5m2
+                                                      : mx::ElemFormat::kE2m1;
+    r.byte = mx::mx_block_scale(amax, elem, p.scale_mode);
+    const float factor = mx::mx_block_factor(r.byte, p.scale_mode);
+    r.mult = p.scale_mode == mx::ScaleMode::kRceil ? factor : BlockDivisor(factor).recip;
+  }
+  if (slow) {
+    r.mult = mx::float_of(0x7FC00000u);
+  } else if (kPackedFp4<FMT, T> && FMT == kFmtMxfp4 && !(amax >= 0x1p-118f)) {
+    r.mult = -r.mult;
+  }
+  return r;
+}
+
+// A slot of a fast-path block (block_factor's mult, not NaN) converted and stored: the bytes of
+// quantize_slot's path for such a block.
+template <int FMT, typename T, int V>
+__device__ __forceinline__ void convert_fast(const Pack<T, V>& y, float mult, void* q_at) {
+#if FK_PACKED_E2M1
+  if constexpr (kPackedFp4<FMT, T>) {
+    if (mult > 0.0f) {
+      const uint32_t word = e2m1_word_bf16<FMT>(y, mult);
+      if constexpr (V == 8) {
+        *static_cast<uint32_t*>(q_at) = word;
+      } else {
+        *static_cast<uint16_t*>(q_at) = static_cast<uint16_t>(word);
+      }
+      return;
+    }
+    mult = -mult;
+  }
+#endif
+  float f[V];
+  to_floats(y, f);
+#pragma unroll
+  for (int k = 0; k < V; ++k) f[k] *= mult;
+  if constexpr (FMT == kFmtE4m3 || FMT == kFmtE5m2) {
+    Pack<uint8_t, V> q;
+    uint16_t* q2 = reinterpret_cast<uint16_t*>(q.v);
+#pragma unroll
+    for (int k = 0; k < V / 2; ++k) q2[k] = static_cast<uint16_t>(fp8_pair<FMT>(f[2 * k], f[2 * k + 1], false));
+    *reinterpret_cast<Pack<uint8_t, V>*>(q_at) = q;
+  } else {
+    uint32_t word = 0;
+#pragma unroll
+    for (int k = 0; k < V / 2; ++k) word |= e2m1_pair(f[2 * k], f[2 * k + 1], false) << (8 * k);
+    if constexpr (V == 8) {
+      *static_cast<uint32_t*>(q_at) = word;
+    } else {
+      *static_cast<uint16_t*>(q_at) = static_cast<uint16_t>(word);
+    }
+  }
+}
+
 // The 128x4 swizzled scale buffer's padding (rows T..ceil(T / 128) * 128 - 1, every column),
 // zeroed 4 bytes at a time (the 4 scale columns of a row in a tile are contiguous) by the
 // blocks after the row blocks. The real rows' column padding is written with their scales.
@@ -288,6 +363,16 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
   }
 
   uint8_t* __restrict__ const q_row = static_cast<uint8_t*>(p.out) + row * (FP4 ? H / 2 : H);
+  // Block b's scale byte of this row (mx::swizzled_offset, the row's part taken once).
+  const int64_t scale_row =
+      p.swizzled ? 512 * ((row / 128) * col_tiles) + 16 * (row % 32) + 4 * ((row % 128) / 32) : row * cols;
+  auto scale_ptr = [&](int b) { return p.scales + scale_row + (p.swizzled ? 512 * (b >> 2) + (b & 3) : b); };
+  // The row's columns of the last tile beyond its scales are padding: zeros.
+  auto zero_column_padding = [&](int b) {
+    if (p.swizzled && b == cols - 1) {
+      for (int c = static_cast<int>(cols); c < 4 * col_tiles; ++c) *scale_ptr(c) = 0;
+    }
+  };
   // A chunk of kRun slots a thread at a time (the whole row when it is in registers): the
   // chunk's loads first, then per slot the block's absmax, scale and conversion. Every lane runs
   // every step (the butterfly needs the whole warp); absent slots are zeros.
@@ -310,16 +395,113 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
 #pragma unroll
     for (int o = 1; o < SB; o <<= 1) amax = nan_max(amax, shfl_xor(amax, o));
     if (has) {
-      const int64_t b = slot / SB;
+      const int b = slot / SB;
       const bool first = (slot & (SB - 1)) == 0;
-      uint8_t* scale_at = p.scales + (p.swizzled ? mx::swizzled_offset(row, b, col_tiles) : row * cols + b);
-      quantize_slot<FMT>(p, f, y, amax, g, q_row + (FP4 ? slot * (V / 2) : slot * V), scale_at, first);
-      // The row's columns of the last tile beyond its scales are padding: zeros.
-      if (p.swizzled && first && b == cols - 1) {
-        for (int64_t c = cols; c < 4 * col_tiles; ++c) p.scales[mx::swizzled_offset(row, c, col_tiles)] = 0;
+      quantize_slot<FMT>(p, f, y, amax, g, q_row + (FP4 ? slot * (V / 2) : slot * V), scale_ptr(b), first);
+      if (first) zero_column_padding(b);
+    }
+  };
+  // The scattered form of kRun slots a thread (slot_of(i0) .. slot_of(i0 + kRun - 1)), where the
+  // SB lanes of a block hold kRun / SB whole groups of SB blocks: each slot's absmax over its
+  // lanes is reduce-scattered (lane j of a block's lanes ends with the absmax of the block its
+  // slot j of the group lies in), so each lane derives one block's scale, factor and scale address
+  // per group instead of every lane every block's; the factors come back by index shuffles.
+  // Blocks on the spec's element-by-element path (a NaN, or an NVFP4 factor out of range) are
+  // rare: when a lane of the warp has one, the warp reduces every slot's absmax again, as
+  // quant_slot does, and those slots take quantize_slot's path. Same bytes as quant_slot.
+  constexpr bool kScatter = SB <= kRun;
+  constexpr int G = kScatter ? kRun / SB : 1;  // groups of SB slots a thread
+  auto slot_absmax = [&](const TPack& y) {
+    float a = 0.0f;
+    if constexpr (kPackedFp4<FMT, T>) {
+      AbsMax<T> m;  // a pair per instruction
+      m.add(y);
+      a = m.value();
+    } else {
+      float f[V];
+      to_floats(y, f);
+#pragma unroll
+      for (int k = 0; k < V; ++k) a = nan_max(fabsf(f[k]), a);
+    }
+    return a;
+  };
+  auto quant_run = [&](int i0, TPack (&y)[kRun], auto&& weight_of) {
+    float amax[kRun];
+#pragma unroll
+    for (int i = 0; i < kRun; ++i) {
+      const int slot = slot_of(i0 + i);
+      amax[i] = 0.0f;
+      if (valid && slot < nslots) {
+        if constexpr (NORM) normalize(y[i], inv, weight_of(i, slot));
+        amax[i] = slot_absmax(y[i]);
+      }
+    }
+    const int j = lane & (SB - 1);
+    float mult[G];
+    bool any_slow = false;
+#pragma unroll
+    for (int gi = 0; gi < G; ++gi) {
+      float v[SB];
+#pragma unroll
+      for (int t = 0; t < SB; ++t) v[t] = amax[gi * SB + t];
+#pragma unroll
+      for (int o = SB / 2, n = SB / 2; o >= 1; o >>= 1, n >>= 1) {
+        const bool hi = (lane & o) != 0;
+#pragma unroll
+        for (int k = 0; k < n; ++k) {
+          const float keep = hi ? v[k + n] : v[k];
+          const float give = hi ? v[k] : v[k + n];
+          v[k] = nan_max(keep, shfl_xor(give, o));
+        }
+      }
+      const MxBlockFactor bf = block_factor<FMT, T>(p, v[0], g);
+      mult[gi] = bf.mult;
+      any_slow |= bf.mult != bf.mult;
+      const int slot = slot_of(i0 + gi * SB + j);
+      if (valid && slot < nslots) {
+        const int b = slot / SB;
+        *scale_ptr(b) = bf.byte;
+        zero_column_padding(b);
+      }
+    }
+    any_slow = warp_any(any_slow);
+#pragma unroll
+    for (int i = 0; i < kRun; ++i) {
+      const int slot = slot_of(i0 + i);
+      const bool has = valid && slot < nslots;
+      const float m = shfl_idx(mult[i / SB], i % SB, SB);
+      float a = 0.0f;
+      if (any_slow) {  // (uniform over the warp)
+        if (has) a = slot_absmax(y[i]);
+#pragma unroll
+        for (int o = 1; o < SB; o <<= 1) a = nan_max(a, shfl_xor(a, o));
+      }
+      if (!has) continue;
+      void* q_at = q_row + (FP4 ? slot * (V / 2) : slot * V);
+      if (m == m) {
+        convert_fast<FMT>(y[i], m, q_at);
+      } else {
+        float f[V];
+        to_floats(y[i], f);
+        quantize_slot<FMT>(p, f, y[i], a, g, q_at, nullptr, false);
       }
     }
   };
+  if constexpr (CACHED && kScatter) {
+    if (split == 1) {
+      // (A generic weight_of: instantiated only where the norm calls it.)
+      quant_run(0, rows_cache, [&](auto i, auto slot) {
+        if constexpr (WCACHE) {
+          return w_cache[i];
+        } else {
+          WPack w;
+          load_pack<ALIGNED>(w_base, slot * V, H, w);
+          return w;
+        }
+      });
+      return;
+    }
+  }
   if constexpr (CACHED) {
 #pragma unroll
     for (int i = 0; i < S; ++i) {
@@ -342,12 +524,20 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
         const int slot = slot_of(c + i);
         if (valid && slot < nslots) load_row_slot(slot, y[i], !NORM);
       }
+      if constexpr (kScatter) {
+        quant_run(c, y, [&](auto, auto slot) {
+          WPack w;
+          load_pack<ALIGNED>(w_base, slot * V, H, w);
+          return w;
+        });
+      } else {
 #pragma unroll
-      for (int i = 0; i < kRun; ++i) {
-        const int slot = slot_of(c + i);
-        WPack w;
-        if (NORM && valid && slot < nslots) load_pack<ALIGNED>(w_base, slot * V, H, w);
-        quant_slot(slot, y[i], w);
+        for (int i = 0; i < kRun; ++i) {
+          const int slot = slot_of(c + i);
+          WPack w;
+          if (NORM && valid && slot < nslots) load_pack<ALIGNED>(w_base, slot * V, H, w);
+          quant_slot(slot, y[i], w);
+        }
       }
     }
   }
