@@ -227,7 +227,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--prefill-tokens", type=int, default=2048)
     parser.add_argument("--batches", default="1,8,64", help="decode batch sizes")
     parser.add_argument("--context", type=int, default=1024, help="tokens in the KV cache when decoding")
-    parser.add_argument("--variants", default="without,always,auto", help="timed: without the plugin, native=...")
+    parser.add_argument("--variants", default="without,always,auto", help="timed: without (the plugin), again (a second compile without it), or a native= value")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per variant")
     parser.add_argument(
         "--profile", action="store_true", help="on CUDA: GPU time shares of the compile without the plugin"

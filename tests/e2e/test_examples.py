@@ -111,3 +111,16 @@ def test_decode_kernel_diff_names_the_kernels_that_differ():
     assert "rsqrt_fused" in lines[1] and "-4.0 us" in lines[1]
     assert "row_op_kernel" in lines[2] and "+3.0 us" in lines[2]
     assert len(lines) == 3
+
+
+def test_again_is_a_second_compile_without_the_plugin(monkeypatch):
+    """hf_timing's ``again`` variant: a separate compile without the plugin (the compile-to-compile
+    floor next to ``without``); a native= value goes through the plugin."""
+    timing = _load_example("hf_timing")
+    calls = []
+    monkeypatch.setattr(timing.torch, "compile", lambda m, **kw: calls.append(("torch", kw)) or m)
+    monkeypatch.setattr(timing.fusion_passes, "compile", lambda m, **kw: calls.append(("plugin", kw)) or m)
+    model = object()
+    for v in ("without", "again", "auto"):
+        assert timing.compile_variant(model, v, dynamic=False) is model
+    assert calls == [("torch", {"dynamic": False}), ("torch", {"dynamic": False}), ("plugin", {"native": "auto", "dynamic": False})]
