@@ -33,6 +33,10 @@
 namespace fusion_kernels {
 namespace dev {
 
+#ifndef FK_MX_SCATTER  // 1: each lane of a block derives one block's scale per group of slots (mx_kernel's
+#define FK_MX_SCATTER 1  // quant_run); 0: every lane every block's, slot by slot (quant_slot)
+#endif
+
 #ifndef FK_MX_MIN_BLOCKS  // __launch_bounds__ minimum resident blocks of kMaxThreads (2: 64 registers)
 #define FK_MX_MIN_BLOCKS 2  // of the register-cached kernels (the re-reading ones, for rows longer than
 #endif                      // the registers hold and misaligned rows, take what they need)
@@ -409,7 +413,7 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
   // Blocks on the spec's element-by-element path (a NaN, or an NVFP4 factor out of range) are
   // rare: when a lane of the warp has one, the warp reduces every slot's absmax again, as
   // quant_slot does, and those slots take quantize_slot's path. Same bytes as quant_slot.
-  constexpr bool kScatter = SB <= kRun;
+  constexpr bool kScatter = FK_MX_SCATTER && SB <= kRun;
   constexpr int G = kScatter ? kRun / SB : 1;  // groups of SB slots a thread
   auto slot_absmax = [&](const TPack& y) {
     float a = 0.0f;
