@@ -118,19 +118,34 @@ class PrimitivesFP8Linear(torch.nn.Module):
         return out.reshape(*x.shape[:-1], -1)
 
 
-def quantize(model: torch.nn.Module, granularity: str, use_config: bool = True) -> str:
+def torchao_config(granularity: str, inductor_config: str = "torchao"):
+    """torchao's float8 dynamic-activation config. ``inductor_config="torchao"`` (its default)
+    lets ``quantize_`` apply torchao's recommended Inductor settings, process-wide: coordinate
+    descent tuning among them, which times kernel configs in each compile's first call (slower
+    compiles, and kernel choices that follow timings); ``"torch"`` leaves torch's defaults."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor
+
+    if inductor_config not in ("torchao", "torch"):
+        raise ValueError(f"inductor_config: 'torchao' or 'torch', not {inductor_config!r}")
+    return Float8DynamicActivationFloat8WeightConfig(
+        granularity=PerRow() if granularity == "row" else PerTensor(), set_inductor_config=inductor_config == "torchao"
+    )
+
+
+def quantize(model: torch.nn.Module, granularity: str, use_config: bool = True, inductor_config: str = "torchao") -> str:
     """Quantize every linear: torchao's config where torchao supports the hardware (and
     ``use_config``), else torchao's quantization functions per linear. Returns what was done."""
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
+    from torchao.quantization import quantize_
 
-    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow() if granularity == "row" else PerTensor())
+    config = torchao_config(granularity, inductor_config)
     refusal = "its linears have no backward (--grad)"
     if next(model.parameters()).device.type == "cpu":
         use_config, refusal = False, "torchao's float8 config needs CUDA sm_89+, MI300 or XPU, not a CPU"
     try:
         if use_config:
             quantize_(model, config)
-            return f"torchao Float8DynamicActivationFloat8WeightConfig({'PerRow' if granularity == 'row' else 'PerTensor'})"
+            settings = "torchao's Inductor settings" if inductor_config == "torchao" else "torch's Inductor settings"
+            return f"torchao Float8DynamicActivationFloat8WeightConfig({'PerRow' if granularity == 'row' else 'PerTensor'}), {settings}"
     except AssertionError as e:  # torchao's hardware check, raised before any linear is replaced
         refusal = f"torchao's config refuses this hardware ({str(e).splitlines()[0]})"
     for parent in list(model.modules()):
@@ -227,8 +242,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--prefill-tokens", type=int, default=2048)
     parser.add_argument("--batches", default="1,8,64", help="decode batch sizes")
     parser.add_argument("--context", type=int, default=1024, help="tokens in the KV cache when decoding")
-    parser.add_argument("--variants", default="without,always,auto", help="timed: without (the plugin), again (a second compile without it), or a native= value")
+    parser.add_argument(
+        "--variants",
+        default="without,always,auto",
+        help="timed: without (the plugin), again (a second compile without it), or a native= value",
+    )
     parser.add_argument("--steps", type=int, default=30, help="timed steps per variant")
+    parser.add_argument(
+        "--inductor-config",
+        choices=("torchao", "torch"),
+        default="torchao",
+        help="on CUDA: torchao's recommended Inductor settings (its default: coordinate descent tuning) or torch's",
+    )
     parser.add_argument(
         "--profile", action="store_true", help="on CUDA: GPU time shares of the compile without the plugin"
     )
@@ -244,7 +269,7 @@ def main(argv=None) -> dict:
         hidden = args.hidden or (CPU_DEFAULTS["hidden"] if small else None)
         vocab = args.vocab or (CPU_DEFAULTS["vocab"] if small else None)
         model = build_model(args.arch, layers, hidden, vocab, device)
-        how = quantize(model, args.granularity, use_config=not args.grad)
+        how = quantize(model, args.granularity, use_config=not args.grad, inductor_config=args.inductor_config)
     c = model.config
     print(f"model: {type(model).__name__}, {c.num_hidden_layers} layers, hidden {c.hidden_size}, "
           f"MLP {c.intermediate_size}, vocabulary {c.vocab_size}, bf16, random weights, on {device}")  # fmt: skip

@@ -134,3 +134,13 @@ def test_example_without_the_extra_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchao", None)  # as if not installed
     with pytest.raises(SystemExit, match=r"pip install -e \"\.\[hf\]\""):
         _example().main(["--device", "cpu"])
+
+
+def test_torchao_inductor_settings_are_torchaos_unless_asked():
+    """--inductor-config: torchao's config applies its recommended Inductor settings (coordinate
+    descent tuning, process-wide) by default, as a user's quantize_ call does; "torch" keeps torch's."""
+    ex = _example()
+    assert ex.torchao_config("row").set_inductor_config is True
+    assert ex.torchao_config("tensor", "torch").set_inductor_config is False
+    with pytest.raises(ValueError, match="inductor_config"):
+        ex.torchao_config("row", "max-autotune")
