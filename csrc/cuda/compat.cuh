@@ -74,6 +74,19 @@ __device__ __forceinline__ float shfl_idx(float v, int src, int width) {
 #endif
 }
 
+// Whether `pred` holds in any lane of the warp (a warp-uniform result).
+__device__ __forceinline__ bool warp_any(bool pred) {
+#if FK_HIP
+#if defined(HIP_ENABLE_WARP_SYNC_BUILTINS)
+  return __any_sync(~0ull, pred);
+#else
+  return __any(pred);
+#endif
+#else
+  return __any_sync(0xffffffffu, pred);
+#endif
+}
+
 // Lets the next kernel on the stream start launching while this one runs (programmatic
 // dependent launch, sm_90+). `grid_dependency_wait` must come before the kernel's first global
 // memory access: it returns once the grids this one depends on have finished and their writes

@@ -29,19 +29,6 @@
 namespace fusion_kernels {
 namespace dev {
 
-// Whether `pred` holds in any lane of the warp (a warp-uniform result).
-__device__ __forceinline__ bool warp_any(bool pred) {
-#if FK_HIP
-#if defined(HIP_ENABLE_WARP_SYNC_BUILTINS)
-  return __any_sync(~0ull, pred);
-#else
-  return __any(pred);
-#endif
-#else
-  return __any_sync(0xffffffffu, pred);
-#endif
-}
-
 // The formats as kernel template arguments (MxKind's values).
 constexpr int kFmtE4m3 = static_cast<int>(MxKind::kMxfp8E4m3);
 constexpr int kFmtE5m2 = static_cast<int>(MxKind::kMxfp8E5m2);

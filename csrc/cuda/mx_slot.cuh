@@ -17,6 +17,16 @@
 namespace fusion_kernels {
 namespace dev {
 
+// A slot's packed FP4 codes (V / 2 bytes: element 2i in the low nibble of byte i) stored at q_at.
+template <int V>
+__device__ __forceinline__ void store_fp4_word(void* q_at, uint32_t word) {
+  if constexpr (V == 8) {
+    *static_cast<uint32_t*>(q_at) = word;
+  } else {
+    *static_cast<uint16_t*>(q_at) = static_cast<uint16_t>(word);
+  }
+}
+
 // Whether a format and row type take the packed FP4 conversion (quantize_slot's fast path): the
 // caller then leaves f to quantize_slot, which fills it only for the blocks that need it.
 template <int FMT, typename T>
@@ -66,11 +76,7 @@ __device__ __forceinline__ void quantize_slot(const MxQuantParams& p, float (&f)
   if constexpr (kPackedFp4<FMT, T>) {
     if (!slow && (FMT == kFmtNvfp4 || amax >= 0x1p-118f)) {
       const uint32_t word = e2m1_word_bf16<FMT>(y, mult);
-      if constexpr (V == 8) {
-        *static_cast<uint32_t*>(q_at) = word;
-      } else {
-        *static_cast<uint16_t*>(q_at) = static_cast<uint16_t>(word);
-      }
+      store_fp4_word<V>(q_at, word);
       return;
     }
     to_floats(y, f);
@@ -122,11 +128,7 @@ __device__ __forceinline__ void quantize_slot(const MxQuantParams& p, float (&f)
       for (int k = 0; k < V; ++k)
         if (nan_bits(f[k])) word = (word & ~(0xFu << (4 * k))) | ((7u | (((neg >> k) & 1u) << 3)) << (4 * k));
     }
-    if constexpr (V == 8) {
-      *static_cast<uint32_t*>(q_at) = word;
-    } else {
-      *static_cast<uint16_t*>(q_at) = static_cast<uint16_t>(word);
-    }
+    store_fp4_word<V>(q_at, word);
   }
 }
 
@@ -173,11 +175,7 @@ __device__ __forceinline__ void convert_fast(const Pack<T, V>& y, float mult, vo
   if constexpr (kPackedFp4<FMT, T>) {
     if (mult > 0.0f) {
       const uint32_t word = e2m1_word_bf16<FMT>(y, mult);
-      if constexpr (V == 8) {
-        *static_cast<uint32_t*>(q_at) = word;
-      } else {
-        *static_cast<uint16_t*>(q_at) = static_cast<uint16_t>(word);
-      }
+      store_fp4_word<V>(q_at, word);
       return;
     }
     mult = -mult;
@@ -197,11 +195,7 @@ __device__ __forceinline__ void convert_fast(const Pack<T, V>& y, float mult, vo
     uint32_t word = 0;
 #pragma unroll
     for (int k = 0; k < V / 2; ++k) word |= e2m1_pair(f[2 * k], f[2 * k + 1], false) << (8 * k);
-    if constexpr (V == 8) {
-      *static_cast<uint32_t*>(q_at) = word;
-    } else {
-      *static_cast<uint16_t*>(q_at) = static_cast<uint16_t>(word);
-    }
+    store_fp4_word<V>(q_at, word);
   }
 }
 
