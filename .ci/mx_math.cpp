@@ -9,8 +9,10 @@
 //                     NaN gives 7 with NaN's sign (the spec's choice: e2m1 has no NaN).
 //   e2m1_of_bf16(f32_to_bf16_odd(x))
 //                     the GPU kernels' packed e2m1 conversion of 16-bit rows, step by step (x
-//                     rounded to odd in bf16, then a bf16 fma that rounds to the code): equal to
-//                     the e2m1 model for every non-NaN x.
+//                     rounded to odd in bf16, then three bf16 fmas that each round one piece of
+//                     the code, and their minimum): equal to the e2m1 model for every non-NaN x.
+//   pack_e2m1x8       the packed word of a slot's eight codes with their signs: every non-NaN
+//                     bf16 value at each of the eight positions, against the model's codes.
 //   f32_to_ue8m0_rp   cvt.rp.satfinite.ue8m0x2.f32 per element: the smallest power of two
 //                     2^k >= x, k in [-127, 127] (byte k + 127); 0 and x <= 2^-127 give 0, x > 2^127
 //                     and +Inf 254 (satfinite), NaN 255. Negative x is outside the spec
@@ -343,6 +345,43 @@ void sweep_e2m1(uint32_t lo, uint32_t hi, Tally& t, Tally& fin, Tally& odd) {
   odd.checked = 2 * finite;
 }
 
+// The GPU's packed FP4 word of a bf16 slot (mx::pack_e2m1x8 of the lanes' mx::e2m1_mag_bf16):
+// every non-NaN bf16 value at each of the slot's 8 positions, the other 7 from a fixed
+// pseudo-random sequence of non-NaN bf16 values; want: each element's code from the e2m1 model,
+// element 2i in the low nibble of byte i. (Input reported: the value | position << 16.)
+void check_pack_e2m1x8(Tally& t) {
+  RnSatModel model{{e2m1_values, 8}, 7, 7};
+  static int code[0x10000];
+  for (uint32_t m = 0; m <= 0x7F80u; ++m) {  // increasing magnitudes (the model's memo)
+    code[m] = model(as_float(m << 16));
+    code[m | 0x8000u] = code[m] | 8;
+  }
+  uint32_t state = 12345u;
+  auto next_bf16 = [&] {
+    uint32_t h;
+    do {
+      state = state * 1664525u + 1013904223u;
+      h = state >> 16;
+    } while ((h & 0x7FFFu) > 0x7F80u);
+    return h;
+  };
+  auto mag = [](uint32_t h) { return mx::e2m1_mag_bf16(as_float((h & 0x7FFFu) << 16)); };
+  for (uint32_t v = 0; v < 0x10000u; ++v) {
+    if ((v & 0x7FFFu) > 0x7F80u) continue;
+    for (uint32_t e = 0; e < 8; ++e) {
+      uint32_t h[8], y[4], r[4], want = 0;
+      for (uint32_t k = 0; k < 8; ++k) h[k] = k == e ? v : next_bf16();
+      for (int p = 0; p < 4; ++p) {
+        y[p] = h[2 * p] | (h[2 * p + 1] << 16);
+        r[p] = mag(h[2 * p]) | (mag(h[2 * p + 1]) << 16);
+      }
+      for (uint32_t k = 0; k < 8; ++k) want |= static_cast<uint32_t>(code[h[k]]) << (4 * k);
+      t.check(v | (e << 16), mx::pack_e2m1x8(r, y), want);
+      ++t.checked;
+    }
+  }
+}
+
 void sweep_e4m3(uint32_t lo, uint32_t hi, Tally& t) {
   RnSatModel model{{e4m3_values, 127}, 126, 127};
   t.checked = 2 * visit(lo, hi, [&](uint32_t m) {
@@ -468,6 +507,13 @@ int main(int argc, char** argv) {
     bad += report("f32_to_e2m1 (cvt.rn.satfinite.e2m1x2.f32)", t[0]);
     bad += report("f32_to_e2m1_finite (the same, non-NaN x)", t[1]);
     bad += report("e2m1_of_bf16(f32_to_bf16_odd(x)) (the GPU's packed steps, non-NaN x)", t[2]);
+  }
+  {
+    Tally t;
+    const auto start = std::chrono::steady_clock::now();
+    check_pack_e2m1x8(t);
+    section_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    bad += report("pack_e2m1x8 (the GPU's packed FP4 word: every bf16 value at each position)", t);
   }
   {
     Tally t[2];

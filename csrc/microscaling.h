@@ -111,28 +111,82 @@ FK_MX_HD inline uint8_t f32_to_e2m1_finite(float x) {
 // x rounded to bf16 toward zero with the discarded bits' "or" in the last kept bit (round to
 // odd): bf16 keeps 8 significant bits, at least two more than e2m1's rounding needs anywhere, so
 // rounding this to e2m1 (to nearest even) gives what rounding x does (no double rounding).
+// (As the GPU computes it, two instructions: u + 0xFFFF carries into bit 16, flipping it, exactly
+// when bits 0-15 are not all zero, so its bit 16 or-ed into u sets the last kept bit then, and
+// leaves it as it was otherwise.)
 FK_MX_HD inline uint16_t f32_to_bf16_odd(float x) {
-  uint32_t u = bits_of(x);
-  u |= (u & 0xFFFFu) + 0xFFFFu;  // bit 16 (the kept last bit) |= any of bits 0-15
-  return static_cast<uint16_t>(u >> 16);
+  const uint32_t u = bits_of(x);
+  return static_cast<uint16_t>((u | ((u + 0xFFFFu) & 0x10000u)) >> 16);
+}
+
+// A bf16 value rounded once to nearest even from fp32 (bits; Inf stays Inf).
+FK_MX_HD inline uint32_t bf16_bits_rn(float v) {
+  const uint32_t u = bits_of(v);
+  return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+}
+
+// The e2m1 magnitude of a >= 0 (not NaN; beyond 6, Inf included, saturating) as the GPU's packed
+// conversion (dev::e2m1x2_mag_bf16) computes each lane: the bf16 encoding of 128 + code. The code
+// is round(min(2a, a + 2, a / 2 + 4)) capped at 7, each candidate a bf16 fma whose one rounding
+// lands in [128, 256), where bf16's spacing is 1: 128 + round(2a) (a < 2: steps of 1/2),
+// 130 + round(a) (a in [2, 4): steps of 1), 132 + round(a / 2) (a >= 4: steps of 2), and 135. The
+// rounding is monotone, so the rounded minimum is the minimum of the rounded candidates (ties to
+// the even integer, whose parity is the code's). Here the fmas are fp32's, exact wherever the bf16
+// rounding is not already decided (terms >= 2^-9), then rounded to bf16; the encodings compare as
+// the values do (all positive). The result is 0x4300 | code: the code is its low byte.
+FK_MX_HD inline uint32_t e2m1_mag_bf16(float a) {
+  const uint32_t r1 = bf16_bits_rn(std::fma(a, 2.0f, 128.0f));
+  const uint32_t r2 = bf16_bits_rn(std::fma(a, 1.0f, 130.0f));
+  const uint32_t r3 = bf16_bits_rn(std::fma(a, 0.5f, 132.0f));
+  const uint32_t m12 = r1 < r2 ? r1 : r2;
+  const uint32_t m3 = r3 < 0x4307u ? r3 : 0x4307u;
+  return m12 < m3 ? m12 : m3;
 }
 
 // f32_to_e2m1 of a bf16 encoding s (not NaN), step for step as the GPU's packed conversion
-// (dev::e2m1x2_bf16) computes each lane: a = min(|s|, 6); m = 2, 1 or 1/2 and c = 0, 2 or 4 as
-// a < 2, < 4 or >= 4; then the bf16 sum a * m + (192 + c), rounded once to nearest even, lies
-// in [192, 199], where bf16's spacing is 1: its low three bits are the code's magnitude (a * m
-// rounded to an integer, ties to even, plus c). Here the fma is fp32's, exact wherever the
-// bf16 rounding is not already decided (a * m >= 2^-9), then rounded to bf16.
+// computes it: the magnitude's code (e2m1_mag_bf16 of |s|) and the sign bit of s.
 FK_MX_HD inline uint8_t e2m1_of_bf16(uint16_t s) {
   const uint32_t sign = (static_cast<uint32_t>(s) >> 12) & 8u;
-  float a = float_of(static_cast<uint32_t>(s & 0x7FFFu) << 16);
-  a = a < kE2m1Max ? a : kE2m1Max;
-  const uint32_t ge2 = a >= 2.0f ? 1u : 0u, ge4 = a >= 4.0f ? 1u : 0u;
-  const float m = float_of((0x4000u - 0x80u * (ge2 + ge4)) << 16);
-  const float c = float_of((0x4340u + 2u * (ge2 + ge4)) << 16);
-  const uint32_t sum = bits_of(std::fma(a, m, c));
-  const uint32_t r = (sum + 0x7FFFu + ((sum >> 16) & 1u)) >> 16;  // to bf16, nearest even
-  return static_cast<uint8_t>((r & 7u) | sign);
+  const float a = float_of(static_cast<uint32_t>(s & 0x7FFFu) << 16);
+  return static_cast<uint8_t>((e2m1_mag_bf16(a) & 7u) | sign);
+}
+
+// prmt.b32 (its default mode) on the device, and the same on the host: byte n of the result is
+// byte (SEL >> 4n) & 7 of the eight bytes b:a (a's bytes 0-3), or, where bit 3 of that nibble is
+// set, that byte's bit 7 copied into all eight bits.
+template <uint32_t SEL>
+FK_MX_HD inline uint32_t prmt(uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__) && !defined(__HIP_DEVICE_COMPILE__)
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "n"(SEL));
+  return r;
+#else
+  const uint64_t src = (static_cast<uint64_t>(b) << 32) | a;
+  uint32_t r = 0;
+  for (int n = 0; n < 4; ++n) {
+    const uint32_t nib = (SEL >> (4 * n)) & 0xFu;
+    uint32_t byte = static_cast<uint32_t>(src >> (8 * (nib & 7u))) & 0xFFu;
+    if (nib & 8u) byte = (byte & 0x80u) ? 0xFFu : 0u;
+    r |= byte << (8 * n);
+  }
+  return r;
+#endif
+}
+
+// Four FP4 codes with their signs, from two pairs of magnitudes r0, r1 (each half 0x4300 | code,
+// as e2m1_mag_bf16 gives them) and the two source pairs y0, y1 whose sign bits (15 and 31) are
+// the codes' signs: the code bytes gathered, the signs (a byte of 0xFF per negative element) in
+// as bit 3, then each byte's neighbour added as its high nibble. Bytes 0 and 2 hold the result
+// (elements 0 | 1 << 4 and 2 | 3 << 4).
+FK_MX_HD inline uint32_t fold_e2m1x4(uint32_t r0, uint32_t r1, uint32_t y0, uint32_t y1) {
+  const uint32_t v = prmt<0x6420u>(r0, r1) | (prmt<0xFDB9u>(y0, y1) & 0x08080808u);
+  return v + (v >> 4);  // (an "or": the shifted nibbles land on the high nibbles, which are zero)
+}
+
+// Eight FP4 codes, element 2i in the low nibble of byte i, from four pairs of magnitudes and the
+// four source pairs (fold_e2m1x4 of each half).
+FK_MX_HD inline uint32_t pack_e2m1x8(const uint32_t* r, const uint32_t* y) {
+  return prmt<0x6420u>(fold_e2m1x4(r[0], r[1], y[0], y[1]), fold_e2m1x4(r[2], r[3], y[2], y[3]));
 }
 
 // --- E8M0 --------------------------------------------------------------------------------------

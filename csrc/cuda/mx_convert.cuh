@@ -63,11 +63,10 @@ __device__ __forceinline__ uint32_t e2m1_pair(float a, float b, bool software) {
 
 #if !FK_HIP && !FK_HW_E2M1
 // The packed e2m1 conversion of bf16 rows where the hardware has none (pairs, not NaN): per lane
-// the steps of mx::e2m1_of_bf16 (checked against the e2m1 model for every non-NaN float by
-// .ci/mx_math.cpp), a pair of elements per instruction: min(|s|, 6), two compares, the multiplier
-// m and the added 192 + c from their masks, one bf16 fma whose rounding is the code's. Returns the two codes
-// (s.lo's in bits 0-3, s.hi's in bits 16-19) with the signs of `signs` (a pair of the same
-// signs: the unscaled values, whose sign survives where a product flushes to zero).
+// the steps of mx::e2m1_mag_bf16 (checked against the e2m1 model for every non-NaN float by
+// .ci/mx_math.cpp), a pair of elements per instruction: three bf16 fmas, each rounding one
+// piece of the code (128 + round(2a), 130 + round(a), 132 + round(a / 2)), and their minimum with
+// 135. mx::pack_e2m1x8 then gathers four pairs' codes with their signs into the packed word.
 #define FK_PACKED_E2M1 1
 __device__ __forceinline__ bf162_t bf162_of(uint32_t u) {
   bf162_t v;
@@ -79,21 +78,19 @@ __device__ __forceinline__ uint32_t bits_of_pair(bf162_t v) {
   __builtin_memcpy(&u, &v, sizeof(u));
   return u;
 }
-__device__ __forceinline__ uint32_t e2m1x2_bf16(uint32_t s, uint32_t signs) {
-  const bf162_t a = __hmin2(bf162_of(s & 0x7FFF7FFFu), bf162_of(0x40C040C0u));  // 6.0
-  const uint32_t ge2 = __hge2_mask(a, bf162_of(0x40004000u));  // 2.0
-  const uint32_t ge4 = __hge2_mask(a, bf162_of(0x40804080u));  // 4.0
-  const uint32_t c = 0x43404340u + (ge2 & 0x00020002u) + (ge4 & 0x00020002u);  // 192, 194, 196
-  const uint32_t m = 0x40004000u - ((c - 0x43404340u) << 6);  // 2, 1, 0.5 (0x4000 - 0x80 per step)
-  const uint32_t r = bits_of_pair(__hfma2(a, bf162_of(m), bf162_of(c)));
-  return (r & 0x00070007u) | ((signs >> 12) & 0x00080008u);
+// a: a pair of magnitudes (>= 0, not NaN; beyond 6 saturates). Each half: 0x4300 | its code.
+__device__ __forceinline__ uint32_t e2m1x2_mag_bf16(bf162_t a) {
+  const bf162_t r1 = __hfma2(a, bf162_of(0x40004000u), bf162_of(0x43004300u));  // 2a + 128
+  const bf162_t r2 = __hfma2(a, bf162_of(0x3F803F80u), bf162_of(0x43024302u));  // a + 130
+  const bf162_t r3 = __hfma2(a, bf162_of(0x3F003F00u), bf162_of(0x43044304u));  // a / 2 + 132
+  return bits_of_pair(__hmin2(__hmin2(r1, r2), __hmin2(r3, bf162_of(0x43074307u))));  // <= 135
 }
 
-// Two fp32 values rounded to odd in bf16 (mx::f32_to_bf16_odd), packed (lo, hi).
+// Two fp32 values rounded to odd in bf16 (mx::f32_to_bf16_odd's steps), packed (lo, hi).
 __device__ __forceinline__ uint32_t bf16x2_odd(float lo, float hi) {
   uint32_t a = __float_as_uint(lo), b = __float_as_uint(hi);
-  a |= (a & 0xFFFFu) + 0xFFFFu;
-  b |= (b & 0xFFFFu) + 0xFFFFu;
+  a |= (a + 0xFFFFu) & 0x10000u;
+  b |= (b + 0xFFFFu) & 0x10000u;
   return __byte_perm(a, b, 0x7632);
 }
 
@@ -101,25 +98,28 @@ __device__ __forceinline__ uint32_t bf16x2_odd(float lo, float hi) {
 // fast path (no NaN; NVFP4: a finite factor > 0). MXFP4: `mult` is a power of two, so the bf16
 // products are exact (a product below 2^-126 may flush to zero: it is below 0.25 whenever the
 // block's absmax is at least 2^-118, which the caller checks, and codes to 0 either way). NVFP4:
-// the fp32 products (the spec's), rounded to odd in bf16.
+// the fp32 products (the spec's), rounded to odd in bf16. The signs are the unscaled values'
+// (a product that flushes to zero keeps its element's sign).
 template <int FMT, int V>
 __device__ __forceinline__ uint32_t e2m1_word_bf16(const Pack<bf16_t, V>& y, float mult) {
+  static_assert(V == 8, "a 16-byte slot of bf16");
   const uint32_t* y2 = reinterpret_cast<const uint32_t*>(y.v);
-  uint32_t word = 0;
   const bf162_t m2 = __float2bfloat162_rn(mult);
-#pragma unroll
-  for (int p = 0; p < V / 2; ++p) {
-    uint32_t s;
+  auto mag = [&](uint32_t y) {  // a pair of the products' magnitudes, coded
+    bf162_t a;
     if constexpr (FMT == kFmtMxfp4) {
-      s = bits_of_pair(__hmul2(bf162_of(y2[p]), m2));
+      a = __hmul2(__habs2(bf162_of(y)), m2);
     } else {
-      const float2 f = __bfloat1622float2(bf162_of(y2[p]));
-      s = bf16x2_odd(f.x * mult, f.y * mult);
+      // (the bf16 pair as floats: the low half shifted up, the high half masked)
+      const float lo = __uint_as_float(y << 16), hi = __uint_as_float(y & 0xFFFF0000u);
+      a = bf162_of(bf16x2_odd(fabsf(lo) * mult, fabsf(hi) * mult));
     }
-    const uint32_t c = e2m1x2_bf16(s, y2[p]);
-    word |= ((c | (c >> 12)) & 0xFFu) << (8 * p);
-  }
-  return word;
+    return e2m1x2_mag_bf16(a);
+  };
+  // mx::pack_e2m1x8, a half at a time
+  const uint32_t lo = mx::fold_e2m1x4(mag(y2[0]), mag(y2[1]), y2[0], y2[1]);
+  const uint32_t hi = mx::fold_e2m1x4(mag(y2[2]), mag(y2[3]), y2[2], y2[3]);
+  return mx::prmt<0x6420u>(lo, hi);
 }
 #else
 #define FK_PACKED_E2M1 0

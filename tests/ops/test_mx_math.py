@@ -26,6 +26,7 @@ STRIDE = 251
 FUNCTIONS = (
     ["f32_to_e2m1 (cvt.rn.satfinite.e2m1x2.f32)", "f32_to_e2m1_finite (the same, non-NaN x)"]
     + ["e2m1_of_bf16(f32_to_bf16_odd(x)) (the GPU's packed steps, non-NaN x)"]
+    + ["pack_e2m1x8 (the GPU's packed FP4 word: every bf16 value at each position)"]
     + ["f32_to_ue8m0_rp (cvt.rp.satfinite.ue8m0x2.f32)"]
     + ["f32_to_ue8m0_rp negative x (outside the spec; helper: sign ignored)"]
     + [f"mx_block_scale {m} {f}" for m in ("floor", "rceil", "ceil", "even") for f in ("e4m3", "e5m2", "e2m1")]
