@@ -317,6 +317,8 @@ struct Nvfp4Block {
   float factor;
 };
 
+// (The GPU kernels run the same steps in dev::nvfp4_block (cuda/mx_convert.cuh), with 1 / g computed
+// once and the e4m3 conversions in hardware: a change here is a change there.)
 FK_MX_HD inline Nvfp4Block nvfp4_block(float amax, float g, bool multiplier) {
   Nvfp4Block b;
   if (!multiplier) {

@@ -158,7 +158,11 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
     }
   }
   // The global scale is read here, after the row's loads were issued, so its latency overlaps.
-  const float g = FMT == kFmtNvfp4 ? *p.global_scale : 0.0f;
+  Nvfp4Global g{0.0f, 0.0f};
+  if constexpr (FMT == kFmtNvfp4) {
+    g.g = *p.global_scale;
+    g.recip = 1.0f / g.g;
+  }
   float inv = 1.0f;
   if constexpr (NORM) {
     float acc0 = 0.0f, acc1 = 0.0f;

@@ -46,7 +46,7 @@ constexpr bool kPackedFp4 = FK_PACKED_E2M1 && (FMT == kFmtMxfp4 || FMT == kFmtNv
 // `f` from `y` for the other blocks; every other case arrives with `f` filled.
 template <int FMT, typename T, int V>
 __device__ __forceinline__ void quantize_slot(const MxQuantParams& p, float (&f)[V], const Pack<T, V>& y, float amax,
-                                              float g, void* q_at, uint8_t* scale_at, bool first) {
+                                              const Nvfp4Global& g, void* q_at, uint8_t* scale_at, bool first) {
   const bool nan_block = amax != amax;
   // In the floor/ceil/even modes a NaN element stays itself (the division keeps it): its code is
   // the format's NaN with the element's sign. (In rceil and NVFP4 a NaN block's every element is
@@ -58,7 +58,7 @@ __device__ __forceinline__ void quantize_slot(const MxQuantParams& p, float (&f)
   [[maybe_unused]] mx::Nvfp4Block b;
   [[maybe_unused]] float factor;
   if constexpr (FMT == kFmtNvfp4) {
-    b = mx::nvfp4_block(amax, g, p.global_scale_is_multiplier);
+    b = nvfp4_block(amax, g, p.global_scale_is_multiplier);
     byte = b.scale;
     slow = !(amax <= mx::kF32Max) || !(b.factor > 0.0f && b.factor <= mx::kF32Max);
     mult = b.factor;
@@ -143,11 +143,11 @@ struct MxBlockFactor {
 };
 
 template <int FMT, typename T>
-__device__ __forceinline__ MxBlockFactor block_factor(const MxQuantParams& p, float amax, float g) {
+__device__ __forceinline__ MxBlockFactor block_factor(const MxQuantParams& p, float amax, const Nvfp4Global& g) {
   MxBlockFactor r;
   bool slow = amax != amax;
   if constexpr (FMT == kFmtNvfp4) {
-    const mx::Nvfp4Block b = mx::nvfp4_block(amax, g, p.global_scale_is_multiplier);
+    const mx::Nvfp4Block b = nvfp4_block(amax, g, p.global_scale_is_multiplier);
     r.byte = b.scale;
     slow = !(amax <= mx::kF32Max) || !(b.factor > 0.0f && b.factor <= mx::kF32Max);
     r.mult = b.factor;
