@@ -169,7 +169,7 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
     if constexpr (CACHED) {
 #pragma unroll
       for (int i = 0; i < S; ++i) {
-        if (valid && slot_of(i) < nslots) accumulate_squares(rows_cache[i], acc0, acc1);
+        if (valid && slot_of(i) < nslots) accumulate_squares<CACHED>(rows_cache[i], acc0, acc1);
       }
     } else {
       for (int j = 0; j < loops; ++j) {
@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
     float f[V];
     float amax = 0.0f;
     if (has) {
-      if constexpr (NORM) normalize(y, inv, w);
+      if constexpr (NORM) normalize<CACHED>(y, inv, w);
       if constexpr (kPackedFp4<FMT, T>) {
         AbsMax<T> m;  // a pair per instruction; f only where a block needs it (quantize_slot)
         m.add(y);
@@ -255,7 +255,7 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
       const int slot = slot_of(i0 + i);
       amax[i] = 0.0f;
       if (valid && slot < nslots) {
-        if constexpr (NORM) normalize(y[i], inv, weight_of(i, slot));
+        if constexpr (NORM) normalize<CACHED>(y[i], inv, weight_of(i, slot));
         amax[i] = slot_absmax(y[i]);
       }
     }
