@@ -199,9 +199,12 @@ void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t
   const int64_t row_groups = (p.rows + rpb - 1) / rpb;
   // The latency variant splits a row over up to FK_SPLIT_MAX blocks while they fit in one
   // wave on the SMs (the kernel's `split`: same reduction, each block stores a share).
-  int split = 1;
+  int split = 1, split_log2 = 0;  // (the kernel takes log2: a shift and a mask instead of a division)
   if constexpr (WREGS) {
-    while (split < FK_SPLIT_MAX && split * 2 <= kCachedSlots && row_groups * split * 2 <= sm_count(device)) split *= 2;
+    while (split < FK_SPLIT_MAX && split * 2 <= kCachedSlots && row_groups * split * 2 <= sm_count(device)) {
+      split *= 2;
+      ++split_log2;
+    }
   }
 #ifndef FK_PERSISTENT
 #define FK_PERSISTENT 0
@@ -218,7 +221,7 @@ void launch_variant(const RowOpParams& p, const LaunchShape& shape, cudaStream_t
 #ifndef FK_PDL_ALL  // tuning: 0 keeps it to the latency variant
 #define FK_PDL_ALL 1
 #endif
-  launch_kernel(kernel, grid, block, smem, stream, (WREGS || FK_PDL_ALL) && pdl_enabled(device), p, split);
+  launch_kernel(kernel, grid, block, smem, stream, (WREGS || FK_PDL_ALL) && pdl_enabled(device), p, split_log2);
 }
 
 template <typename T, typename W, OutKind OUT, QuantMode Q, bool RULE, int GRUN, bool NORM, bool RES>

@@ -68,7 +68,7 @@ __device__ __forceinline__ void zero_swizzle_row_padding(const MxQuantParams& p,
 // microscaling block, whose lanes share i), with the new residual and the scales of that share.
 template <typename T, typename W, int FMT, bool NORM, bool RES, bool ALIGNED, bool CACHED>
 __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
-    mx_kernel(const MxQuantParams p, const int64_t row_groups, const int split_arg) {
+    mx_kernel(const MxQuantParams p, const int64_t row_groups, const int split_log2) {
   constexpr int V = 16 / sizeof(T);
   constexpr int BLOCK = block_elems<FMT>();
   constexpr int SB = BLOCK / V;  // slots per block: consecutive lanes of a run
@@ -88,13 +88,13 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
   const int64_t cols = H / BLOCK;
   const int64_t col_tiles = (cols + 3) / 4;
   constexpr bool SPLIT = CACHED && NORM;
-  const int split = SPLIT ? split_arg : 1;
+  const int split = SPLIT ? 1 << split_log2 : 1;  // a power of two (its log2 from the launcher)
   const int64_t row_blocks = row_groups * split;
   if (static_cast<int64_t>(blockIdx.x) >= row_blocks) {
     zero_swizzle_row_padding(p, col_tiles, blockIdx.x - row_blocks, gridDim.x - row_blocks);
     return;
   }
-  const int part = SPLIT ? static_cast<int>(blockIdx.x % split) : 0;
+  const int part = SPLIT ? static_cast<int>(blockIdx.x & (split - 1)) : 0;
   auto mine = [&](int i) { return !SPLIT || (i * split) / S == part; };
 
   const int tpr = blockDim.x;
@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(kMaxThreads, CACHED ? FK_MX_MIN_BLOCKS : 1)
   auto slot_of = [&](int j) { return (j / kRun) * (kRun * tpr) + (j % kRun) * kRunLanes + lane_base; };
   const int loops = CACHED ? S : kRun * ((nslots + kRun * tpr - 1) / (kRun * tpr));
 
-  const int64_t row = static_cast<int64_t>(blockIdx.x / split) * blockDim.y + threadIdx.y;
+  const int64_t row = static_cast<int64_t>(blockIdx.x >> (SPLIT ? split_log2 : 0)) * blockDim.y + threadIdx.y;
   const bool valid = row < p.rows;
   const T* __restrict__ x = static_cast<const T*>(p.input) + row * p.input_row_stride;
   const T* __restrict__ res = static_cast<const T*>(p.residual) + row * p.residual_row_stride;

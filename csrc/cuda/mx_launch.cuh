@@ -28,9 +28,12 @@ void launch_mx_variant(const MxQuantParams& p, const LaunchShape& shape, cudaStr
   const int64_t row_groups = (p.rows + rpb - 1) / rpb;
   // A few rows of a norm op are split over up to FK_MX_SPLIT_MAX blocks while they fit in one
   // wave on the SMs (the kernel's `split`, as the row op's latency variant).
-  int split = 1;
+  int split = 1, split_log2 = 0;  // (the kernel takes log2: a shift and a mask instead of a division)
   if constexpr (CACHED && NORM) {
-    while (split < FK_MX_SPLIT_MAX && split * 2 <= kCachedSlots && row_groups * split * 2 <= sm_count(device)) split *= 2;
+    while (split < FK_MX_SPLIT_MAX && split * 2 <= kCachedSlots && row_groups * split * 2 <= sm_count(device)) {
+      split *= 2;
+      ++split_log2;
+    }
   }
   int64_t pad_blocks = 0;
   if (p.swizzled) {
@@ -40,7 +43,7 @@ void launch_mx_variant(const MxQuantParams& p, const LaunchShape& shape, cudaStr
     pad_blocks = (words + threads - 1) / threads;
     if (pad_blocks > FK_MX_PAD_BLOCKS) pad_blocks = FK_MX_PAD_BLOCKS;
   }
-  launch_kernel(kernel, row_groups * split + pad_blocks, block, 0, stream, pdl_enabled(device), p, row_groups, split);
+  launch_kernel(kernel, row_groups * split + pad_blocks, block, 0, stream, pdl_enabled(device), p, row_groups, split_log2);
 }
 
 template <typename T, typename W, int FMT, bool NORM, bool RES>

@@ -35,7 +35,7 @@ namespace dev {
 template <typename T, typename W, OutKind OUT, QuantMode Q, bool RULE, int GRUN, bool NORM, bool RES, bool ALIGNED, bool CACHED,
           bool WREGS = false, bool WSMEM = false, bool WIDE = false>
 __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WREGS, WIDE>()))
-    row_op_kernel(const RowOpParams p, const int split_arg) {
+    row_op_kernel(const RowOpParams p, const int split_log2) {
   constexpr int V = 16 / sizeof(T);
   constexpr int S = CACHED ? kCachedSlots : 1;  // slots held in registers
   using TPack = Pack<T, V>;
@@ -54,9 +54,11 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
   // Latency variant, a row split over `split` blocks (on different SMs): each block reads the
   // whole row and reduces it exactly as one block would (so the same bits), then normalizes,
   // quantizes and stores only its share of the slots: every thread's slots i with
-  // i * split / S == part. Less of the per-element work and of the writes per SM.
-  const int split = WREGS ? split_arg : 1;
-  const int part = WREGS ? static_cast<int>(blockIdx.x % split) : 0;
+  // i * split / S == part. Less of the per-element work and of the writes per SM. `split` is a
+  // power of two (the launcher passes its log2): the block's row group and part by a shift and a
+  // mask, not an integer division on the way to the first load.
+  const int split = WREGS ? 1 << split_log2 : 1;
+  const int part = WREGS ? static_cast<int>(blockIdx.x & (split - 1)) : 0;
   // kPerGroup: a group is group_slots consecutive slots (a power of two; 1 otherwise). A thread's
   // slots j of a chunk fall into runs of GRUN consecutive j in one group each.
   const int group_slots = Q == QuantMode::kPerGroup ? static_cast<int>(p.group_size / V) : 1;
@@ -76,8 +78,8 @@ __global__ void __launch_bounds__((max_threads<WIDE>()), (min_blocks<Q, RES, WRE
     }
     return mine(i);
   };
-  const int64_t first_rg = WREGS ? blockIdx.x / split : blockIdx.x;
-  const int64_t rg_stride = WREGS ? gridDim.x / split : gridDim.x;
+  const int64_t first_rg = WREGS ? blockIdx.x >> split_log2 : blockIdx.x;
+  const int64_t rg_stride = WREGS ? gridDim.x >> split_log2 : gridDim.x;
   // In-row offsets are 32-bit (the host checks H <= kMaxHidden): fewer registers per slot.
   const int H = static_cast<int>(p.hidden);
   const int nslots = (H + V - 1) / V;
