@@ -8,7 +8,8 @@
 // fused op equals the norm op followed by the unfused quant op.
 //
 // The quantizer is microscaling.h's scalar code (the spec's, checked exhaustively on the CPU by
-// .ci/mx_math.cpp), so the GPU's bytes are the CPU kernels' bytes. A block of 32 (16 for NVFP4)
+// .ci/mx_math.cpp; NVFP4's block scale its steps with the e4m3 conversions in hardware,
+// dev::nvfp4_block), so the GPU's bytes are the CPU kernels' bytes. A block of 32 (16 for NVFP4)
 // elements is 2 to 8 consecutive 16-byte slots, which the mapping gives to consecutive lanes of a
 // run. Where those lanes hold whole groups of blocks (quant_run), their slots' absmaxes are
 // reduce-scattered and each lane derives one block's scale and stores it, the others receiving
