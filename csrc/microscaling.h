@@ -317,24 +317,36 @@ struct Nvfp4Block {
   float factor;
 };
 
-// (The GPU kernels run the same steps in dev::nvfp4_block (cuda/mx_convert.cuh), with 1 / g computed
-// once and the e4m3 conversions in hardware: a change here is a change there.)
-FK_MX_HD inline Nvfp4Block nvfp4_block(float amax, float g, bool multiplier) {
+// The scale's e4m3 conversions, in software (the GPU kernels pass the hardware's where there is
+// one, dev::E4m3Hw).
+struct E4m3Soft {
+  FK_MX_HD uint8_t encode(float v) const { return f32_to_e4m3fn(v); }
+  FK_MX_HD float decode(uint8_t byte) const { return e4m3fn_to_f32(byte); }
+};
+
+// nvfp4_block's steps with 1 / g given (`recip_g`, the IEEE quotient, which a kernel computes
+// once) and the e4m3 conversions of `conv`.
+template <typename Conv>
+FK_MX_HD inline Nvfp4Block nvfp4_block_with(float amax, float g, float recip_g, bool multiplier, const Conv& conv) {
   Nvfp4Block b;
   if (!multiplier) {
     const float block = (amax / kE2m1Max) / g;
-    b.scale = f32_to_e4m3fn(clamp_keep_nan(block, kE4m3MinNormal, kE4m3Max));
-    b.factor = (1.0f / g) / e4m3fn_to_f32(b.scale);
+    b.scale = conv.encode(clamp_keep_nan(block, kE4m3MinNormal, kE4m3Max));
+    b.factor = recip_g / conv.decode(b.scale);
   } else {
     constexpr float kInv6 = static_cast<float>(1.0 / 6.0);
     float v = g * (amax * kInv6);
     if (v > kE4m3Max) v = kE4m3Max;
-    b.scale = f32_to_e4m3fn(v);
-    const float inv_g = g == 0.0f ? 0.0f : 1.0f / g;
-    const float d = e4m3fn_to_f32(b.scale) * inv_g;
+    b.scale = conv.encode(v);
+    const float inv_g = g == 0.0f ? 0.0f : recip_g;
+    const float d = conv.decode(b.scale) * inv_g;
     b.factor = d == 0.0f ? 0.0f : 1.0f / d;
   }
   return b;
+}
+
+FK_MX_HD inline Nvfp4Block nvfp4_block(float amax, float g, bool multiplier) {
+  return nvfp4_block_with(amax, g, 1.0f / g, multiplier, E4m3Soft{});
 }
 
 // --- the 128x4 swizzled scale layout -----------------------------------------------------------

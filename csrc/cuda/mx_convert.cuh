@@ -160,56 +160,43 @@ struct Nvfp4Global {
   float recip;
 };
 
-// The e4m3fn byte of v (mx::f32_to_e4m3fn: nearest, ties to even, saturating to +-448), by
-// cvt.rn.satfinite.e4m3x2.f32 on sm_89+ for every v but NaN, whose sign only the software keeps.
-__device__ __forceinline__ uint8_t e4m3_byte(float v) {
+// The scale's e4m3 conversions for mx::nvfp4_block_with: cvt.rn.satfinite.e4m3x2.f32 and
+// cvt.rn.f16x2.e4m3x2 on sm_89+ (the bytes and values of mx::f32_to_e4m3fn / e4m3fn_to_f32:
+// every e4m3 value is an f16, so the decode is exact), but for a NaN, whose sign only the software
+// keeps (encode), and the NaN bytes 0x7F / 0xFF (decode).
+struct E4m3Hw {
+  __host__ __device__ uint8_t encode(float v) const {
 #if !FK_HIP && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  if (v == v) {
-    uint16_t r;  // (the operand converted into the low byte is the last)
-    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(0.0f), "f"(v));
-    return static_cast<uint8_t>(r);
-  }
+    if (v == v) {
+      uint16_t r;  // (the operand converted into the low byte is the last)
+      asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(0.0f), "f"(v));
+      return static_cast<uint8_t>(r);
+    }
 #endif
-  return mx::f32_to_e4m3fn(v);
-}
-
-// The value of an e4m3fn byte (mx::e4m3fn_to_f32), by cvt.rn.f16x2.e4m3x2 on sm_89+ (every e4m3
-// value is an f16, so both conversions are exact) for every byte but the NaNs (0x7F, 0xFF).
-__device__ __forceinline__ float e4m3_value(uint8_t byte) {
+    return mx::f32_to_e4m3fn(v);
+  }
+  __host__ __device__ float decode(uint8_t byte) const {
 #if !FK_HIP && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  if ((byte & 0x7Fu) != 0x7Fu) {
-    float f;
-    asm("{ .reg .b32 h2;\n"
-        "  .reg .b16 lo, hi;\n"
-        "  cvt.rn.f16x2.e4m3x2 h2, %1;\n"
-        "  mov.b32 {lo, hi}, h2;\n"
-        "  cvt.f32.f16 %0, lo; }"
-        : "=f"(f)
-        : "h"(static_cast<uint16_t>(byte)));
-    return f;
-  }
+    if ((byte & 0x7Fu) != 0x7Fu) {
+      float f;
+      asm("{ .reg .b32 h2;\n"
+          "  .reg .b16 lo, hi;\n"
+          "  cvt.rn.f16x2.e4m3x2 h2, %1;\n"
+          "  mov.b32 {lo, hi}, h2;\n"
+          "  cvt.f32.f16 %0, lo; }"
+          : "=f"(f)
+          : "h"(static_cast<uint16_t>(byte)));
+      return f;
+    }
 #endif
-  return mx::e4m3fn_to_f32(byte);
-}
+    return mx::e4m3fn_to_f32(byte);
+  }
+};
 
-// mx::nvfp4_block, step for step: the same IEEE operations in the same order, 1 / g taken from
-// `gs`, the scale's e4m3 conversions by e4m3_byte / e4m3_value.
+// mx::nvfp4_block as the kernels run it: 1 / g from `gs` (computed once per thread) and the
+// scale's e4m3 conversions in hardware.
 __device__ __forceinline__ mx::Nvfp4Block nvfp4_block(float amax, const Nvfp4Global& gs, bool multiplier) {
-  mx::Nvfp4Block b;
-  if (!multiplier) {
-    const float block = (amax / mx::kE2m1Max) / gs.g;
-    b.scale = e4m3_byte(mx::clamp_keep_nan(block, mx::kE4m3MinNormal, mx::kE4m3Max));
-    b.factor = gs.recip / e4m3_value(b.scale);
-  } else {
-    constexpr float kInv6 = static_cast<float>(1.0 / 6.0);
-    float v = gs.g * (amax * kInv6);
-    if (v > mx::kE4m3Max) v = mx::kE4m3Max;
-    b.scale = e4m3_byte(v);
-    const float inv_g = gs.g == 0.0f ? 0.0f : gs.recip;
-    const float d = e4m3_value(b.scale) * inv_g;
-    b.factor = d == 0.0f ? 0.0f : 1.0f / d;
-  }
-  return b;
+  return mx::nvfp4_block_with(amax, gs.g, gs.recip, multiplier, E4m3Hw{});
 }
 
 // x / d for a block divisor d = 2^k (k in [-126, 127]) or +Inf (the floor/ceil/even modes'
