@@ -116,10 +116,8 @@ __device__ __forceinline__ uint32_t e2m1_word_bf16(const Pack<bf16_t, V>& y, flo
     }
     return e2m1x2_mag_bf16(a);
   };
-  // mx::pack_e2m1x8, a half at a time
-  const uint32_t lo = mx::fold_e2m1x4(mag(y2[0]), mag(y2[1]), y2[0], y2[1]);
-  const uint32_t hi = mx::fold_e2m1x4(mag(y2[2]), mag(y2[3]), y2[2], y2[3]);
-  return mx::prmt<0x6420u>(lo, hi);
+  const uint32_t r[4] = {mag(y2[0]), mag(y2[1]), mag(y2[2]), mag(y2[3])};
+  return mx::pack_e2m1x8(r, y2);
 }
 #else
 #define FK_PACKED_E2M1 0
