@@ -105,13 +105,13 @@ __device__ __forceinline__ uint32_t e2m1_word_bf16(const Pack<bf16_t, V>& y, flo
   static_assert(V == 8, "a 16-byte slot of bf16");
   const uint32_t* y2 = reinterpret_cast<const uint32_t*>(y.v);
   const bf162_t m2 = __float2bfloat162_rn(mult);
-  auto mag = [&](uint32_t y) {  // a pair of the products' magnitudes, coded
+  auto mag = [&](uint32_t pair) {  // the codes of a pair's products' magnitudes
     bf162_t a;
     if constexpr (FMT == kFmtMxfp4) {
-      a = __hmul2(__habs2(bf162_of(y)), m2);
+      a = __hmul2(__habs2(bf162_of(pair)), m2);
     } else {
       // (the bf16 pair as floats: the low half shifted up, the high half masked)
-      const float lo = __uint_as_float(y << 16), hi = __uint_as_float(y & 0xFFFF0000u);
+      const float lo = __uint_as_float(pair << 16), hi = __uint_as_float(pair & 0xFFFF0000u);
       a = bf162_of(bf16x2_odd(fabsf(lo) * mult, fabsf(hi) * mult));
     }
     return e2m1x2_mag_bf16(a);
