@@ -84,7 +84,9 @@ def test_examples_run_eagerly_without_a_cxx_compiler(tmp_path):
         ("llama_fp8.py", ["--device", "cpu", "--hidden", "128", "--heads", "2", "--layers", "1", "--tokens", "8"]),
         ("inspect_with_depyf.py", ["--out", str(tmp_path / "dump")]),
     ]
-    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "FUSION_KERNELS_CACHE_DIR": str(tmp_path / "cache")}
+    # (No prebuilt library either: one left in a source checkout's kernels/_prebuilt would load.)
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "FUSION_KERNELS_CACHE_DIR": str(tmp_path / "cache"),
+           "FUSION_KERNELS_NO_PREBUILT": "1"}  # fmt: skip
     env.pop("FUSION_KERNELS_DISABLE", None)
     sections = _run_examples(runs, env)
     for script, _ in runs:
